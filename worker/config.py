@@ -1,0 +1,152 @@
+"""Settings, loaded once from the environment, ``.env`` and a secrets directory.
+
+Every variable is prefixed ``GPM_`` and nested sections use ``__``, e.g.
+``GPM_WORKER__TRANSACTION_SIZE=1000`` or ``GPM_POSTGRES__DSN=postgresql://...``.
+Secrets are ``SecretStr`` and the helpers here render DSNs with the password masked.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.errors import ConfigError
+
+ENV_PREFIX = "GPM_"
+# Topics this worker consumes: ast-graphs, ast-graphs.<name>, intent-links; never their
+# dead-letter topics (".dlq"), which would otherwise match the ast-graphs.<name> form.
+DEFAULT_TOPIC_PATTERN = r"^(?!.*\.dlq$)(ast-graphs(\.[A-Za-z0-9_-]+)*|intent-links)$"
+
+
+class KafkaSettings(BaseModel):
+    """Broker connection and consumer-group behaviour."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "graph-postgres-manager"
+    client_id: str = "graph-postgres-manager"
+    topic_pattern: str = DEFAULT_TOPIC_PATTERN
+    dlq_suffix: str = ".dlq"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: int = Field(10_000, ge=1_000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    max_poll_records: int = Field(500, ge=1)
+    # Upper bound on bytes fetched per partition; with max_poll_records it bounds memory.
+    max_partition_fetch_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    metadata_max_age_ms: int = Field(30_000, ge=1_000)
+
+    @field_validator("topic_pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            msg = f"not a valid regular expression: {exc}"
+            raise ValueError(msg) from exc
+        return value
+
+
+class PostgresSettings(BaseModel):
+    """PostgreSQL, the system of record for what was applied."""
+
+    dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/postgres")
+    min_pool_size: int = Field(1, ge=0)
+    max_pool_size: int = Field(10, ge=1)
+    command_timeout_s: float = Field(60.0, gt=0)
+
+    @field_validator("dsn")
+    @classmethod
+    def _is_postgres_url(cls, value: SecretStr) -> SecretStr:
+        scheme = urlsplit(value.get_secret_value()).scheme
+        if scheme not in {"postgres", "postgresql"}:
+            msg = "must be a postgresql:// URL"
+            raise ValueError(msg)
+        return value
+
+
+class GraphSettings(BaseModel):
+    """The graph store, reached over Bolt with the official Neo4j driver."""
+
+    uri: str = "bolt://127.0.0.1:7687"
+    user: str = "neo4j"
+    password: SecretStr = SecretStr("")
+    database: str = "neo4j"
+    max_connection_pool_size: int = Field(20, ge=1)
+    connection_timeout_s: float = Field(10.0, gt=0)
+    # Upper bound for one batch's write transaction, server-side.
+    transaction_timeout_s: float = Field(120.0, gt=0)
+
+    @field_validator("uri")
+    @classmethod
+    def _is_bolt_url(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in {"bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc"}:
+            msg = "must be a bolt:// or neo4j:// URL"
+            raise ValueError(msg)
+        return value
+
+
+class WorkerSettings(BaseModel):
+    """Batching, limits, retries and shutdown."""
+
+    # Target graph rows (nodes + edges) per batch and per UNWIND statement: the seed's 1000.
+    transaction_size: int = Field(1000, ge=1, le=100_000)
+    # How long the first event of a batch may wait for the batch to fill.
+    linger_ms: int = Field(200, ge=0, le=60_000)
+    max_event_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_nodes_per_graph: int = Field(1_000_000, ge=1)
+    retry_initial_s: float = Field(0.5, gt=0)
+    retry_max_s: float = Field(30.0, gt=0)
+    # How long one saga keeps retrying a transient store failure before it hands the
+    # batch back to the consumer (which rewinds and tries again later).
+    retry_window_s: float = Field(60.0, gt=0)
+    shutdown_grace_s: float = Field(30.0, ge=0)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+
+class Settings(BaseSettings):
+    """All settings; construct with :func:`load_settings` to get errors naming the setting."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        env_file=".env",
+        extra="forbid",
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    postgres: PostgresSettings = PostgresSettings()
+    graph: GraphSettings = GraphSettings()
+    worker: WorkerSettings = WorkerSettings()
+
+
+def load_settings(env_file: Path | None = None, secrets_dir: Path | None = None) -> Settings:
+    """Load and validate the settings, or raise ConfigError naming each bad variable.
+
+    The message never includes the offending value: it may be a secret.
+    """
+    try:
+        return Settings(_env_file=env_file or ".env", _secrets_dir=secrets_dir)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors(include_input=False, include_url=False):
+            name = ENV_PREFIX + "__".join(str(part).upper() for part in error["loc"])
+            problems.append(f"{name}: {error['msg']}")
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from None
+
+
+def mask_dsn(dsn: str) -> str:
+    """Return the DSN with any password replaced by ``***``."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))

@@ -1,0 +1,1 @@
+"""Kafka consumption: batching, offset tracking and the consume loop."""

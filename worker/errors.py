@@ -1,0 +1,46 @@
+"""The project's exception tree; every adapter maps driver errors onto it.
+
+    GpmError
+    ├── ConfigError              a setting is missing or invalid (raised at start)
+    ├── EventError               an event is malformed or violates its contract (permanent:
+    │                            dead-lettered with the reason, never retried)
+    └── StoreError               a store call failed
+        ├── StoreUnavailable     transient: connection lost, timeout, deadlock, leader
+        │                        switch. Retried with bounded backoff; never dead-letters.
+        └── StoreRejected        permanent: the store refused the data (constraint, type,
+                                 syntax). The saga isolates the event and dead-letters it.
+
+Adapters raise the most specific class with ``raise ... from exc`` so the driver's own
+error stays attached for logs, while callers only ever match on these classes.
+"""
+
+from __future__ import annotations
+
+
+class GpmError(Exception):
+    """Base of every error this project raises on purpose."""
+
+
+class ConfigError(GpmError):
+    """A setting is missing or invalid; the message names the setting, never its secret value."""
+
+
+class EventError(GpmError):
+    """An event cannot be accepted as it is; ``reason`` is a short machine-friendly code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class StoreError(GpmError):
+    """A store call failed."""
+
+
+class StoreUnavailable(StoreError):  # noqa: N818 - reads as a state, like httpx's TimeoutException family
+    """Transient failure: retry later, never dead-letter."""
+
+
+class StoreRejected(StoreError):  # noqa: N818 - same reason as above
+    """Permanent failure caused by the data: isolate and dead-letter the offending event."""

@@ -1,0 +1,306 @@
+"""Event contracts: the versioned envelope and the four event types; source of schemas/.
+
+Node identity: a node ``id`` is unique within its source (one source file), so the
+store key of a node is ``(source_id, id)``. Edges join nodes of the same event only.
+Intent links name AST nodes by ``(source_id, node_id)``.
+
+Versions: every event carries ``source_version``, an integer that grows with each
+change of its aggregate (a source file, or an intent). The stores never let a lower
+version overwrite a higher one, so out-of-order delivery and replays are harmless.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+import orjson
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+from worker.errors import EventError
+
+SCHEMA_VERSION = 1
+# Node types become Cypher labels and edge types relationship types. Neither can be a
+# query parameter, so they are spliced into query text: this pattern is the guard.
+CYPHER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+RESERVED_LABELS = frozenset({"AstNode", "Intent"})
+RESERVED_RELATIONSHIPS = frozenset({"IMPLEMENTED_BY"})
+# Written by the stores on every node; a producer property with one of these names
+# would be silently overwritten, so it is refused instead.
+RESERVED_PROPERTIES = frozenset({"key", "source_id", "node_id", "type", "source_version"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class EventType(StrEnum):
+    """The kinds of event the worker accepts."""
+
+    AST_GRAPH_UPSERTED = "ast-graph.upserted"
+    AST_GRAPH_DELETED = "ast-graph.deleted"
+    INTENT_LINK_UPSERTED = "intent-link.upserted"
+    INTENT_LINK_DELETED = "intent-link.deleted"
+
+
+def _no_control_chars(value: str) -> str:
+    if _CONTROL.search(value):
+        msg = "must not contain control characters"
+        raise ValueError(msg)
+    return value
+
+
+def _label(value: str) -> str:
+    if not CYPHER_NAME.match(value):
+        msg = f"{value!r} is not a safe Cypher label (letters, digits, '_', starting with a letter, at most 64)"
+        raise ValueError(msg)
+    if value in RESERVED_LABELS:
+        msg = f"{value!r} is reserved"
+        raise ValueError(msg)
+    return value
+
+
+def _relationship(value: str) -> str:
+    if not CYPHER_NAME.match(value):
+        msg = f"{value!r} is not a safe Cypher relationship type (letters, digits, '_', starting with a letter, at most 64)"
+        raise ValueError(msg)
+    if value in RESERVED_RELATIONSHIPS:
+        msg = f"{value!r} is reserved"
+        raise ValueError(msg)
+    return value
+
+
+Identifier = Annotated[str, Field(min_length=1, max_length=512), AfterValidator(_no_control_chars)]
+Label = Annotated[str, AfterValidator(_label)]
+RelationshipType = Annotated[str, AfterValidator(_relationship)]
+# Property values Neo4j can store: scalars or homogeneous lists of scalars.
+Scalar = str | int | float | bool
+PropertyValue = Scalar | list[str] | list[int] | list[float] | list[bool] | None
+Properties = dict[Annotated[str, Field(min_length=1, max_length=128)], PropertyValue]
+
+
+def _check_property_names(properties: Properties, where: str) -> None:
+    clash = RESERVED_PROPERTIES.intersection(properties)
+    if clash:
+        msg = f"{where}: property names {sorted(clash)} are reserved"
+        raise ValueError(msg)
+
+
+class Node(BaseModel):
+    """One graph node: an AST node of the source file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: Identifier
+    type: Label
+    properties: Properties = Field(default_factory=dict)
+
+
+class Edge(BaseModel):
+    """A directed, typed edge between two nodes of the same graph."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source: Identifier
+    target: Identifier
+    type: RelationshipType
+    properties: Properties = Field(default_factory=dict)
+
+
+class GraphData(BaseModel):
+    """The seed format: nodes, edges and free-form metadata of one source's graph."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    nodes: list[Node]
+    edges: list[Edge] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> GraphData:
+        ids: set[str] = set()
+        for node in self.nodes:
+            if node.id in ids:
+                msg = f"duplicate node id {node.id!r}"
+                raise ValueError(msg)
+            ids.add(node.id)
+            _check_property_names(node.properties, f"node {node.id!r}")
+        seen: set[tuple[str, str, str]] = set()
+        for edge in self.edges:
+            for end in (edge.source, edge.target):
+                if end not in ids:
+                    msg = f"edge {edge.source!r}-[{edge.type}]->{edge.target!r} names unknown node {end!r}"
+                    raise ValueError(msg)
+            identity = (edge.source, edge.type, edge.target)
+            if identity in seen:
+                msg = f"duplicate edge {edge.source!r}-[{edge.type}]->{edge.target!r}"
+                raise ValueError(msg)
+            seen.add(identity)
+            _check_property_names(edge.properties, f"edge {edge.source!r}->{edge.target!r}")
+        return self
+
+    @property
+    def rows(self) -> int:
+        """Graph rows this graph writes: the unit ``transaction_size`` counts."""
+        return len(self.nodes) + len(self.edges)
+
+
+class AstNodeRef(BaseModel):
+    """A reference to one AST node by its identity."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source_id: Identifier
+    node_id: Identifier
+
+
+class Envelope(BaseModel):
+    """Fields every event carries. ``source_id`` is also the Kafka key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_id: UUID
+    schema_version: Literal[1] = SCHEMA_VERSION
+    source_id: Identifier
+    source_version: int = Field(ge=0)
+    occurred_at: datetime
+    producer: Annotated[str, Field(min_length=1, max_length=256)]
+
+    @model_validator(mode="after")
+    def _aware(self) -> Envelope:
+        if self.occurred_at.tzinfo is None:
+            msg = "occurred_at must carry a time zone"
+            raise ValueError(msg)
+        return self
+
+    @property
+    def rows(self) -> int:
+        """Graph rows this event writes (at least 1: every event costs a write)."""
+        return 1
+
+
+class AstGraphUpserted(Envelope):
+    """A source file's whole graph; replaces any earlier version of that source."""
+
+    event_type: Literal[EventType.AST_GRAPH_UPSERTED]
+    graph: GraphData
+
+    @property
+    def rows(self) -> int:
+        """Nodes plus edges."""
+        return max(1, self.graph.rows)
+
+
+class AstGraphDeleted(Envelope):
+    """The source file is gone: remove its graph (a tombstone keeps its version)."""
+
+    event_type: Literal[EventType.AST_GRAPH_DELETED]
+
+
+class IntentLinkUpserted(Envelope):
+    """The intent ``source_id`` (a UUID) maps to exactly these AST nodes now."""
+
+    event_type: Literal[EventType.INTENT_LINK_UPSERTED]
+    ast_nodes: list[AstNodeRef] = Field(max_length=100_000)
+
+    @model_validator(mode="after")
+    def _intent_uuid(self) -> IntentLinkUpserted:
+        UUID(self.source_id)
+        return self
+
+    @property
+    def intent_id(self) -> UUID:
+        """The intent this event is about."""
+        return UUID(self.source_id)
+
+    @property
+    def rows(self) -> int:
+        """One row per link."""
+        return max(1, len(self.ast_nodes))
+
+
+class IntentLinkDeleted(Envelope):
+    """The intent ``source_id`` is gone, with all its links."""
+
+    event_type: Literal[EventType.INTENT_LINK_DELETED]
+
+    @model_validator(mode="after")
+    def _intent_uuid(self) -> IntentLinkDeleted:
+        UUID(self.source_id)
+        return self
+
+    @property
+    def intent_id(self) -> UUID:
+        """The intent this event is about."""
+        return UUID(self.source_id)
+
+
+Event = Annotated[
+    AstGraphUpserted | AstGraphDeleted | IntentLinkUpserted | IntentLinkDeleted,
+    Field(discriminator="event_type"),
+]
+EVENT_MODELS: dict[EventType, type[Envelope]] = {
+    EventType.AST_GRAPH_UPSERTED: AstGraphUpserted,
+    EventType.AST_GRAPH_DELETED: AstGraphDeleted,
+    EventType.INTENT_LINK_UPSERTED: IntentLinkUpserted,
+    EventType.INTENT_LINK_DELETED: IntentLinkDeleted,
+}
+_EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+
+def decode_event(raw: bytes | None, *, max_bytes: int, max_nodes: int) -> Event:
+    """Parse and validate one record value, or raise EventError with a clear reason."""
+    if raw is None:
+        raise EventError("empty", "record has no value (tombstones are not events here)")
+    if len(raw) > max_bytes:
+        raise EventError("oversized", f"{len(raw)} bytes exceeds the limit of {max_bytes}")
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise EventError("not-json", str(exc)) from None
+    if not isinstance(document, dict):
+        raise EventError("invalid", "an event must be a JSON object")
+    version = document.get("schema_version", SCHEMA_VERSION)
+    if version != SCHEMA_VERSION:
+        raise EventError(
+            "unsupported-version", f"schema_version {version!r} is not supported (supported: {SCHEMA_VERSION})"
+        )
+    # Checked before full validation so a huge graph is refused without building models.
+    graph = document.get("graph")
+    if isinstance(graph, dict) and isinstance(graph.get("nodes"), list) and len(graph["nodes"]) > max_nodes:
+        raise EventError("oversized", f"{len(graph['nodes'])} nodes exceeds the limit of {max_nodes}")
+    try:
+        return _EVENT_ADAPTER.validate_python(document)
+    except ValidationError as exc:
+        raise EventError("invalid", _describe(exc)) from None
+
+
+def _describe(exc: ValidationError, limit: int = 5) -> str:
+    """A short, readable summary of the first few validation errors."""
+    errors = exc.errors(include_url=False, include_input=False)
+    parts = [f"{'.'.join(str(p) for p in err['loc']) or '<event>'}: {err['msg']}" for err in errors[:limit]]
+    if len(errors) > limit:
+        parts.append(f"... and {len(errors) - limit} more")
+    return "; ".join(parts)
+
+
+def encode_event(event: Envelope) -> bytes:
+    """Serialise an event as producers do (JSON, UTF-8)."""
+    return orjson.dumps(event.model_dump(mode="json"))
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON Schema of each event type, keyed by file stem, for schemas/."""
+    schemas: dict[str, dict[str, Any]] = {
+        f"{event_type.value}.v{SCHEMA_VERSION}": model.model_json_schema() for event_type, model in EVENT_MODELS.items()
+    }
+    schemas[f"event.v{SCHEMA_VERSION}"] = _EVENT_ADAPTER.json_schema()
+    return schemas

@@ -1,0 +1,39 @@
+"""Publish events to the broker as producers do: JSON value, key = source id, acks=all."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from aiokafka import AIOKafkaProducer
+
+from worker.events import Envelope, encode_event
+
+
+async def publish_events(
+    bootstrap_servers: str,
+    topic: str,
+    events: Iterable[Envelope],
+    on_sent: Callable[[Envelope], None] | None = None,
+) -> int:
+    """Send every event, wait for all acknowledgements, return how many were sent."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers,
+        acks="all",
+        compression_type="gzip",
+        max_request_size=16 * 1024 * 1024,
+        linger_ms=5,
+    )
+    await producer.start()
+    sent = 0
+    try:
+        pending = []
+        for event in events:
+            pending.append(await producer.send(topic, value=encode_event(event), key=event.source_id.encode()))
+            sent += 1
+            if on_sent is not None:
+                on_sent(event)
+        for future in pending:
+            await future
+    finally:
+        await producer.stop()
+    return sent

@@ -1,0 +1,1 @@
+"""The saga/outbox coordinator that applies batches to both stores."""

@@ -1,0 +1,196 @@
+"""The saga coordinator: applies one batch to PostgreSQL and the graph store.
+
+Steps per batch (see docs/architecture.md):
+  1. PostgreSQL: outbox row 'pending' + read the applied versions and processed ids.
+  2. Graph store: one transaction with all of the batch's changes (rolled back on error).
+  3. PostgreSQL: registry, links, processed ledger and outbox 'applied', one transaction.
+The caller commits Kafka offsets only after :meth:`SagaCoordinator.apply` returns.
+
+Failures: a transient one (StoreUnavailable) is retried with bounded, jittered backoff
+under the same outbox row, then re-raised so the consumer rewinds and tries later. A
+permanent one (StoreRejected) splits the batch in halves until the offending event is
+alone; that event is dead-lettered with the store's error and the rest is applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from uuid import UUID, uuid4
+
+import structlog
+from opentelemetry import trace
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+
+from worker.config import WorkerSettings
+from worker.deadletter import DeadLetter, DeadLetterSink
+from worker.errors import StoreError, StoreRejected, StoreUnavailable
+from worker.events import IntentLinkDeleted, IntentLinkUpserted
+from worker.saga.plan import BatchPlan, InboundEvent, Outcome, Position, plan_batch
+from worker.stores.protocols import BatchRecord, GraphStore, GraphWriteStats, RelationalStore
+from worker.telemetry import metrics
+
+log = structlog.get_logger(__name__)
+tracer = trace.get_tracer("graph_postgres_manager.saga")
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """What became of a batch's events."""
+
+    outcomes: Counter[Outcome] = field(default_factory=Counter)
+    nodes_written: int = 0
+    edges_written: int = 0
+
+    def add(self, plan: BatchPlan, stats: GraphWriteStats) -> None:
+        """Fold in one applied (sub-)batch."""
+        self.outcomes.update(outcome for _, outcome in plan.outcomes)
+        self.nodes_written += stats.nodes_written
+        self.edges_written += stats.edges_written
+
+
+class SagaCoordinator:
+    """Applies batches through the saga; depends on the ports only."""
+
+    def __init__(
+        self,
+        relational: RelationalStore,
+        graph: GraphStore,
+        dead_letters: DeadLetterSink,
+        settings: WorkerSettings,
+    ) -> None:
+        self._relational = relational
+        self._graph = graph
+        self._dead_letters = dead_letters
+        self._settings = settings
+
+    async def apply(self, events: list[InboundEvent]) -> BatchResult:
+        """Apply the events; return only when every one is applied, superseded or dead-lettered."""
+        result = BatchResult()
+        if events:
+            with tracer.start_as_current_span("saga batch", attributes={"gpm.batch.events": len(events)}):
+                await self._apply_isolating(events, result)
+        return result
+
+    async def _apply_isolating(self, events: list[InboundEvent], result: BatchResult) -> None:
+        try:
+            plan, stats = await self._apply_with_retries(events)
+        except StoreRejected as exc:
+            if len(events) == 1:
+                await self._dead_letter(events[0], exc)
+                result.outcomes[Outcome.DEAD_LETTERED] += 1
+                return
+            middle = len(events) // 2
+            log.warning("batch rejected, splitting to isolate the culprit", events=len(events), error=str(exc))
+            # Halves in order, so each source's versions are still applied in order.
+            await self._apply_isolating(events[:middle], result)
+            await self._apply_isolating(events[middle:], result)
+            return
+        result.add(plan, stats)
+
+    async def _apply_with_retries(self, events: list[InboundEvent]) -> tuple[BatchPlan, GraphWriteStats]:
+        batch_id = uuid4()
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(StoreUnavailable),
+            wait=wait_exponential_jitter(initial=self._settings.retry_initial_s, max=self._settings.retry_max_s),
+            stop=stop_after_delay(self._settings.retry_window_s),
+            before_sleep=lambda state: log.warning(
+                "store unavailable, retrying batch",
+                batch_id=str(batch_id),
+                attempt=state.attempt_number,
+                error=str(state.outcome.exception()) if state.outcome else None,
+            ),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._apply_once(batch_id, events)
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    async def _apply_once(self, batch_id: UUID, events: list[InboundEvent]) -> tuple[BatchPlan, GraphWriteStats]:
+        started = time.perf_counter()
+        record = _batch_record(batch_id, events)
+        with tracer.start_as_current_span("saga outbox pending"):
+            state = await self._relational.begin_batch(record)
+        plan = plan_batch(events, state)
+        changes = plan.changes
+        if changes.upserts:
+            # Re-attach existing links into the sources being rewritten, except for intents
+            # this batch rewrites itself (their new links replace the old ones).
+            rewritten = {e.intent_id for e in (*changes.intent_upserts, *changes.intent_deletes)}
+            links = await self._relational.links_for_sources(tuple(e.source_id for e in changes.upserts))
+            changes = dataclasses.replace(changes, relinks=tuple(r for r in links if r.intent_id not in rewritten))
+        try:
+            with tracer.start_as_current_span(
+                "saga graph import", attributes={"db.system.name": "neo4j", "db.operation.batch.size": record.rows}
+            ):
+                stats = await self._graph.apply(changes)
+        except StoreError as exc:
+            # The graph transaction was rolled back: that is the compensation.
+            await self._record_failure(batch_id, "compensated", exc)
+            raise
+        with tracer.start_as_current_span("saga outbox applied"):
+            await self._relational.complete_batch(batch_id, plan, stats)
+        metrics.record_batch(plan, stats, time.perf_counter() - started)
+        log.info(
+            "batch applied",
+            batch_id=str(batch_id),
+            events=len(events),
+            applied=len(plan.winners),
+            nodes_written=stats.nodes_written,
+            edges_written=stats.edges_written,
+            seconds=round(time.perf_counter() - started, 3),
+        )
+        return plan, stats
+
+    async def _record_failure(self, batch_id: UUID, state: str, exc: StoreError) -> None:
+        try:
+            await self._relational.fail_batch(batch_id, state, f"{type(exc).__name__}: {exc}")
+        except StoreError as record_exc:
+            # PostgreSQL is down too: the row stays 'pending' and the retry rewrites it.
+            log.warning("could not record the failed attempt", batch_id=str(batch_id), error=str(record_exc))
+
+    async def _dead_letter(self, item: InboundEvent, exc: StoreRejected) -> None:
+        log.error(
+            "event rejected by the store, dead-lettering it",
+            event_id=str(item.event.event_id),
+            source_id=item.event.source_id,
+            topic=item.position.topic,
+            partition=item.position.partition,
+            offset=item.position.offset,
+            error=str(exc),
+        )
+        await self._dead_letters.send(
+            DeadLetter(
+                position=item.position,
+                key=item.key,
+                value=item.raw,
+                headers=item.headers,
+                reason="store-rejected",
+                detail=str(exc),
+            )
+        )
+        metrics.dead_lettered.add(1, {"reason": "store-rejected"})
+
+
+def _batch_record(batch_id: UUID, events: list[InboundEvent]) -> BatchRecord:
+    positions: dict[tuple[str, int], list[int]] = {}
+    for item in events:
+        positions.setdefault((item.position.topic, item.position.partition), []).append(item.position.offset)
+    intents = {e.event.intent_id for e in events if isinstance(e.event, IntentLinkUpserted | IntentLinkDeleted)}
+    sources = {e.event.source_id for e in events if not isinstance(e.event, IntentLinkUpserted | IntentLinkDeleted)}
+    return BatchRecord(
+        batch_id=batch_id,
+        # One position per partition: the batch's first and last offsets there.
+        positions=tuple(
+            Position(topic, partition, offset)
+            for (topic, partition), offsets in sorted(positions.items())
+            for offset in (min(offsets), max(offsets))
+        ),
+        event_ids=tuple(item.event.event_id for item in events),
+        source_ids=tuple(sorted(sources)),
+        intent_ids=tuple(sorted(intents)),
+        rows=sum(item.rows for item in events),
+    )

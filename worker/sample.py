@@ -1,0 +1,83 @@
+"""A sample corpus: the graphs of real Python source files, built with the ``ast`` module.
+
+This is what the producer (an AST-to-graph tool) publishes, one event per file: each
+AST node becomes a node typed by its class (``FunctionDef``, ``Name``...), and each
+parent→child link an edge typed by the field that holds the child (``BODY``, ``ARGS``).
+"""
+
+from __future__ import annotations
+
+import ast
+import sysconfig
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from worker.events import AstGraphUpserted, Edge, EventType, GraphData, Node, Scalar
+
+PRODUCER = "gpm-sample/1"
+_LOCATION = ("lineno", "col_offset", "end_lineno", "end_col_offset")
+_NAMES = ("name", "id", "attr", "arg", "module")
+
+
+def graph_from_source(text: str, filename: str = "<source>") -> GraphData:
+    """The AST graph of one Python source text; node ids are pre-order positions."""
+    tree = ast.parse(text, filename=filename)
+    nodes: list[Node] = []
+    edges: list[Edge] = []
+    ids: dict[int, str] = {}
+
+    def visit(node: ast.AST) -> str:
+        node_id = f"n{len(nodes)}"
+        ids[id(node)] = node_id
+        props: dict[str, Scalar | None] = {attr: getattr(node, attr, None) for attr in _LOCATION}
+        for attr in _NAMES:
+            value = getattr(node, attr, None)
+            if isinstance(value, str):
+                props[attr] = value
+        if isinstance(node, ast.Constant) and isinstance(node.value, str | int | float | bool):
+            props["value"] = node.value if not isinstance(node.value, str) else node.value[:200]
+        nodes.append(Node(id=node_id, type=type(node).__name__, properties={k: v for k, v in props.items() if v is not None}))
+        for field, value in ast.iter_fields(node):
+            children = value if isinstance(value, list) else [value]
+            for index, child in enumerate(children):
+                if isinstance(child, ast.AST):
+                    child_id = visit(child)
+                    edges.append(Edge(source=node_id, target=child_id, type=field.upper(), properties={"index": index}))
+        return node_id
+
+    visit(tree)
+    return GraphData(nodes=nodes, edges=edges, metadata={"filename": filename, "language": "python"})
+
+
+def stdlib_files(limit: int, root: Path | None = None) -> Iterator[Path]:
+    """Up to ``limit`` parseable .py files of the running Python's standard library, in a stable order."""
+    base = root or Path(sysconfig.get_paths()["stdlib"])
+    count = 0
+    for path in sorted(base.rglob("*.py")):
+        if count >= limit:
+            return
+        if "test" in path.parts or "site-packages" in path.parts:
+            continue
+        try:
+            ast.parse(path.read_bytes())
+        except (SyntaxError, ValueError):
+            continue
+        count += 1
+        yield path
+
+
+def event_for_file(path: Path, root: Path, version: int = 1) -> AstGraphUpserted:
+    """The upsert event a producer would send for one file."""
+    source_id = path.relative_to(root).as_posix()
+    graph = graph_from_source(path.read_text(encoding="utf-8", errors="replace"), source_id)
+    return AstGraphUpserted(
+        event_id=uuid.uuid5(uuid.NAMESPACE_URL, f"gpm-sample:{source_id}:{version}"),
+        event_type=EventType.AST_GRAPH_UPSERTED,
+        source_id=source_id,
+        source_version=version,
+        occurred_at=datetime.now(UTC),
+        producer=PRODUCER,
+        graph=graph,
+    )

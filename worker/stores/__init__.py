@@ -1,0 +1,1 @@
+"""Store adapters behind the Protocols in :mod:`worker.stores.protocols`."""

@@ -1,0 +1,234 @@
+"""Neo4j adapter (official async driver, Neo4j 5): the graph side of a batch.
+
+A batch is written in ONE explicit write transaction made of UNWIND statements of at
+most ``chunk_size`` rows. A failure rolls the whole transaction back, which is the
+graph side's compensation: no partial batch is ever visible. Every statement is
+idempotent, so re-applying a batch after a crash converges to the same graph.
+
+Graph model: every AST node carries the label ``AstNode`` plus its type as a second
+label, and the properties ``key`` (the JSON array ``["<source_id>", "<node_id>"]``, unique), ``source_id``,
+``node_id``, ``type`` and ``source_version``. Intents are ``(:Intent {id})`` nodes with
+``IMPLEMENTED_BY`` relationships to AST nodes.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from typing import Any, LiteralString, cast
+
+import neo4j
+import orjson
+import structlog
+from neo4j import exceptions as neo4j_errors
+
+from worker.config import GraphSettings
+from worker.errors import StoreRejected, StoreUnavailable
+from worker.events import CYPHER_NAME, AstGraphUpserted
+from worker.saga.plan import GraphChanges
+from worker.stores.protocols import GraphWriteStats
+
+log = structlog.get_logger(__name__)
+
+SCHEMA_STATEMENTS: tuple[LiteralString, ...] = (
+    "CREATE CONSTRAINT gpm_ast_node_key IF NOT EXISTS FOR (n:AstNode) REQUIRE n.key IS UNIQUE",
+    "CREATE INDEX gpm_ast_node_source IF NOT EXISTS FOR (n:AstNode) ON (n.source_id)",
+    "CREATE CONSTRAINT gpm_intent_id IF NOT EXISTS FOR (i:Intent) REQUIRE i.id IS UNIQUE",
+)
+
+
+def node_key(source_id: str, node_id: str) -> str:
+    """The unique key of an AST node in the graph.
+
+    A JSON array is unambiguous whatever the ids contain. (A control-character separator
+    would be too, but ArcadeDB corrupts such strings in its unique index.)
+    """
+    return orjson.dumps([source_id, node_id]).decode()
+
+
+def _name(value: str) -> LiteralString:
+    """Check a label/relationship type once more right where it enters query text."""
+    if not CYPHER_NAME.match(value):
+        msg = f"unsafe Cypher name {value!r}"
+        raise StoreRejected(msg)
+    return cast("LiteralString", value)
+
+
+def _chunks(rows: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    for start in range(0, len(rows), size):
+        yield rows[start : start + size]
+
+
+def _scalars(values: list[str]) -> list[dict[str, Any]]:
+    """UNWIND takes any list; this only tells the type checker so."""
+    return cast("list[dict[str, Any]]", values)
+
+
+def _map_error(exc: Exception) -> Exception:
+    if isinstance(exc, neo4j_errors.Neo4jError) and not exc.is_retryable():
+        return StoreRejected(f"graph store rejected the write: {exc.code}: {exc.message}")
+    return StoreUnavailable(f"graph store unavailable: {type(exc).__name__}: {exc}")
+
+
+class _BatchWriter:
+    """Runs one batch's statements inside a transaction and adds up the counters."""
+
+    def __init__(self, tx: neo4j.AsyncManagedTransaction, chunk_size: int) -> None:
+        self._tx = tx
+        self._chunk_size = chunk_size
+        self.stats: dict[str, int] = defaultdict(int)
+
+    async def run(self, query: LiteralString, rows: list[dict[str, Any]] | None = None, **params: Any) -> list[dict[str, Any]]:
+        chunks: Iterable[list[dict[str, Any]] | None] = [None] if rows is None else _chunks(rows, self._chunk_size)
+        records: list[dict[str, Any]] = []
+        for chunk in chunks:
+            if chunk is not None:
+                params["rows"] = chunk
+            result = await self._tx.run(query, params)
+            records.extend([record.data() async for record in result])
+            counters = (await result.consume()).counters
+            self.stats["statements"] += 1
+            self.stats["nodes_written"] += counters.nodes_created
+            self.stats["nodes_deleted"] += counters.nodes_deleted
+            self.stats["edges_written"] += counters.relationships_created
+            self.stats["relationships_deleted"] += counters.relationships_deleted
+        return records
+
+    async def write(self, changes: GraphChanges) -> None:
+        # A new version replaces a source's graph as a whole, so its old nodes go first,
+        # with their edges. Intent links into them are re-attached from PostgreSQL at the
+        # end (GraphChanges.relinks), so node identity across versions does not matter.
+        # CREATE with both labels is also what ArcadeDB needs: it stores a multi-label node
+        # as one compound type, and adding a label to an existing node inside a transaction
+        # trips its unique index (seen on 26.10).
+        rewritten = [e.source_id for e in (*changes.upserts, *changes.deletes)]
+        if rewritten:
+            await self.run("UNWIND $rows AS id MATCH (n:AstNode {source_id: id}) DETACH DELETE n", _scalars(rewritten))
+        await self._create_sources(changes.upserts)
+        gone = [str(e.intent_id) for e in changes.intent_deletes]
+        if gone:
+            await self.run("UNWIND $rows AS id MATCH (i:Intent {id: id}) DETACH DELETE i", _scalars(gone))
+        await self._upsert_intents(changes)
+
+    async def _create_sources(self, upserts: tuple[AstGraphUpserted, ...]) -> None:
+        nodes_by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        edges_by_type: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for event in upserts:
+            for node in event.graph.nodes:
+                props: dict[str, Any] = {k: v for k, v in node.properties.items() if v is not None}
+                props.update(
+                    key=node_key(event.source_id, node.id),
+                    source_id=event.source_id,
+                    node_id=node.id,
+                    type=node.type,
+                    source_version=event.source_version,
+                )
+                nodes_by_type[node.type].append(props)
+            for edge in event.graph.edges:
+                edges_by_type[edge.type].append(
+                    {
+                        "s": node_key(event.source_id, edge.source),
+                        "t": node_key(event.source_id, edge.target),
+                        "props": {k: v for k, v in edge.properties.items() if v is not None},
+                    }
+                )
+        for label, rows in nodes_by_type.items():
+            await self.run("UNWIND $rows AS r CREATE (n:AstNode:" + _name(label) + ") SET n = r", rows)
+        for rel_type, rows in edges_by_type.items():
+            await self.run(
+                "UNWIND $rows AS r MATCH (a:AstNode {key: r.s}) MATCH (b:AstNode {key: r.t}) "
+                "CREATE (a)-[e:" + _name(rel_type) + "]->(b) SET e = r.props",
+                rows,
+            )
+
+    async def _upsert_intents(self, changes: GraphChanges) -> None:
+        intents = [{"id": str(e.intent_id), "v": e.source_version} for e in changes.intent_upserts]
+        if intents:
+            await self.run(
+                "UNWIND $rows AS r MERGE (i:Intent {id: r.id}) SET i.source_version = r.v "
+                "WITH i OPTIONAL MATCH (i)-[e:IMPLEMENTED_BY]->() DELETE e",
+                intents,
+            )
+        links = [
+            {"intent": str(e.intent_id), "key": node_key(ref.source_id, ref.node_id)}
+            for e in changes.intent_upserts
+            for ref in e.ast_nodes
+        ]
+        links += [{"intent": str(r.intent_id), "key": node_key(r.source_id, r.node_id)} for r in changes.relinks]
+        if links:
+            # Links to nodes not (yet) in the graph match nothing here; PostgreSQL keeps them
+            # and the source's next upsert re-attaches them (see GraphChanges.relinks).
+            await self.run(
+                "UNWIND $rows AS r MATCH (i:Intent {id: r.intent}) MATCH (n:AstNode {key: r.key}) "
+                "MERGE (i)-[:IMPLEMENTED_BY]->(n)",
+                links,
+            )
+
+
+class Neo4jGraphStore:
+    """The GraphStore port on the official Neo4j driver (Bolt)."""
+
+    def __init__(self, driver: neo4j.AsyncDriver, settings: GraphSettings, chunk_size: int) -> None:
+        self._driver = driver
+        self._settings = settings
+        self._chunk_size = chunk_size
+
+    @classmethod
+    def connect(cls, settings: GraphSettings, chunk_size: int = 1000) -> Neo4jGraphStore:
+        """Create the driver (connections open lazily, on first use)."""
+        driver = neo4j.AsyncGraphDatabase.driver(
+            settings.uri,
+            auth=(settings.user, settings.password.get_secret_value()),
+            max_connection_pool_size=settings.max_connection_pool_size,
+            connection_timeout=settings.connection_timeout_s,
+        )
+        return cls(driver, settings, chunk_size)
+
+    async def migrate(self) -> None:
+        """Constraints and indexes; schema statements run in auto-commit transactions."""
+        try:
+            async with self._driver.session(database=self._settings.database) as session:
+                for statement in SCHEMA_STATEMENTS:
+                    await (await session.run(statement)).consume()
+        except (neo4j_errors.Neo4jError, neo4j_errors.DriverError, OSError) as exc:
+            raise _map_error(exc) from exc
+
+    async def apply(self, changes: GraphChanges) -> GraphWriteStats:
+        """One managed write transaction; the driver retries transient errors itself."""
+        if changes.empty:
+            return GraphWriteStats()
+
+        @neo4j.unit_of_work(timeout=self._settings.transaction_timeout_s, metadata={"app": "graph-postgres-manager"})
+        async def work(tx: neo4j.AsyncManagedTransaction) -> dict[str, int]:
+            writer = _BatchWriter(tx, self._chunk_size)
+            await writer.write(changes)
+            return dict(writer.stats)
+
+        try:
+            async with self._driver.session(database=self._settings.database) as session:
+                stats = await session.execute_write(work)
+        except (neo4j_errors.Neo4jError, neo4j_errors.DriverError, OSError) as exc:
+            raise _map_error(exc) from exc
+        return GraphWriteStats(**stats)
+
+    async def query(self, cypher: LiteralString, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run a read query and return plain dicts."""
+        try:
+            async with self._driver.session(database=self._settings.database) as session:
+                result = await session.run(cypher, params or {})
+                return [record.data() async for record in result]
+        except (neo4j_errors.Neo4jError, neo4j_errors.DriverError, OSError) as exc:
+            raise _map_error(exc) from exc
+
+    async def ping(self) -> None:
+        """A trivial query on the configured database."""
+        await self.query("RETURN 1 AS ok")
+
+    async def server_agent(self) -> str:
+        """The server's self-description, e.g. 'Neo4j/5.26.0'."""
+        info = await self._driver.get_server_info()
+        return info.agent
+
+    async def close(self) -> None:
+        """Close the driver's pool."""
+        await self._driver.close()

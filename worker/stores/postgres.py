@@ -1,0 +1,253 @@
+"""PostgreSQL adapter (asyncpg): the outbox, the processed-event ledger and the registry."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any, ParamSpec, TypeVar
+from uuid import UUID
+
+import asyncpg
+import orjson
+import structlog
+
+from worker.config import PostgresSettings, mask_dsn
+from worker.errors import StoreRejected, StoreUnavailable
+from worker.events import AstGraphDeleted, AstGraphUpserted, IntentLinkDeleted, IntentLinkUpserted
+from worker.saga.plan import AppliedState, BatchPlan, LinkRow, Outcome
+from worker.stores.postgres_migrations import apply_migrations, bundled_migrations
+from worker.stores.protocols import BatchRecord, GraphWriteStats
+
+log = structlog.get_logger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
+
+# SQLSTATE classes that clear up by themselves: connection exceptions (08), insufficient
+# resources (53), operator intervention (57, e.g. admin shutdown), and the two
+# concurrency failures (40001 serialization, 40P01 deadlock).
+_TRANSIENT_SQLSTATE_PREFIXES = ("08", "53", "57")
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+def _map_error(exc: BaseException) -> Exception:
+    if isinstance(exc, asyncpg.PostgresError):
+        state = exc.sqlstate or ""
+        if state in _TRANSIENT_SQLSTATES or state.startswith(_TRANSIENT_SQLSTATE_PREFIXES):
+            return StoreUnavailable(f"PostgreSQL unavailable: {type(exc).__name__}: {exc}")
+        return StoreRejected(f"PostgreSQL rejected the write: {type(exc).__name__} [{state}]: {exc}")
+    return StoreUnavailable(f"PostgreSQL unreachable: {type(exc).__name__}: {exc}")
+
+
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+
+
+def _mapped(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """Run ``fn`` and translate driver errors into the project's error tree."""
+
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except _DRIVER_ERRORS as exc:
+            raise _map_error(exc) from exc
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+class PostgresRelationalStore:
+    """The RelationalStore port on an asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    @classmethod
+    async def connect(cls, settings: PostgresSettings) -> PostgresRelationalStore:
+        """Open a pool; raise StoreUnavailable (with the DSN masked) if it cannot."""
+        dsn = settings.dsn.get_secret_value()
+        try:
+            pool = await asyncpg.create_pool(
+                dsn,
+                min_size=settings.min_pool_size,
+                max_size=settings.max_pool_size,
+                command_timeout=settings.command_timeout_s,
+            )
+        except _DRIVER_ERRORS as exc:
+            # The driver's message can echo the DSN; say which server without the secret.
+            msg = f"cannot connect to PostgreSQL at {mask_dsn(dsn)}: {type(exc).__name__}"
+            raise StoreUnavailable(msg) from None
+        return cls(pool)
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    @_mapped
+    async def migrate(self) -> None:
+        """Apply pending migrations."""
+        async with self._pool.acquire() as conn:
+            await apply_migrations(conn, bundled_migrations())
+
+    @_mapped
+    async def begin_batch(self, record: BatchRecord) -> AppliedState:
+        """Outbox row 'pending' (or a new attempt of it) and the applied state, in one transaction."""
+        positions = orjson.dumps([dataclasses.asdict(p) for p in record.positions]).decode()
+        async with self._transaction() as conn:
+            await conn.execute(
+                """INSERT INTO gpm_outbox (batch_id, state, positions, event_ids, row_count)
+                   VALUES ($1, 'pending', $2::jsonb, $3, $4)
+                   ON CONFLICT (batch_id) DO UPDATE
+                   SET state = 'pending', attempts = gpm_outbox.attempts + 1, updated_at = now()""",
+                record.batch_id,
+                positions,
+                list(record.event_ids),
+                record.rows,
+            )
+            sources = await conn.fetch(
+                "SELECT source_id, source_version FROM gpm_sources WHERE source_id = ANY($1::text[])",
+                list(record.source_ids),
+            )
+            intents = await conn.fetch(
+                "SELECT intent_id, source_version FROM gpm_intents WHERE intent_id = ANY($1::uuid[])",
+                list(record.intent_ids),
+            )
+            processed = await conn.fetch(
+                "SELECT event_id FROM gpm_processed_events WHERE event_id = ANY($1::uuid[])",
+                list(record.event_ids),
+            )
+        return AppliedState(
+            source_versions={r["source_id"]: r["source_version"] for r in sources},
+            intent_versions={r["intent_id"]: r["source_version"] for r in intents},
+            processed_event_ids=frozenset(r["event_id"] for r in processed),
+        )
+
+    @_mapped
+    async def links_for_sources(self, source_ids: tuple[str, ...]) -> tuple[LinkRow, ...]:
+        """Links that point into the given sources."""
+        if not source_ids:
+            return ()
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT l.intent_id, l.source_id, l.node_id FROM gpm_intent_links l
+                   JOIN gpm_intents i USING (intent_id)
+                   WHERE l.source_id = ANY($1::text[]) AND NOT i.deleted""",
+                list(source_ids),
+            )
+        return tuple(LinkRow(r["intent_id"], r["source_id"], r["node_id"]) for r in rows)
+
+    @_mapped
+    async def complete_batch(self, batch_id: UUID, plan: BatchPlan, stats: GraphWriteStats) -> None:
+        """Registry, links, processed ledger and the outbox row 'applied', atomically."""
+        async with self._transaction() as conn:
+            for item in plan.winners:
+                await _write_winner(conn, item.event)
+            await conn.executemany(
+                """INSERT INTO gpm_processed_events (event_id, batch_id, outcome, topic, kafka_partition, kafka_offset)
+                   VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING""",
+                [
+                    (item.event.event_id, batch_id, outcome.value, *dataclasses.astuple(item.position))
+                    for item, outcome in plan.outcomes
+                    if outcome is not Outcome.DUPLICATE
+                ],
+            )
+            await conn.execute(
+                """UPDATE gpm_outbox SET state = 'applied', last_error = NULL, graph_stats = $2::jsonb,
+                   updated_at = now() WHERE batch_id = $1""",
+                batch_id,
+                orjson.dumps(dataclasses.asdict(stats)).decode(),
+            )
+
+    @_mapped
+    async def record_dead_letters(self, batch_id: UUID, items: list[tuple[UUID, str, int, int]]) -> None:
+        """Ledger rows for events sent to the dead-letter topic (so a replay skips them too)."""
+        if not items:
+            return
+        async with self._pool.acquire() as conn:
+            await conn.executemany(
+                """INSERT INTO gpm_processed_events (event_id, batch_id, outcome, topic, kafka_partition, kafka_offset)
+                   VALUES ($1, $2, 'dead-lettered', $3, $4, $5) ON CONFLICT (event_id) DO NOTHING""",
+                [(event_id, batch_id, topic, partition, offset) for event_id, topic, partition, offset in items],
+            )
+
+    @_mapped
+    async def fail_batch(self, batch_id: UUID, state: str, error: str) -> None:
+        """Mark the attempt's end and keep the error for operators."""
+        async with self._pool.acquire() as conn:
+            await conn.execute(
+                "UPDATE gpm_outbox SET state = $2, last_error = $3, updated_at = now() WHERE batch_id = $1",
+                batch_id,
+                state,
+                error[:4000],
+            )
+
+    @_mapped
+    async def fetch(self, sql: str, *args: object) -> list[dict[str, Any]]:
+        """Run a read query and return plain dicts (for reports and tests)."""
+        async with self._pool.acquire() as conn:
+            return [dict(r) for r in await conn.fetch(sql, *args)]
+
+    @_mapped
+    async def ping(self) -> None:
+        """Round trip to the server."""
+        async with self._pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+
+    async def close(self) -> None:
+        """Close the pool, waiting for connections in use."""
+        await self._pool.close()
+
+
+async def _write_winner(
+    conn: asyncpg.Connection, event: AstGraphUpserted | AstGraphDeleted | IntentLinkUpserted | IntentLinkDeleted
+) -> None:
+    # The WHERE clauses are the version guard: a lower version never overwrites a higher one.
+    if isinstance(event, AstGraphUpserted | AstGraphDeleted):
+        graph = event.graph if isinstance(event, AstGraphUpserted) else None
+        await conn.execute(
+            """INSERT INTO gpm_sources (source_id, source_version, deleted, node_count, edge_count, metadata,
+                                        event_id, producer, occurred_at)
+               VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9)
+               ON CONFLICT (source_id) DO UPDATE SET
+                 source_version = EXCLUDED.source_version, deleted = EXCLUDED.deleted,
+                 node_count = EXCLUDED.node_count, edge_count = EXCLUDED.edge_count,
+                 metadata = EXCLUDED.metadata, event_id = EXCLUDED.event_id, producer = EXCLUDED.producer,
+                 occurred_at = EXCLUDED.occurred_at, updated_at = now()
+               WHERE gpm_sources.source_version < EXCLUDED.source_version""",
+            event.source_id,
+            event.source_version,
+            graph is None,
+            len(graph.nodes) if graph else 0,
+            len(graph.edges) if graph else 0,
+            orjson.dumps(graph.metadata if graph else {}).decode(),
+            event.event_id,
+            event.producer,
+            event.occurred_at,
+        )
+        return
+    links = event.ast_nodes if isinstance(event, IntentLinkUpserted) else []
+    status = await conn.execute(
+        """INSERT INTO gpm_intents (intent_id, source_version, deleted, link_count, event_id, occurred_at)
+           VALUES ($1, $2, $3, $4, $5, $6)
+           ON CONFLICT (intent_id) DO UPDATE SET
+             source_version = EXCLUDED.source_version, deleted = EXCLUDED.deleted,
+             link_count = EXCLUDED.link_count, event_id = EXCLUDED.event_id,
+             occurred_at = EXCLUDED.occurred_at, updated_at = now()
+           WHERE gpm_intents.source_version < EXCLUDED.source_version""",
+        event.intent_id,
+        event.source_version,
+        isinstance(event, IntentLinkDeleted),
+        len(links),
+        event.event_id,
+        event.occurred_at,
+    )
+    if status.endswith(" 0"):
+        return  # a newer version is already recorded: leave its links alone
+    await conn.execute("DELETE FROM gpm_intent_links WHERE intent_id = $1", event.intent_id)
+    if links:
+        await conn.executemany(
+            "INSERT INTO gpm_intent_links (intent_id, source_id, node_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            [(event.intent_id, ref.source_id, ref.node_id) for ref in links],
+        )

@@ -1,0 +1,78 @@
+"""The ports between the saga and the stores; the coordinator knows only these."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+from uuid import UUID
+
+from worker.saga.plan import AppliedState, BatchPlan, GraphChanges, LinkRow, Position
+
+
+@dataclass(frozen=True, slots=True)
+class GraphWriteStats:
+    """Counters reported by the graph store for one batch."""
+
+    nodes_written: int = 0
+    edges_written: int = 0
+    nodes_deleted: int = 0
+    relationships_deleted: int = 0
+    statements: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """What the outbox row of a batch says before it is applied."""
+
+    batch_id: UUID
+    positions: tuple[Position, ...]
+    event_ids: tuple[UUID, ...]
+    source_ids: tuple[str, ...]
+    intent_ids: tuple[UUID, ...]
+    rows: int
+
+
+@runtime_checkable
+class GraphStore(Protocol):
+    """The graph side: applies a batch's changes atomically and idempotently."""
+
+    async def migrate(self) -> None:
+        """Create constraints and indexes (idempotent)."""
+
+    async def apply(self, changes: GraphChanges) -> GraphWriteStats:
+        """Write all changes in one transaction: all or nothing.
+
+        Raises StoreUnavailable (retry) or StoreRejected (the data was refused).
+        """
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the store answers a query."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+@runtime_checkable
+class RelationalStore(Protocol):
+    """PostgreSQL: the outbox (saga log), the processed events and the relational rows."""
+
+    async def migrate(self) -> None:
+        """Apply pending SQL migrations under an advisory lock."""
+
+    async def begin_batch(self, record: BatchRecord) -> AppliedState:
+        """Saga step 1: write the outbox row 'pending' and read the applied state."""
+
+    async def links_for_sources(self, source_ids: tuple[str, ...]) -> tuple[LinkRow, ...]:
+        """Existing intent links that point into these sources."""
+
+    async def complete_batch(self, batch_id: UUID, plan: BatchPlan, stats: GraphWriteStats) -> None:
+        """Saga step 3: write the relational rows and mark the outbox row 'applied'."""
+
+    async def fail_batch(self, batch_id: UUID, state: str, error: str) -> None:
+        """Record a failed attempt ('compensated' or 'failed') with its error."""
+
+    async def ping(self) -> None:
+        """Raise StoreUnavailable unless the database answers."""
+
+    async def close(self) -> None:
+        """Release connections."""
