@@ -1,0 +1,1 @@
+"""graph-postgres-manager: Kafka ingestion of AST graphs into a graph store and PostgreSQL."""

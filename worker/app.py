@@ -61,9 +61,12 @@ class Worker:
             await relational.migrate()
             await graph.migrate()
             producer = AIOKafkaProducer(
-                bootstrap_servers=s.kafka.bootstrap_servers, client_id=f"{s.kafka.client_id}-dlq", acks="all",
+                bootstrap_servers=s.kafka.bootstrap_servers,
+                client_id=f"{s.kafka.client_id}-dlq",
+                acks="all",
                 # A dead letter carries the original value, which may be as large as any event.
-                max_request_size=s.worker.max_event_bytes + 64 * 1024, compression_type="gzip",
+                max_request_size=s.worker.max_event_bytes + 64 * 1024,
+                compression_type="gzip",
             )
             await producer.start()
             stack.push_async_callback(producer.stop)

@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
-import time
-import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -17,10 +13,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from worker.config import Settings, load_settings
+from worker.devstack import DevStack
 from worker.errors import ConfigError, EventError, GpmError
-from worker.events import EventType, IntentLinkUpserted, decode_event, json_schemas
+from worker.events import decode_event, json_schemas
 
-app = typer.Typer(help="graph-postgres-manager: Kafka → PostgreSQL + graph store ingestion worker.", no_args_is_help=True)
+app = typer.Typer(
+    help="graph-postgres-manager: Kafka → PostgreSQL + graph store ingestion worker.", no_args_is_help=True
+)
 console = Console(stderr=True)
 
 
@@ -70,8 +69,13 @@ def publish(
     events = []
     for path in files:
         try:
-            events.append(decode_event(path.read_bytes(), max_bytes=settings.worker.max_event_bytes,
-                                       max_nodes=settings.worker.max_nodes_per_graph))
+            events.append(
+                decode_event(
+                    path.read_bytes(),
+                    max_bytes=settings.worker.max_event_bytes,
+                    max_nodes=settings.worker.max_nodes_per_graph,
+                )
+            )
         except EventError as exc:
             console.print(f"[red]{path}: {exc}[/red]")
             raise typer.Exit(1) from None
@@ -82,6 +86,7 @@ def publish(
 @app.command()
 def schemas(
     out: Annotated[Path, typer.Option(help="Directory of the JSON Schemas.")] = Path("schemas"),
+    *,
     check: Annotated[bool, typer.Option(help="Fail if the files differ from the models.")] = False,
 ) -> None:
     """Write (or --check) the JSON Schema of every event type."""
@@ -102,7 +107,7 @@ def schemas(
 
 @app.command()
 def dev(
-    files: Annotated[int, typer.Option(help="How many standard-library files to ingest.")] = 300,
+    files: Annotated[int, typer.Option(help="How many standard-library files to ingest.")] = 100,
     transaction_size: Annotated[int, typer.Option(help="Graph rows per batch.")] = 1000,
 ) -> None:
     """Start the embedded stack, run the worker, ingest real AST graphs, and show the result."""
@@ -116,75 +121,40 @@ def dev(
         asyncio.run(_dev(stack, settings, files))
 
 
-async def _dev(stack: object, settings: Settings, files: int) -> None:
-    from worker.app import Worker  # noqa: PLC0415
-    from worker.devstack import DevStack  # noqa: PLC0415
-    from worker.publish import publish_events  # noqa: PLC0415
-    from worker.sample import event_for_file, stdlib_files  # noqa: PLC0415
-    from worker.stores.postgres import PostgresRelationalStore  # noqa: PLC0415
-
-    assert isinstance(stack, DevStack)  # noqa: S101 - narrowing for mypy; the caller passes one
-    await stack.broker.create_topics(["ast-graphs", "intent-links", "ast-graphs.dlq", "intent-links.dlq"])
-    paths = list(stdlib_files(files))
-    root = Path(sys.modules["os"].__file__ or "").parent
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
-        task = progress.add_task("parsing files", total=len(paths))
-        events = []
-        for path in paths:
-            events.append(event_for_file(path, root))
-            progress.advance(task)
-    worker = Worker(settings, handle_signals=False)
-    running = asyncio.create_task(worker.run())
-    await worker.started.wait()
-    started = time.monotonic()
-    await publish_events(settings.kafka.bootstrap_servers, "ast-graphs", events)
-    first = events[0]
-    function = next((n for n in first.graph.nodes if n.type == "FunctionDef"), first.graph.nodes[0])
-    intent = IntentLinkUpserted(
-        event_id=uuid.uuid4(), event_type=EventType.INTENT_LINK_UPSERTED, source_id=str(uuid.uuid4()),
-        source_version=1, occurred_at=datetime.now(UTC), producer="gpm-dev",
-        ast_nodes=[{"source_id": first.source_id, "node_id": function.id}],  # type: ignore[list-item]
-    )
-    await publish_events(settings.kafka.bootstrap_servers, "intent-links", [intent])
-    relational = await PostgresRelationalStore.connect(settings.postgres)
-    try:
-        with Progress(*columns, console=console) as progress:
-            task = progress.add_task("ingesting", total=len(events))
-            while True:
-                done = (await relational.fetch("SELECT count(*) AS n FROM gpm_sources"))[0]["n"]
-                links = (await relational.fetch("SELECT count(*) AS n FROM gpm_intent_links"))[0]["n"]
-                progress.update(task, completed=done)
-                if done >= len(events) and links >= 1:
-                    break
-                if running.done():
-                    running.result()
-                await asyncio.sleep(0.2)
-        seconds = time.monotonic() - started
-        totals = (await relational.fetch(
-            "SELECT count(*) AS files, sum(node_count) AS nodes, sum(edge_count) AS edges FROM gpm_sources"))[0]
-        outbox = await relational.fetch("SELECT state, count(*) AS n FROM gpm_outbox GROUP BY state ORDER BY state")
-    finally:
-        await relational.close()
+async def _dev(stack: DevStack, settings: Settings, files: int) -> None:
+    from worker.devjob import corpus, ingest_corpus  # noqa: PLC0415
     from worker.stores.neo4j import Neo4jGraphStore  # noqa: PLC0415
 
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        parsing = progress.add_task("parsing files", total=files)
+        events = corpus(files, lambda: progress.advance(parsing))
+        ingesting = progress.add_task("ingesting", total=len(events))
+        report = await ingest_corpus(stack, settings, events, lambda done: progress.update(ingesting, completed=done))
+        progress.update(ingesting, completed=len(events))
     graph = Neo4jGraphStore.connect(settings.graph)
     try:
         in_graph = await graph.query("MATCH (n:AstNode) RETURN count(n) AS nodes")
         functions = await graph.query(
-            "MATCH (f:FunctionDef) RETURN f.source_id AS file, f.name AS name, f.lineno AS line ORDER BY file, line LIMIT 5")
+            "MATCH (f:FunctionDef) RETURN f.source_id AS file, f.name AS name, f.lineno AS line "
+            "ORDER BY file, line LIMIT 5"
+        )
         linked = await graph.query(
-            "MATCH (i:Intent)-[:IMPLEMENTED_BY]->(n:AstNode) RETURN i.id AS intent, n.source_id AS file, n.name AS name")
+            "MATCH (i:Intent)-[:IMPLEMENTED_BY]->(n:AstNode) RETURN i.id AS intent, n.source_id AS file, n.name AS name"
+        )
     finally:
         await graph.close()
-    worker.stop()
-    await running
-    table = Table(title=f"ingested in {seconds:.1f}s (broker → validate → saga → PostgreSQL + graph)")
-    for column in ("files", "nodes", "edges", "nodes/s", "graph nodes", "outbox"):
+    table = Table(title=f"ingested in {report.seconds:.1f}s: broker → validate → saga → PostgreSQL + graph")
+    for column in ("files", "nodes", "edges", "nodes/s", "nodes in graph", "outbox rows"):
         table.add_column(column, justify="right")
-    table.add_row(str(totals["files"]), str(totals["nodes"]), str(totals["edges"]),
-                  f"{totals['nodes'] / seconds:,.0f}", str(in_graph[0]["nodes"]),
-                  ", ".join(f"{r['state']}={r['n']}" for r in outbox))
+    table.add_row(
+        str(report.files),
+        str(report.nodes),
+        str(report.edges),
+        f"{report.nodes_per_s:,.0f}",
+        str(in_graph[0]["nodes"]),
+        ", ".join(f"{state}={n}" for state, n in sorted(report.outbox.items())),
+    )
     out = Console()
     out.print(table)
     out.print("first functions in the graph:", functions)

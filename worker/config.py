@@ -77,6 +77,9 @@ class GraphSettings(BaseModel):
     database: str = "neo4j"
     max_connection_pool_size: int = Field(20, ge=1)
     connection_timeout_s: float = Field(10.0, gt=0)
+    # How long the driver itself retries a transient failure of a managed transaction
+    # before the saga's own retry (and rewind) takes over.
+    max_transaction_retry_time_s: float = Field(15.0, ge=0)
     # Upper bound for one batch's write transaction, server-side.
     transaction_timeout_s: float = Field(120.0, gt=0)
 
@@ -131,7 +134,7 @@ def load_settings(env_file: Path | None = None, secrets_dir: Path | None = None)
     The message never includes the offending value: it may be a secret.
     """
     try:
-        return Settings(_env_file=env_file or ".env", _secrets_dir=secrets_dir)  # type: ignore[call-arg]
+        return Settings(_env_file=env_file or ".env", _secrets_dir=secrets_dir)
     except ValidationError as exc:
         problems = []
         for error in exc.errors(include_input=False, include_url=False):

@@ -60,7 +60,7 @@ def _no_control_chars(value: str) -> str:
 
 def _label(value: str) -> str:
     if not CYPHER_NAME.match(value):
-        msg = f"{value!r} is not a safe Cypher label (letters, digits, '_', starting with a letter, at most 64)"
+        msg = f"{value!r} is not a safe Cypher label (letters, digits, '_', starting with a letter, max 64)"
         raise ValueError(msg)
     if value in RESERVED_LABELS:
         msg = f"{value!r} is reserved"
@@ -70,7 +70,7 @@ def _label(value: str) -> str:
 
 def _relationship(value: str) -> str:
     if not CYPHER_NAME.match(value):
-        msg = f"{value!r} is not a safe Cypher relationship type (letters, digits, '_', starting with a letter, at most 64)"
+        msg = f"{value!r} is not a safe Cypher relationship type (letters, digits, '_', starting with a letter, max 64)"
         raise ValueError(msg)
     if value in RESERVED_RELATIONSHIPS:
         msg = f"{value!r} is reserved"
@@ -168,7 +168,7 @@ class Envelope(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     event_id: UUID
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     source_id: Identifier
     source_version: int = Field(ge=0)
     occurred_at: datetime

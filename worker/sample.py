@@ -38,7 +38,9 @@ def graph_from_source(text: str, filename: str = "<source>") -> GraphData:
                 props[attr] = value
         if isinstance(node, ast.Constant) and isinstance(node.value, str | int | float | bool):
             props["value"] = node.value if not isinstance(node.value, str) else node.value[:200]
-        nodes.append(Node(id=node_id, type=type(node).__name__, properties={k: v for k, v in props.items() if v is not None}))
+        nodes.append(
+            Node(id=node_id, type=type(node).__name__, properties={k: v for k, v in props.items() if v is not None})
+        )
         for field, value in ast.iter_fields(node):
             children = value if isinstance(value, list) else [value]
             for index, child in enumerate(children):

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from worker.stores.protocols import GraphWriteStats
 
 
-def _add_trace_context(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _add_trace_context(_: object, __: str, event: dict[str, Any]) -> dict[str, Any]:
     span = trace.get_current_span().get_span_context()
     if span.is_valid:
         event["trace_id"] = format(span.trace_id, "032x")

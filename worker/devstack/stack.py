@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
+from urllib.parse import urlsplit, urlunsplit
 
+import asyncpg
 import structlog
 from pydantic import SecretStr
 
-from worker.config import GraphSettings, KafkaSettings, PostgresSettings, Settings
+from worker.config import GraphSettings, KafkaSettings, PostgresSettings, Settings, WorkerSettings
 from worker.devstack.arcadedb import ArcadeDBServer
 from worker.devstack.broker import TansuBroker
 from worker.devstack.postgres import EmbeddedPostgres
@@ -30,7 +34,7 @@ class DevStack:
         self.postgres = EmbeddedPostgres(self.workdir)
         self.graph = ArcadeDBServer(self.workdir)
 
-    def start(self) -> DevStack:
+    def start(self) -> Self:
         """Start all three; the slowest (the JVM) starts first so the others overlap it."""
         started = time.monotonic()
         try:
@@ -54,8 +58,39 @@ class DevStack:
         return Settings(
             kafka=KafkaSettings(bootstrap_servers=self.broker.bootstrap_servers),
             postgres=PostgresSettings(dsn=SecretStr(self.postgres.dsn)),
-            graph=GraphSettings(uri=self.graph.uri, user="root", password=SecretStr(self.graph.password), database="graph"),
-            worker=worker or {},  # type: ignore[arg-type]
+            graph=GraphSettings(
+                uri=self.graph.uri, user="root", password=SecretStr(self.graph.password), database="graph"
+            ),
+            worker=WorkerSettings.model_validate(worker),
+        )
+
+    def namespace(self, name: str, **worker: object) -> Settings:
+        """Settings on fresh databases named ``name`` (PostgreSQL and graph) and group ``gpm-<name>``.
+
+        Synchronous (it runs its own event loop): from async code, call it in a thread.
+        """
+        if not name.isidentifier():
+            msg = f"namespace name must be an identifier, got {name!r}"
+            raise ValueError(msg)
+
+        async def create_database() -> None:
+            conn = await asyncpg.connect(self.postgres.dsn)
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            finally:
+                await conn.close()
+
+        asyncio.run(create_database())
+        self.graph.create_database(name)
+        base = self.settings(**worker)
+        parts = urlsplit(self.postgres.dsn)
+        dsn = urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+        return base.model_copy(
+            update={
+                "postgres": base.postgres.model_copy(update={"dsn": SecretStr(dsn)}),
+                "graph": base.graph.model_copy(update={"database": name}),
+                "kafka": base.kafka.model_copy(update={"group_id": f"gpm-{name}"}),
+            }
         )
 
     def stop(self) -> None:
@@ -66,8 +101,10 @@ class DevStack:
         if self._own_dir and not self._keep:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> DevStack:
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

@@ -94,7 +94,7 @@ class SagaCoordinator:
         batch_id = uuid4()
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(StoreUnavailable),
-            wait=wait_exponential_jitter(initial=self._settings.retry_initial_s, max=self._settings.retry_max_s),
+            wait=wait_exponential_jitter(multiplier=self._settings.retry_initial_s, max=self._settings.retry_max_s),
             stop=stop_after_delay(self._settings.retry_window_s),
             before_sleep=lambda state: log.warning(
                 "store unavailable, retrying batch",
@@ -119,7 +119,7 @@ class SagaCoordinator:
         if changes.upserts:
             # Re-attach existing links into the sources being rewritten, except for intents
             # this batch rewrites itself (their new links replace the old ones).
-            rewritten = {e.intent_id for e in (*changes.intent_upserts, *changes.intent_deletes)}
+            rewritten = {e.intent_id for e in changes.intent_upserts} | {e.intent_id for e in changes.intent_deletes}
             links = await self._relational.links_for_sources(tuple(e.source_id for e in changes.upserts))
             changes = dataclasses.replace(changes, relinks=tuple(r for r in links if r.intent_id not in rewritten))
         try:
@@ -179,8 +179,13 @@ def _batch_record(batch_id: UUID, events: list[InboundEvent]) -> BatchRecord:
     positions: dict[tuple[str, int], list[int]] = {}
     for item in events:
         positions.setdefault((item.position.topic, item.position.partition), []).append(item.position.offset)
-    intents = {e.event.intent_id for e in events if isinstance(e.event, IntentLinkUpserted | IntentLinkDeleted)}
-    sources = {e.event.source_id for e in events if not isinstance(e.event, IntentLinkUpserted | IntentLinkDeleted)}
+    intents: set[UUID] = set()
+    sources: set[str] = set()
+    for item in events:
+        if isinstance(item.event, IntentLinkUpserted | IntentLinkDeleted):
+            intents.add(item.event.intent_id)
+        else:
+            sources.add(item.event.source_id)
     return BatchRecord(
         batch_id=batch_id,
         # One position per partition: the batch's first and last offsets there.

@@ -51,7 +51,8 @@ def _name(value: str) -> LiteralString:
     if not CYPHER_NAME.match(value):
         msg = f"unsafe Cypher name {value!r}"
         raise StoreRejected(msg)
-    return cast("LiteralString", value)
+    # mypy treats LiteralString as str; type checkers that track it accept this after the check.
+    return value  # type: ignore[return-value,unused-ignore]
 
 
 def _chunks(rows: list[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
@@ -78,7 +79,9 @@ class _BatchWriter:
         self._chunk_size = chunk_size
         self.stats: dict[str, int] = defaultdict(int)
 
-    async def run(self, query: LiteralString, rows: list[dict[str, Any]] | None = None, **params: Any) -> list[dict[str, Any]]:
+    async def run(
+        self, query: LiteralString, rows: list[dict[str, Any]] | None = None, **params: object
+    ) -> list[dict[str, Any]]:
         chunks: Iterable[list[dict[str, Any]] | None] = [None] if rows is None else _chunks(rows, self._chunk_size)
         records: list[dict[str, Any]] = []
         for chunk in chunks:
@@ -181,6 +184,7 @@ class Neo4jGraphStore:
             auth=(settings.user, settings.password.get_secret_value()),
             max_connection_pool_size=settings.max_connection_pool_size,
             connection_timeout=settings.connection_timeout_s,
+            max_transaction_retry_time=settings.max_transaction_retry_time_s,
         )
         return cls(driver, settings, chunk_size)
 

@@ -17,7 +17,7 @@ from worker.config import PostgresSettings, mask_dsn
 from worker.errors import StoreRejected, StoreUnavailable
 from worker.events import AstGraphDeleted, AstGraphUpserted, IntentLinkDeleted, IntentLinkUpserted
 from worker.saga.plan import AppliedState, BatchPlan, LinkRow, Outcome
-from worker.stores.postgres_migrations import apply_migrations, bundled_migrations
+from worker.stores.postgres_migrations import Connection, apply_migrations, bundled_migrations
 from worker.stores.protocols import BatchRecord, GraphWriteStats
 
 log = structlog.get_logger(__name__)
@@ -81,7 +81,7 @@ class PostgresRelationalStore:
         return cls(pool)
 
     @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _transaction(self) -> AsyncIterator[Connection]:
         async with self._pool.acquire() as conn, conn.transaction():
             yield conn
 
@@ -161,18 +161,6 @@ class PostgresRelationalStore:
             )
 
     @_mapped
-    async def record_dead_letters(self, batch_id: UUID, items: list[tuple[UUID, str, int, int]]) -> None:
-        """Ledger rows for events sent to the dead-letter topic (so a replay skips them too)."""
-        if not items:
-            return
-        async with self._pool.acquire() as conn:
-            await conn.executemany(
-                """INSERT INTO gpm_processed_events (event_id, batch_id, outcome, topic, kafka_partition, kafka_offset)
-                   VALUES ($1, $2, 'dead-lettered', $3, $4, $5) ON CONFLICT (event_id) DO NOTHING""",
-                [(event_id, batch_id, topic, partition, offset) for event_id, topic, partition, offset in items],
-            )
-
-    @_mapped
     async def fail_batch(self, batch_id: UUID, state: str, error: str) -> None:
         """Mark the attempt's end and keep the error for operators."""
         async with self._pool.acquire() as conn:
@@ -201,7 +189,7 @@ class PostgresRelationalStore:
 
 
 async def _write_winner(
-    conn: asyncpg.Connection, event: AstGraphUpserted | AstGraphDeleted | IntentLinkUpserted | IntentLinkDeleted
+    conn: Connection, event: AstGraphUpserted | AstGraphDeleted | IntentLinkUpserted | IntentLinkDeleted
 ) -> None:
     # The WHERE clauses are the version guard: a lower version never overwrites a higher one.
     if isinstance(event, AstGraphUpserted | AstGraphDeleted):

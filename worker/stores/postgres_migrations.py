@@ -14,10 +14,13 @@ from importlib import resources
 
 import asyncpg
 import structlog
+from asyncpg.pool import PoolConnectionProxy
 
 from worker.errors import ConfigError
 
 log = structlog.get_logger(__name__)
+# What asyncpg hands out: a plain connection, or a pool's proxy for one.
+Connection = asyncpg.Connection | PoolConnectionProxy
 # Any constant works; it only has to be the same for every replica of this service.
 MIGRATION_LOCK_KEY = 0x67706D5F6D6967  # "gpm_mig"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -47,7 +50,7 @@ def bundled_migrations() -> list[Migration]:
     return sorted(found, key=lambda m: m.version)
 
 
-async def apply_migrations(conn: asyncpg.Connection, migrations: list[Migration]) -> list[Migration]:
+async def apply_migrations(conn: Connection, migrations: list[Migration]) -> list[Migration]:
     """Apply what is pending and return it; idempotent and safe under concurrency."""
     await conn.execute(
         """CREATE TABLE IF NOT EXISTS gpm_schema_migrations (
@@ -56,7 +59,9 @@ async def apply_migrations(conn: asyncpg.Connection, migrations: list[Migration]
     )
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
-        applied = {r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM gpm_schema_migrations")}
+        applied = {
+            r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM gpm_schema_migrations")
+        }
         done: list[Migration] = []
         for migration in migrations:
             if migration.version in applied:

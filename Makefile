@@ -1,0 +1,58 @@
+# Everything a newcomer needs: `make dev` runs the main job, `make check` passes the tests.
+# The virtualenv is built with uv from uv.lock; uv itself is bootstrapped from PyPI if missing.
+SHELL := /bin/bash
+export UV_PYTHON_DOWNLOADS := never
+
+# Prefer Python 3.12, accept 3.11 (pyenv installs are found even when not the active version).
+PYTHON ?= $(shell for c in "$$(pyenv which python3.12 2>/dev/null)" python3.12 "$$(pyenv which python3.11 2>/dev/null)" python3.11 python3; do \
+	[ -n "$$c" ] && "$$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { command -v "$$c"; break; }; done)
+UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: install fmt lint typecheck test check bench run dev schemas clean
+
+install: $(VENV)/.installed
+
+.tools/bin/uv:
+	python3 -m venv .tools
+	.tools/bin/pip install --quiet uv==0.13.9
+
+$(VENV)/.installed: pyproject.toml uv.lock | $(if $(findstring .tools,$(UV)),.tools/bin/uv)
+	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required"; exit 1; }
+	$(UV) sync --locked --extra devstack --python "$(PYTHON)"
+	@touch $@
+
+fmt: install
+	$(BIN)/ruff format worker tests
+	$(BIN)/ruff check --fix worker tests
+
+lint: install
+	$(BIN)/ruff format --check worker tests
+	$(BIN)/ruff check worker tests
+	$(BIN)/mypy
+	$(BIN)/gpm schemas --check
+
+typecheck: install
+	$(BIN)/mypy
+
+test: install
+	$(BIN)/pytest
+
+# Lint, types, schema drift and the whole test suite: what CI runs.
+check: lint test
+
+bench: install
+	$(BIN)/python -m tests.bench.ingest
+
+run: install
+	$(BIN)/gpm run
+
+dev: install
+	$(BIN)/gpm dev
+
+schemas: install
+	$(BIN)/gpm schemas
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

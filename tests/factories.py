@@ -1,0 +1,86 @@
+"""Builders of valid events for tests (shipped with the tests, like structlog.testing)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from worker.events import (
+    AstGraphDeleted,
+    AstGraphUpserted,
+    EventType,
+    GraphData,
+    IntentLinkDeleted,
+    IntentLinkUpserted,
+)
+from worker.saga.plan import InboundEvent, Position
+
+
+def graph(nodes: list[tuple[str, str]], edges: list[tuple[str, str, str]] = (), **props: Any) -> GraphData:  # type: ignore[assignment]
+    """A graph from (id, type) nodes and (source, type, target) edges."""
+    return GraphData.model_validate(
+        {
+            "nodes": [{"id": i, "type": t, "properties": {"name": i, **props}} for i, t in nodes],
+            "edges": [
+                {"source": s, "target": d, "type": t, "properties": {"index": n}} for n, (s, t, d) in enumerate(edges)
+            ],
+        }
+    )
+
+
+def upsert(source_id: str, version: int, data: GraphData) -> AstGraphUpserted:
+    """An ast-graph.upserted event."""
+    return AstGraphUpserted(
+        event_id=uuid.uuid4(),
+        event_type=EventType.AST_GRAPH_UPSERTED,
+        source_id=source_id,
+        source_version=version,
+        occurred_at=datetime.now(UTC),
+        producer="tests",
+        graph=data,
+    )
+
+
+def delete(source_id: str, version: int) -> AstGraphDeleted:
+    """An ast-graph.deleted event."""
+    return AstGraphDeleted(
+        event_id=uuid.uuid4(),
+        event_type=EventType.AST_GRAPH_DELETED,
+        source_id=source_id,
+        source_version=version,
+        occurred_at=datetime.now(UTC),
+        producer="tests",
+    )
+
+
+def link(intent_id: uuid.UUID, version: int, refs: list[tuple[str, str]]) -> IntentLinkUpserted:
+    """An intent-link.upserted event."""
+    return IntentLinkUpserted.model_validate(
+        {
+            "event_id": uuid.uuid4(),
+            "event_type": EventType.INTENT_LINK_UPSERTED,
+            "source_id": str(intent_id),
+            "source_version": version,
+            "occurred_at": datetime.now(UTC),
+            "producer": "tests",
+            "ast_nodes": [{"source_id": s, "node_id": n} for s, n in refs],
+        }
+    )
+
+
+def unlink(intent_id: uuid.UUID, version: int) -> IntentLinkDeleted:
+    """An intent-link.deleted event."""
+    return IntentLinkDeleted(
+        event_id=uuid.uuid4(),
+        event_type=EventType.INTENT_LINK_DELETED,
+        source_id=str(intent_id),
+        source_version=version,
+        occurred_at=datetime.now(UTC),
+        producer="tests",
+    )
+
+
+def inbound(event: Any, offset: int = 0, partition: int = 0, topic: str = "ast-graphs") -> InboundEvent:
+    """Wrap an event as if it had been read from Kafka."""
+    return InboundEvent(event=event, position=Position(topic, partition, offset), raw=b"{}")

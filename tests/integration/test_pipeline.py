@@ -1,0 +1,246 @@
+"""End to end on real services: broker → validate → batch → saga (PostgreSQL + graph) → offsets."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable
+from pathlib import Path
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from pydantic import SecretStr
+
+from tests.factories import delete, graph, link, upsert
+from tests.integration.conftest import Namespace, eventually
+from worker.app import Worker
+from worker.devstack.arcadedb import ArcadeDBServer
+
+pytestmark = pytest.mark.integration
+
+MOD = graph([("m", "Module"), ("f", "FunctionDef"), ("x", "Name")], [("m", "BODY", "f"), ("f", "BODY", "x")])
+
+
+async def _committed(ns: Namespace, topic: str, partitions: int = 3) -> dict[int, int]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=ns.settings.kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        offsets = await admin.list_consumer_group_offsets(ns.settings.kafka.group_id, partitions=tps)
+    finally:
+        await admin.close()
+    return {tp.partition: meta.offset for tp, meta in offsets.items() if meta is not None and meta.offset >= 0}
+
+
+class Running:
+    """A worker running in this event loop until the test ends."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.task = asyncio.create_task(worker.run())
+
+    async def started(self) -> None:
+        """Wait until the worker has joined its group."""
+        await asyncio.wait_for(self.worker.started.wait(), 60)
+
+    async def stop(self) -> None:
+        """Stop the worker and wait for its clean exit."""
+        self.worker.stop()
+        await asyncio.wait_for(self.task, 60)
+
+
+@pytest.fixture
+async def running(ns: Namespace) -> AsyncIterator[Running]:
+    """A started worker for the namespace; stopped cleanly afterwards."""
+    run = Running(ns.worker())
+    await run.started()
+    yield run
+    if not run.task.done():
+        await run.stop()
+    run.task.result()
+
+
+async def _count(ns: Namespace, sql: str, *args: object) -> int:
+    store = await ns.relational()
+    try:
+        return int((await store.fetch(sql, *args))[0]["n"])
+    finally:
+        await store.close()
+
+
+async def _graph(ns: Namespace, cypher: str, params: dict[str, object] | None = None) -> list[dict[str, object]]:
+    store = ns.graph()
+    try:
+        return await store.query(cypher, params)  # type: ignore[arg-type]
+    finally:
+        await store.close()
+
+
+async def test_events_are_applied_to_both_stores_and_offsets_committed(ns: Namespace, running: Running) -> None:
+    """Exact nodes, edges and rows land in both stores, then every offset is committed."""
+    events = [upsert(f"pkg/m{i}.py", 1, MOD) for i in range(12)]
+    await ns.publish(ns.graph_topic, events)
+    await eventually(lambda: _has(ns, "SELECT count(*) AS n FROM gpm_sources", 12), what="12 sources")
+    assert await _graph(ns, "MATCH (n:AstNode) RETURN count(n) AS n") == [{"n": 36}]
+    assert await _graph(ns, "MATCH (:AstNode)-[e]->(:AstNode) RETURN count(e) AS n") == [{"n": 24}]
+    assert await _graph(ns, "MATCH (n:FunctionDef {source_id: 'pkg/m3.py'}) RETURN n.node_id AS id") == [{"id": "f"}]
+    store = await ns.relational()
+    row = (await store.fetch("SELECT * FROM gpm_sources WHERE source_id = 'pkg/m3.py'"))[0]
+    await store.close()
+    assert (row["source_version"], row["node_count"], row["edge_count"], row["deleted"]) == (1, 3, 2, False)
+    assert await _count(ns, "SELECT count(*) AS n FROM gpm_processed_events WHERE outcome = 'applied'") == 12
+    assert await _count(ns, "SELECT count(*) AS n FROM gpm_outbox WHERE state <> 'applied'") == 0
+
+    async def all_committed() -> bool:
+        return sum((await _committed(ns, ns.graph_topic)).values()) == 12
+
+    await eventually(all_committed, what="offsets of all 12 events committed")
+
+
+async def _has(ns: Namespace, sql: str, expected: int) -> bool:
+    return await _count(ns, sql) >= expected
+
+
+async def test_second_version_replaces_the_first_and_old_versions_are_ignored(ns: Namespace, running: Running) -> None:
+    """v2 removes what v1 had and v2 lacks; a late v1 changes nothing; a delete removes the graph."""
+    v2 = graph([("m", "Module"), ("g", "ClassDef")], [("m", "BODY", "g")])
+    await ns.publish(ns.graph_topic, [upsert("a.py", 1, MOD), upsert("keep.py", 1, MOD)])
+    await eventually(lambda: _has(ns, "SELECT count(*) AS n FROM gpm_sources", 2), what="v1 applied")
+    await ns.publish(ns.graph_topic, [upsert("a.py", 2, v2), upsert("a.py", 1, MOD), delete("keep.py", 5)])
+    await eventually(
+        lambda: _has(ns, "SELECT count(*) AS n FROM gpm_processed_events", 5), what="all 5 events processed"
+    )
+    nodes = await _graph(ns, "MATCH (n:AstNode {source_id: 'a.py'}) RETURN n.node_id AS id, n.type AS t ORDER BY id")
+    assert nodes == [{"id": "g", "t": "ClassDef"}, {"id": "m", "t": "Module"}]
+    assert await _graph(ns, "MATCH (n:AstNode {source_id: 'keep.py'}) RETURN count(n) AS n") == [{"n": 0}]
+    store = await ns.relational()
+    rows = {r["source_id"]: r for r in await store.fetch("SELECT * FROM gpm_sources")}
+    outcomes = await store.fetch(
+        "SELECT outcome, count(*) AS n FROM gpm_processed_events GROUP BY outcome ORDER BY outcome"
+    )
+    await store.close()
+    assert (rows["a.py"]["source_version"], rows["a.py"]["node_count"]) == (2, 2)
+    assert (rows["keep.py"]["deleted"], rows["keep.py"]["source_version"]) == (True, 5)
+    assert {r["outcome"]: r["n"] for r in outcomes} == {"applied": 4, "superseded": 1}
+
+
+async def test_invalid_event_is_dead_lettered_and_its_neighbours_applied(ns: Namespace, running: Running) -> None:
+    """A bad record goes to <topic>.dlq with its reason and original bytes; the rest is applied."""
+    bad = b'{"event_type": "ast-graph.upserted", "graph": {"nodes": [{"id": "a", "type": "X) DETACH DELETE n //"}]}}'
+    await ns.publish(ns.graph_topic, [upsert("before.py", 1, MOD)])
+    await ns.publish_raw(ns.graph_topic, bad, key=b"before.py")  # same key: same partition, between the two
+    await ns.publish(ns.graph_topic, [upsert("before.py", 2, MOD), upsert("after.py", 1, MOD)])
+    await eventually(lambda: _has(ns, "SELECT count(*) AS n FROM gpm_processed_events", 3), what="good events applied")
+    letters = await ns.read_topic(ns.graph_topic + ".dlq", expected=1)
+    assert len(letters) == 1
+    headers = dict(letters[0].headers)
+    assert letters[0].value == bad
+    assert headers["__connect.errors.reason"] == b"invalid"
+    assert b"event_id" in headers["__connect.errors.exception.message"]
+    assert headers["__connect.errors.topic"] == ns.graph_topic.encode()
+
+    async def all_committed() -> bool:
+        return sum((await _committed(ns, ns.graph_topic)).values()) == 4
+
+    await eventually(all_committed, what="offsets committed past the dead-lettered record")
+
+
+async def test_intent_links_are_stored_and_attached(ns: Namespace, running: Running) -> None:
+    """An intent link maps to AST nodes in PostgreSQL and in the graph."""
+    intent = uuid.uuid4()
+    await ns.publish(ns.graph_topic, [upsert("a.py", 1, MOD)])
+    await eventually(lambda: _has(ns, "SELECT count(*) AS n FROM gpm_sources", 1), what="graph applied")
+    await ns.publish(ns.intent_topic, [link(intent, 1, [("a.py", "f"), ("a.py", "x")])])
+    await eventually(lambda: _has(ns, "SELECT count(*) AS n FROM gpm_intent_links", 2), what="links stored")
+    linked = await _graph(
+        ns, "MATCH (:Intent {id: $i})-[:IMPLEMENTED_BY]->(n) RETURN n.node_id AS id ORDER BY id", {"i": str(intent)}
+    )
+    assert linked == [{"id": "f"}, {"id": "x"}]
+    await ns.publish(ns.graph_topic, [upsert("a.py", 2, MOD)])  # rewrite: links must survive
+    await eventually(lambda: _has(ns, "SELECT count(*) AS n FROM gpm_processed_events", 3), what="v2 applied")
+    assert len(await _graph(ns, "MATCH (:Intent)-[r:IMPLEMENTED_BY]->() RETURN r")) == 2
+
+
+async def test_offsets_are_not_committed_while_the_graph_store_is_down(ns: Namespace, tmp_path: Path) -> None:
+    """Graph server stopped mid-flow: nothing past the applied events is committed.
+
+    The outbox records the failed attempts; once the server is back all is applied and committed.
+    """
+    server = ArcadeDBServer(tmp_path, heap="512m")
+    await asyncio.to_thread(server.start)
+    try:
+        graph_settings = ns.settings.graph.model_copy(
+            update={
+                "uri": server.uri,
+                "password": SecretStr(server.password),
+                "database": "graph",
+                "max_transaction_retry_time_s": 0,
+                "connection_timeout_s": 1,
+            }
+        )
+        run = Running(Worker(ns.settings.model_copy(update={"graph": graph_settings}), handle_signals=False))
+        await run.started()
+        await ns.publish(ns.graph_topic, [upsert(f"s{i}.py", 1, MOD) for i in range(2)])
+        await eventually(lambda: _has(ns, "SELECT count(*) AS n FROM gpm_sources", 2), what="first events applied")
+
+        async def committed_total() -> int:
+            return sum((await _committed(ns, ns.graph_topic)).values())
+
+        await eventually(lambda: _equals(committed_total(), 2), what="first offsets committed")
+        await asyncio.to_thread(server.stop)
+        await ns.publish(ns.graph_topic, [upsert(f"s{i}.py", 1, MOD) for i in range(2, 5)])
+        await eventually(
+            lambda: _has(
+                ns,
+                "SELECT count(*) AS n FROM gpm_outbox WHERE state = 'compensated' AND last_error LIKE '%unavailable%'",
+                1,
+            ),
+            what="a compensated outbox row naming the outage",
+        )
+        await asyncio.sleep(2)
+        assert await committed_total() == 2
+        assert await _count(ns, "SELECT count(*) AS n FROM gpm_sources") == 2
+        await asyncio.to_thread(server.start)
+        await eventually(
+            lambda: _has(ns, "SELECT count(*) AS n FROM gpm_sources", 5), what="all applied after recovery"
+        )
+        await eventually(lambda: _equals(committed_total(), 5), what="all offsets committed after recovery")
+        await run.stop()
+        run.task.result()
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+async def _equals(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
+
+
+async def test_worker_restarts_cleanly_without_reapplying(ns: Namespace) -> None:
+    """Stop and start the worker: committed events are not re-applied, new ones are."""
+    first = Running(ns.worker())
+    await first.started()
+    await ns.publish(ns.graph_topic, [upsert(f"r{i}.py", 1, MOD) for i in range(5)])
+    await eventually(lambda: _has(ns, "SELECT count(*) AS n FROM gpm_sources", 5), what="first run applied")
+
+    async def five_committed() -> bool:
+        return sum((await _committed(ns, ns.graph_topic)).values()) == 5
+
+    await eventually(five_committed, what="first run committed")
+    await first.stop()
+    batches_before = await _count(ns, "SELECT count(*) AS n FROM gpm_outbox")
+    second = Running(ns.worker())
+    await second.started()
+    await ns.publish(ns.graph_topic, [upsert("r9.py", 1, MOD)])
+    await eventually(lambda: _has(ns, "SELECT count(*) AS n FROM gpm_sources", 6), what="second run applied")
+    await second.stop()
+    assert await _count(ns, "SELECT count(*) AS n FROM gpm_processed_events") == 6
+    assert await _count(ns, "SELECT count(*) AS n FROM gpm_outbox") == batches_before + 1
+    assert await _graph(ns, "MATCH (n:AstNode) RETURN count(n) AS n") == [{"n": 18}]
+
+
+def test_settings_never_show_secrets(ns: Namespace) -> None:
+    """The DSN and graph password of a real configuration stay out of repr()."""
+    text = repr(ns.settings)
+    assert ns.settings.graph.password.get_secret_value() not in text
+    assert isinstance(ns.settings.postgres.dsn, SecretStr)

@@ -1,0 +1,60 @@
+"""Settings: errors name the variable and never echo secrets; DSNs are masked."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.config import DEFAULT_TOPIC_PATTERN, load_settings, mask_dsn
+from worker.errors import ConfigError
+
+
+def test_defaults_load(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """With no variables set, the defaults are valid (transaction_size is the seed's 1000)."""
+    monkeypatch.chdir(tmp_path)
+    assert load_settings().worker.transaction_size == 1000
+
+
+def test_bad_setting_is_named_without_its_value(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A bad value fails at start with the variable's name; a secret DSN is not echoed."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GPM_WORKER__TRANSACTION_SIZE", "0")
+    monkeypatch.setenv("GPM_POSTGRES__DSN", "mysql://u:hunter2@db/x")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    text = str(caught.value)
+    assert "GPM_WORKER__TRANSACTION_SIZE" in text
+    assert "GPM_POSTGRES__DSN" in text
+    assert "hunter2" not in text
+
+
+def test_secret_is_hidden_in_repr(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Printing the settings never shows the password."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GPM_GRAPH__PASSWORD", "s3cret-value")
+    settings = load_settings()
+    assert "s3cret-value" not in repr(settings)
+    assert settings.graph.password.get_secret_value() == "s3cret-value"
+
+
+def test_mask_dsn() -> None:
+    """Passwords in DSNs are replaced by ***."""
+    assert mask_dsn("postgresql://app:pw@db:5432/gpm") == "postgresql://app:***@db:5432/gpm"
+    assert mask_dsn("postgresql://app@db/gpm") == "postgresql://app@db/gpm"
+
+
+@pytest.mark.parametrize(
+    ("topic", "consumed"),
+    [
+        ("ast-graphs", True),
+        ("ast-graphs.team-a", True),
+        ("intent-links", True),
+        ("ast-graphs.dlq", False),
+        ("ast-graphs.team-a.dlq", False),
+        ("other", False),
+    ],
+)
+def test_topic_pattern(topic: str, consumed: bool) -> None:
+    """The default pattern takes the graph and intent topics, never their dead-letter topics."""
+    import re
+
+    assert bool(re.match(DEFAULT_TOPIC_PATTERN, topic)) is consumed

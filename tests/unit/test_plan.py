@@ -1,0 +1,59 @@
+"""Batch planning: newest version per aggregate wins; duplicates and old versions do nothing."""
+
+from __future__ import annotations
+
+import uuid
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.factories import delete, graph, inbound, link, upsert
+from worker.saga.plan import AppliedState, Outcome, plan_batch
+
+G = graph([("a", "Module")])
+
+
+def test_newest_version_in_a_batch_wins() -> None:
+    """Two versions of one source in a batch: only the newer one is applied."""
+    items = [inbound(upsert("f.py", 1, G), 0), inbound(upsert("f.py", 2, G), 1)]
+    plan = plan_batch(items, AppliedState())
+    assert [o for _, o in plan.outcomes] == [Outcome.SUPERSEDED, Outcome.APPLIED]
+    assert [e.source_version for e in plan.changes.upserts] == [2]
+
+
+def test_versions_at_or_below_the_applied_one_are_superseded() -> None:
+    """A replayed or late event never overwrites a newer applied version."""
+    items = [inbound(upsert("f.py", 2, G)), inbound(delete("g.py", 5))]
+    plan = plan_batch(items, AppliedState(source_versions={"f.py": 2, "g.py": 7}))
+    assert plan.changes.empty
+    assert all(o is Outcome.SUPERSEDED for _, o in plan.outcomes)
+
+
+def test_processed_event_ids_are_duplicates() -> None:
+    """An event id already in the ledger is a duplicate, even with a newer version."""
+    event = upsert("f.py", 9, G)
+    plan = plan_batch([inbound(event)], AppliedState(processed_event_ids=frozenset({event.event_id})))
+    assert plan.outcomes[0][1] is Outcome.DUPLICATE
+
+
+def test_sources_and_intents_are_separate_aggregates() -> None:
+    """An intent and a source with the same id string do not supersede each other."""
+    intent = uuid.uuid4()
+    items = [inbound(upsert(str(intent), 1, G)), inbound(link(intent, 1, [("f.py", "a")]))]
+    plan = plan_batch(items, AppliedState())
+    assert len(plan.changes.upserts) == 1
+    assert len(plan.changes.intent_upserts) == 1
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 5)), max_size=30), st.integers(-1, 5))
+def test_applied_versions_are_the_maximum_above_the_applied_state(events: list[tuple[str, int]], applied: int) -> None:
+    """For any batch, each source's applied event has its highest new version."""
+    items = [inbound(upsert(source, version, G), offset) for offset, (source, version) in enumerate(events)]
+    plan = plan_batch(items, AppliedState(source_versions={"a": applied}))
+    expected = {}
+    for source, version in events:
+        floor = applied if source == "a" else -1
+        if version > floor:
+            expected[source] = max(expected.get(source, -1), version)
+    assert {e.source_id: e.source_version for e in plan.changes.upserts} == expected
+    assert sum(o is Outcome.APPLIED for _, o in plan.outcomes) == len(expected)
