@@ -3,9 +3,11 @@
 SHELL := /bin/bash
 export UV_PYTHON_DOWNLOADS := never
 
-# Prefer Python 3.12, accept 3.11 (pyenv installs are found even when not the active version).
-PYTHON ?= $(shell for c in "$$(pyenv which python3.12 2>/dev/null)" python3.12 "$$(pyenv which python3.11 2>/dev/null)" python3.11 python3; do \
-	[ -n "$$c" ] && "$$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { command -v "$$c"; break; }; done)
+# Prefer Python 3.12, accept 3.11; pyenv installs count even when they are not the active version.
+PYENV_DIR := $(or $(PYENV_ROOT),$(HOME)/.pyenv)
+PYTHON ?= $(shell for c in python3.12 $$(ls -d $(PYENV_DIR)/versions/3.12*/bin/python3.12 2>/dev/null | sort -V | tail -1) \
+	python3.11 $$(ls -d $(PYENV_DIR)/versions/3.11*/bin/python3.11 2>/dev/null | sort -V | tail -1) python3; do \
+	"$$c" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { command -v "$$c"; break; }; done)
 UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 BIN := $(VENV)/bin

