@@ -29,56 +29,40 @@ def graph(nodes: list[tuple[str, str]], edges: list[tuple[str, str, str]] = (), 
     )
 
 
+def _envelope(event_type: EventType, source_id: str, version: int) -> dict[str, Any]:
+    return {
+        "event_id": uuid.uuid4(),
+        "event_type": event_type,
+        "source_id": source_id,
+        "source_version": version,
+        "occurred_at": datetime.now(UTC),
+        "producer": "tests",
+    }
+
+
 def upsert(source_id: str, version: int, data: GraphData) -> AstGraphUpserted:
     """An ast-graph.upserted event."""
-    return AstGraphUpserted(
-        event_id=uuid.uuid4(),
-        event_type=EventType.AST_GRAPH_UPSERTED,
-        source_id=source_id,
-        source_version=version,
-        occurred_at=datetime.now(UTC),
-        producer="tests",
-        graph=data,
+    return AstGraphUpserted.model_validate(
+        {**_envelope(EventType.AST_GRAPH_UPSERTED, source_id, version), "graph": data}
     )
 
 
 def delete(source_id: str, version: int) -> AstGraphDeleted:
     """An ast-graph.deleted event."""
-    return AstGraphDeleted(
-        event_id=uuid.uuid4(),
-        event_type=EventType.AST_GRAPH_DELETED,
-        source_id=source_id,
-        source_version=version,
-        occurred_at=datetime.now(UTC),
-        producer="tests",
-    )
+    return AstGraphDeleted.model_validate(_envelope(EventType.AST_GRAPH_DELETED, source_id, version))
 
 
 def link(intent_id: uuid.UUID, version: int, refs: list[tuple[str, str]]) -> IntentLinkUpserted:
     """An intent-link.upserted event."""
+    refs_doc = [{"source_id": s, "node_id": n} for s, n in refs]
     return IntentLinkUpserted.model_validate(
-        {
-            "event_id": uuid.uuid4(),
-            "event_type": EventType.INTENT_LINK_UPSERTED,
-            "source_id": str(intent_id),
-            "source_version": version,
-            "occurred_at": datetime.now(UTC),
-            "producer": "tests",
-            "ast_nodes": [{"source_id": s, "node_id": n} for s, n in refs],
-        }
+        {**_envelope(EventType.INTENT_LINK_UPSERTED, str(intent_id), version), "ast_nodes": refs_doc}
     )
 
 
 def unlink(intent_id: uuid.UUID, version: int) -> IntentLinkDeleted:
     """An intent-link.deleted event."""
-    return IntentLinkDeleted(
-        event_id=uuid.uuid4(),
-        event_type=EventType.INTENT_LINK_DELETED,
-        source_id=str(intent_id),
-        source_version=version,
-        occurred_at=datetime.now(UTC),
-        producer="tests",
-    )
+    return IntentLinkDeleted.model_validate(_envelope(EventType.INTENT_LINK_DELETED, str(intent_id), version))
 
 
 def inbound(event: Any, offset: int = 0, partition: int = 0, topic: str = "ast-graphs") -> InboundEvent:

@@ -23,22 +23,26 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
-def _settings() -> Settings:
+def _settings(*, logging: bool = False) -> Settings:
+    """Load the settings (exit 2 naming what is wrong) and optionally set up logging."""
     try:
-        return load_settings()
+        settings = load_settings()
     except ConfigError as exc:
         console.print(f"[red]configuration error:[/red] {exc}")
         raise typer.Exit(2) from None
+    if logging:
+        from worker.telemetry import configure_logging  # noqa: PLC0415 - keep `gpm --help` fast
+
+        configure_logging(settings.worker.log_level, settings.worker.log_format)
+    return settings
 
 
 @app.command()
 def run() -> None:
     """Run the worker until SIGTERM/SIGINT (settings from GPM_* variables and .env)."""
     from worker.app import Worker  # noqa: PLC0415 - keep `gpm --help` fast
-    from worker.telemetry import configure_logging  # noqa: PLC0415
 
-    settings = _settings()
-    configure_logging(settings.worker.log_level, settings.worker.log_format)
+    settings = _settings(logging=True)
     try:
         asyncio.run(Worker(settings).run())
     except GpmError as exc:
@@ -50,10 +54,8 @@ def run() -> None:
 def migrate() -> None:
     """Apply the PostgreSQL migrations and the graph schema, then exit."""
     from worker.app import migrate as run_migrations  # noqa: PLC0415
-    from worker.telemetry import configure_logging  # noqa: PLC0415
 
-    settings = _settings()
-    configure_logging(settings.worker.log_level, settings.worker.log_format)
+    settings = _settings(logging=True)
     asyncio.run(run_migrations(settings))
 
 

@@ -12,6 +12,7 @@ version overwrite a higher one, so out-of-order delivery and replays are harmles
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -58,29 +59,24 @@ def _no_control_chars(value: str) -> str:
     return value
 
 
-def _label(value: str) -> str:
-    if not CYPHER_NAME.match(value):
-        msg = f"{value!r} is not a safe Cypher label (letters, digits, '_', starting with a letter, max 64)"
-        raise ValueError(msg)
-    if value in RESERVED_LABELS:
-        msg = f"{value!r} is reserved"
-        raise ValueError(msg)
-    return value
+def _cypher_name(kind: str, reserved: frozenset[str]) -> Callable[[str], str]:
+    """A validator for names that are spliced into Cypher text as labels or relationship types."""
 
+    def check(value: str) -> str:
+        if not CYPHER_NAME.match(value):
+            msg = f"{value!r} is not a safe Cypher {kind} (letters, digits, '_', starting with a letter, max 64)"
+            raise ValueError(msg)
+        if value in reserved:
+            msg = f"{value!r} is reserved"
+            raise ValueError(msg)
+        return value
 
-def _relationship(value: str) -> str:
-    if not CYPHER_NAME.match(value):
-        msg = f"{value!r} is not a safe Cypher relationship type (letters, digits, '_', starting with a letter, max 64)"
-        raise ValueError(msg)
-    if value in RESERVED_RELATIONSHIPS:
-        msg = f"{value!r} is reserved"
-        raise ValueError(msg)
-    return value
+    return check
 
 
 Identifier = Annotated[str, Field(min_length=1, max_length=512), AfterValidator(_no_control_chars)]
-Label = Annotated[str, AfterValidator(_label)]
-RelationshipType = Annotated[str, AfterValidator(_relationship)]
+Label = Annotated[str, AfterValidator(_cypher_name("label", RESERVED_LABELS))]
+RelationshipType = Annotated[str, AfterValidator(_cypher_name("relationship type", RESERVED_RELATIONSHIPS))]
 # Property values Neo4j can store: scalars or homogeneous lists of scalars.
 Scalar = str | int | float | bool
 PropertyValue = Scalar | list[str] | list[int] | list[float] | list[bool] | None
