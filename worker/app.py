@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from worker import failpoints
 from worker.config import Settings
 from worker.consume.runner import IngestRunner
 from worker.deadletter import KafkaDeadLetterSink
@@ -42,6 +43,7 @@ class Worker:
     def __init__(self, settings: Settings, *, handle_signals: bool = True) -> None:
         self.settings = settings
         self._handle_signals = handle_signals
+        failpoints.arm(settings.worker.crash_at)
         self.runner: IngestRunner | None = None
         self.started = asyncio.Event()
 

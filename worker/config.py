@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.errors import ConfigError
+from worker.failpoints import CrashPoint
 
 ENV_PREFIX = "GPM_"
 # Topics this worker consumes: ast-graphs, ast-graphs.<name>, intent-links; never their
@@ -108,6 +109,8 @@ class WorkerSettings(BaseModel):
     # batch back to the consumer (which rewinds and tries again later).
     retry_window_s: float = Field(60.0, gt=0)
     shutdown_grace_s: float = Field(30.0, ge=0)
+    # Fault tests only: the process kills itself (SIGKILL) when the saga reaches this step.
+    crash_at: CrashPoint | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
+import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -16,7 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 
 from worker.app import Worker
 from worker.config import Settings
@@ -69,6 +72,57 @@ class Namespace:
         finally:
             await producer.stop()
 
+    def env(self, **worker: str) -> dict[str, str]:
+        """Environment for a `gpm run` process on this namespace (extra GPM_WORKER__* from ``worker``)."""
+        s = self.settings
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GPM_")}
+        env.update(
+            GPM_KAFKA__BOOTSTRAP_SERVERS=s.kafka.bootstrap_servers,
+            GPM_KAFKA__GROUP_ID=s.kafka.group_id,
+            GPM_KAFKA__TOPIC_PATTERN=s.kafka.topic_pattern,
+            GPM_KAFKA__SESSION_TIMEOUT_MS=str(s.kafka.session_timeout_ms),
+            GPM_KAFKA__HEARTBEAT_INTERVAL_MS=str(s.kafka.heartbeat_interval_ms),
+            GPM_POSTGRES__DSN=s.postgres.dsn.get_secret_value(),
+            GPM_GRAPH__URI=s.graph.uri,
+            GPM_GRAPH__USER=s.graph.user,
+            GPM_GRAPH__PASSWORD=s.graph.password.get_secret_value(),
+            GPM_GRAPH__DATABASE=s.graph.database,
+            GPM_WORKER__LINGER_MS=str(s.worker.linger_ms),
+            GPM_WORKER__TRANSACTION_SIZE=str(s.worker.transaction_size),
+        )
+        env.update({f"GPM_WORKER__{k.upper()}": v for k, v in worker.items()})
+        return env
+
+    async def spawn_worker(self, **worker: str) -> asyncio.subprocess.Process:
+        """Start `python -m worker run` as a separate process; output piped."""
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "worker",
+            "run",
+            env=self.env(**worker),
+            cwd=str(self.stack.workdir),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+
+    async def committed(self, topic: str, partitions: int = 3) -> dict[int, int]:
+        """The group's committed offset per partition of ``topic`` (absent if none)."""
+        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.kafka.bootstrap_servers)
+        await admin.start()
+        try:
+            tps = [TopicPartition(topic, p) for p in range(partitions)]
+            offsets = await admin.list_consumer_group_offsets(self.settings.kafka.group_id, partitions=tps)
+        finally:
+            await admin.close()
+        return {tp.partition: meta.offset for tp, meta in offsets.items() if meta is not None and meta.offset >= 0}
+
+    async def committed_total(self) -> int:
+        """Committed offsets summed over the namespace's graph and intent topics."""
+        return sum((await self.committed(self.graph_topic)).values()) + sum(
+            (await self.committed(self.intent_topic)).values()
+        )
+
     def worker(self, **overrides: Any) -> Worker:
         """A worker for this namespace (signals not handled: tests stop it)."""
         settings = self.settings.model_copy(update=overrides) if overrides else self.settings
@@ -103,9 +157,8 @@ class Namespace:
         return records
 
 
-@pytest.fixture
-async def ns(stack: DevStack) -> Namespace:
-    """A fresh namespace: database in PostgreSQL and in ArcadeDB, topics, group."""
+async def make_namespace(stack: DevStack) -> Namespace:
+    """A fresh namespace: databases in PostgreSQL and ArcadeDB, topics, group."""
     name = f"t{next(_counter)}{uuid.uuid4().hex[:6]}"
     base = await asyncio.to_thread(
         stack.namespace,
@@ -128,6 +181,12 @@ async def ns(stack: DevStack) -> Namespace:
     }
     settings = base.model_copy(update={"kafka": base.kafka.model_copy(update=kafka)})
     return Namespace(stack, name, settings)
+
+
+@pytest.fixture
+async def ns(stack: DevStack) -> Namespace:
+    """A fresh namespace for one test."""
+    return await make_namespace(stack)
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 60, what: str = "condition") -> None:

@@ -8,8 +8,6 @@ from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import pytest
-from aiokafka import TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import SecretStr
 
 from tests.factories import delete, graph, link, upsert
@@ -20,17 +18,6 @@ from worker.devstack.arcadedb import ArcadeDBServer
 pytestmark = pytest.mark.integration
 
 MOD = graph([("m", "Module"), ("f", "FunctionDef"), ("x", "Name")], [("m", "BODY", "f"), ("f", "BODY", "x")])
-
-
-async def _committed(ns: Namespace, topic: str, partitions: int = 3) -> dict[int, int]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=ns.settings.kafka.bootstrap_servers)
-    await admin.start()
-    try:
-        tps = [TopicPartition(topic, p) for p in range(partitions)]
-        offsets = await admin.list_consumer_group_offsets(ns.settings.kafka.group_id, partitions=tps)
-    finally:
-        await admin.close()
-    return {tp.partition: meta.offset for tp, meta in offsets.items() if meta is not None and meta.offset >= 0}
 
 
 class Running:
@@ -93,7 +80,7 @@ async def test_events_are_applied_to_both_stores_and_offsets_committed(ns: Names
     assert await _count(ns, "SELECT count(*) AS n FROM gpm_outbox WHERE state <> 'applied'") == 0
 
     async def all_committed() -> bool:
-        return sum((await _committed(ns, ns.graph_topic)).values()) == 12
+        return sum((await ns.committed(ns.graph_topic)).values()) == 12
 
     await eventually(all_committed, what="offsets of all 12 events committed")
 
@@ -141,7 +128,7 @@ async def test_invalid_event_is_dead_lettered_and_its_neighbours_applied(ns: Nam
     assert headers["__connect.errors.topic"] == ns.graph_topic.encode()
 
     async def all_committed() -> bool:
-        return sum((await _committed(ns, ns.graph_topic)).values()) == 4
+        return sum((await ns.committed(ns.graph_topic)).values()) == 4
 
     await eventually(all_committed, what="offsets committed past the dead-lettered record")
 
@@ -185,7 +172,7 @@ async def test_offsets_are_not_committed_while_the_graph_store_is_down(ns: Names
         await eventually(lambda: _has(ns, "SELECT count(*) AS n FROM gpm_sources", 2), what="first events applied")
 
         async def committed_total() -> int:
-            return sum((await _committed(ns, ns.graph_topic)).values())
+            return sum((await ns.committed(ns.graph_topic)).values())
 
         await eventually(lambda: _equals(committed_total(), 2), what="first offsets committed")
         await asyncio.to_thread(server.stop)
@@ -224,7 +211,7 @@ async def test_worker_restarts_cleanly_without_reapplying(ns: Namespace) -> None
     await eventually(lambda: _has(ns, "SELECT count(*) AS n FROM gpm_sources", 5), what="first run applied")
 
     async def five_committed() -> bool:
-        return sum((await _committed(ns, ns.graph_topic)).values()) == 5
+        return sum((await ns.committed(ns.graph_topic)).values()) == 5
 
     await eventually(five_committed, what="first run committed")
     await first.stop()

@@ -43,6 +43,10 @@ class FakeRelational:
         """Record the failure state."""
         self.outbox[batch_id].append(state)
 
+    async def abandon_pending(self, partitions: tuple[tuple[str, int], ...]) -> int:
+        """Nothing is ever left pending here."""
+        return 0
+
     async def migrate(self) -> None:
         """Nothing to do."""
 

@@ -18,6 +18,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from opentelemetry import trace
 
+from worker import failpoints
 from worker.config import Settings
 from worker.consume.batcher import Batch, Batcher
 from worker.deadletter import DeadLetter, DeadLetterSink
@@ -46,6 +47,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka s
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._runner.assigned = set(assigned)
+        await self._runner.coordinator.recover(tuple(sorted((tp.topic, tp.partition) for tp in assigned)))
         log.info("partitions assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
 
 
@@ -60,7 +62,7 @@ class IngestRunner:
         settings: Settings,
     ) -> None:
         self._consumer = consumer
-        self._coordinator = coordinator
+        self.coordinator = coordinator
         self._dead_letters = dead_letters
         self._settings = settings
         self.batcher = Batcher(settings.worker.transaction_size, settings.worker.linger_ms / 1000, time.monotonic)
@@ -120,7 +122,7 @@ class IngestRunner:
                 "process batch", attributes={"messaging.batch.message_count": len(batch)}
             ):
                 try:
-                    await self._coordinator.apply(batch.events)
+                    await self.coordinator.apply(batch.events)
                     for letter in batch.rejected:
                         await self._dead_letters.send(letter)
                         metrics.dead_lettered.add(1, {"reason": letter.reason})
@@ -140,6 +142,7 @@ class IngestRunner:
             await asyncio.wait_for(self.stopping.wait(), timeout=self._settings.worker.retry_max_s)
 
     async def _commit(self, batch: Batch) -> None:
+        failpoints.hit("before-commit")
         offsets = {
             TopicPartition(topic, partition): OffsetAndMetadata(offset + 1, "")
             for (topic, partition), offset in batch.last_offsets.items()

@@ -24,6 +24,7 @@ import structlog
 from opentelemetry import trace
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
+from worker import failpoints
 from worker.config import WorkerSettings
 from worker.deadletter import DeadLetter, DeadLetterSink
 from worker.errors import StoreError, StoreRejected, StoreUnavailable
@@ -74,6 +75,21 @@ class SagaCoordinator:
                 await self._apply_isolating(events, result)
         return result
 
+    async def recover(self, partitions: tuple[tuple[str, int], ...]) -> None:
+        """On assignment: close the outbox rows a previous owner left 'pending' on these partitions.
+
+        The previous owner finished its batch before giving the partitions up (the revoke
+        waits for it), so a row still 'pending' was cut off by a crash. Its offsets were not
+        committed: its events come again and are applied idempotently under a new batch.
+        """
+        try:
+            count = await self._relational.abandon_pending(partitions)
+        except StoreError as exc:
+            log.warning("could not close interrupted outbox rows; will retry at next assignment", error=str(exc))
+            return
+        if count:
+            log.warning("closed outbox rows interrupted by a crash", rows=count, state="abandoned")
+
     async def _apply_isolating(self, events: list[InboundEvent], result: BatchResult) -> None:
         try:
             plan, stats = await self._apply_with_retries(events)
@@ -114,6 +130,7 @@ class SagaCoordinator:
         record = _batch_record(batch_id, events)
         with tracer.start_as_current_span("saga outbox pending"):
             state = await self._relational.begin_batch(record)
+        failpoints.hit("after-outbox")
         plan = plan_batch(events, state)
         changes = plan.changes
         if changes.upserts:
@@ -127,12 +144,14 @@ class SagaCoordinator:
                 "saga graph import", attributes={"db.system.name": "neo4j", "db.operation.batch.size": record.rows}
             ):
                 stats = await self._graph.apply(changes)
+            failpoints.hit("after-graph")
         except StoreError as exc:
             # The graph transaction was rolled back: that is the compensation.
             await self._record_failure(batch_id, "compensated", exc)
             raise
         with tracer.start_as_current_span("saga outbox applied"):
             await self._relational.complete_batch(batch_id, plan, stats)
+        failpoints.hit("after-postgres")
         metrics.record_batch(plan, stats, time.perf_counter() - started)
         log.info(
             "batch applied",

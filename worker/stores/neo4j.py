@@ -22,6 +22,7 @@ import orjson
 import structlog
 from neo4j import exceptions as neo4j_errors
 
+from worker import failpoints
 from worker.config import GraphSettings
 from worker.errors import StoreRejected, StoreUnavailable
 from worker.events import CYPHER_NAME, AstGraphUpserted
@@ -91,6 +92,8 @@ class _BatchWriter:
             records.extend([record.data() async for record in result])
             counters = (await result.consume()).counters
             self.stats["statements"] += 1
+            # Dies after the first statement, with the transaction open and uncommitted.
+            failpoints.hit("mid-graph")
             self.stats["nodes_written"] += counters.nodes_created
             self.stats["nodes_deleted"] += counters.nodes_deleted
             self.stats["edges_written"] += counters.relationships_created

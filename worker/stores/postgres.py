@@ -172,6 +172,22 @@ class PostgresRelationalStore:
             )
 
     @_mapped
+    async def abandon_pending(self, partitions: tuple[tuple[str, int], ...]) -> int:
+        """Rows a crashed or revoked worker left 'pending' on partitions now ours."""
+        if not partitions:
+            return 0
+        async with self._pool.acquire() as conn:
+            status = await conn.execute(
+                """UPDATE gpm_outbox SET state = 'abandoned', updated_at = now(),
+                       last_error = 'interrupted before completion; its events are re-read from the committed offset'
+                   WHERE state = 'pending' AND EXISTS (
+                       SELECT 1 FROM jsonb_array_elements(positions) p
+                       WHERE (p->>'topic') || ':' || (p->>'partition') = ANY($1::text[]))""",
+                [f"{topic}:{partition}" for topic, partition in partitions],
+            )
+        return int(status.rsplit(" ", 1)[-1])
+
+    @_mapped
     async def fetch(self, sql: str, *args: object) -> list[dict[str, Any]]:
         """Run a read query and return plain dicts (for reports and tests)."""
         async with self._pool.acquire() as conn:

@@ -71,6 +71,9 @@ class RelationalStore(Protocol):
     async def fail_batch(self, batch_id: UUID, state: str, error: str) -> None:
         """Record a failed attempt ('compensated' or 'failed') with its error."""
 
+    async def abandon_pending(self, partitions: tuple[tuple[str, int], ...]) -> int:
+        """Mark 'abandoned' the rows left 'pending' on these partitions; return how many."""
+
     async def ping(self) -> None:
         """Raise StoreUnavailable unless the database answers."""
 

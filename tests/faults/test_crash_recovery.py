@@ -1,0 +1,114 @@
+"""kill -9 at each saga step, restart: the final state equals a crash-free run's.
+
+The worker runs as a real process (`python -m worker run`) against the real local stack;
+a failpoint (GPM_WORKER__CRASH_AT) makes it SIGKILL itself at the named step of the first
+batch that reaches it. The restarted worker must converge to exactly the state of a
+reference run over the same events: same nodes, edges, registry, links and ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import get_args
+
+import pytest
+
+from tests.factories import delete, graph, link, upsert
+from tests.faults.snapshots import snapshot
+from tests.integration.conftest import Namespace, eventually
+from worker.events import Envelope
+from worker.failpoints import CrashPoint
+
+pytestmark = pytest.mark.integration
+INTENTS = (uuid.UUID("00000000-0000-4000-8000-000000000001"), uuid.UUID("00000000-0000-4000-8000-000000000002"))
+
+
+def _file(n: int, flavour: str = "v1") -> object:
+    nodes = [("m", "Module")] + [(f"f{i}", "FunctionDef" if flavour == "v1" else "AsyncFunctionDef") for i in range(n)]
+    return graph(nodes, [("m", "BODY", f"f{i}") for i in range(n)], flavour=flavour)
+
+
+def scenario() -> tuple[list[Envelope], list[Envelope]]:
+    """Graph and intent events exercising versions, deletes, late events and links."""
+    graphs: list[Envelope] = [upsert(f"src/f{i}.py", 1, _file(3 + i)) for i in range(8)]
+    graphs += [upsert("src/f1.py", 2, _file(2, "v2")), upsert("src/f2.py", 3, _file(5, "v2")), delete("src/f3.py", 2)]
+    graphs += [upsert("src/f1.py", 1, _file(9))]  # late, older: must change nothing
+    graphs += [upsert("src/late.py", 1, _file(1))]
+    intents: list[Envelope] = [
+        link(INTENTS[0], 1, [("src/f0.py", "f0"), ("src/f2.py", "f4")]),
+        link(INTENTS[1], 1, [("src/f5.py", "f1"), ("src/late.py", "f0")]),
+    ]
+    return graphs, intents
+
+
+async def _run_to_completion(ns: Namespace, expected: int) -> str:
+    proc = await ns.spawn_worker()
+    try:
+        await eventually(lambda: _committed_at_least(ns, expected), timeout_s=90, what=f"{expected} offsets committed")
+    finally:
+        proc.terminate()
+        output, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, output.decode()[-3000:]
+    return output.decode()
+
+
+async def _committed_at_least(ns: Namespace, expected: int) -> bool:
+    return await ns.committed_total() >= expected
+
+
+@pytest.fixture(scope="module")
+def events() -> tuple[list[Envelope], list[Envelope]]:
+    """One scenario shared by the reference and every crash run (same event ids)."""
+    return scenario()
+
+
+@pytest.mark.parametrize("point", get_args(CrashPoint))
+async def test_crash_at_each_step_converges_to_the_crash_free_state(
+    point: str, events: tuple[list[Envelope], list[Envelope]], ns: Namespace, stack: object
+) -> None:
+    """A worker killed at `point` and restarted ends in the reference run's exact state."""
+    graphs, intents = events
+    total = len(graphs) + len(intents)
+    reference = await _reference(stack, events)
+    # 9 sources (one a tombstone), 4 links, 53 AST nodes + 2 intents: never two empty states.
+    assert (len(reference["sources"]), len(reference["links"]), len(reference["nodes"])) == (9, 4, 55)
+
+    await ns.publish(ns.graph_topic, graphs)
+    await ns.publish(ns.intent_topic, intents)
+    crashing = await ns.spawn_worker(crash_at=point, transaction_size="20")
+    output, _ = await asyncio.wait_for(crashing.communicate(), 90)
+    assert crashing.returncode == -9, (
+        f"expected SIGKILL at {point}, got {crashing.returncode}: {output.decode()[-2000:]}"
+    )
+    assert await ns.committed_total() < total  # it died before finishing
+
+    await _run_to_completion(ns, total)
+    assert await snapshot(ns) == reference
+    store = await ns.relational()
+    try:
+        states = {
+            r["state"]: r["n"] for r in await store.fetch("SELECT state, count(*) AS n FROM gpm_outbox GROUP BY state")
+        }
+    finally:
+        await store.close()
+    assert "pending" not in states  # every interrupted batch was driven to an end
+    if point in {"after-outbox", "mid-graph", "after-graph"}:
+        assert states.get("abandoned") == 1
+
+
+_REFERENCE: dict[str, dict[str, list[str]]] = {}
+
+
+async def _reference(stack: object, events: tuple[list[Envelope], list[Envelope]]) -> dict[str, list[str]]:
+    """The crash-free state, computed once per session in its own namespace."""
+    if "state" not in _REFERENCE:
+        from tests.integration.conftest import make_namespace
+
+        ref = await make_namespace(stack)  # type: ignore[arg-type]
+        graphs, intents = events
+        await ref.publish(ref.graph_topic, graphs)
+        await ref.publish(ref.intent_topic, intents)
+        await _run_to_completion(ref, len(graphs) + len(intents))
+        _REFERENCE["state"] = await snapshot(ref)
+    return _REFERENCE["state"]
