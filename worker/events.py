@@ -22,6 +22,7 @@ import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     TypeAdapter,
@@ -77,9 +78,21 @@ def _cypher_name(kind: str, reserved: frozenset[str]) -> Callable[[str], str]:
 Identifier = Annotated[str, Field(min_length=1, max_length=512), AfterValidator(_no_control_chars)]
 Label = Annotated[str, AfterValidator(_cypher_name("label", RESERVED_LABELS))]
 RelationshipType = Annotated[str, AfterValidator(_cypher_name("relationship type", RESERVED_RELATIONSHIPS))]
-# Property values Neo4j can store: scalars or homogeneous lists of scalars.
+
+
+# Property values Neo4j can store: scalars or homogeneous lists of scalars. Integers are
+# 64-bit in Bolt; a larger one would fail inside the driver, so it is refused here.
+# (Checked before the union: pydantic would otherwise quietly turn it into a float.)
+def _int64(value: object) -> object:
+    values = value if isinstance(value, list) else [value]
+    if any(isinstance(v, int) and not isinstance(v, bool) and not -(2**63) <= v < 2**63 for v in values):
+        msg = "integers must fit in 64 bits"
+        raise ValueError(msg)
+    return value
+
+
 Scalar = str | int | float | bool
-PropertyValue = Scalar | list[str] | list[int] | list[float] | list[bool] | None
+PropertyValue = Annotated[Scalar | list[str] | list[int] | list[float] | list[bool] | None, BeforeValidator(_int64)]
 Properties = dict[Annotated[str, Field(min_length=1, max_length=128)], PropertyValue]
 
 

@@ -174,6 +174,17 @@ async def test_a_failing_batch_leaves_nothing(store: Neo4jGraphStore) -> None:
     assert await store.query("MATCH (n:AstNode) RETURN count(n) AS n") == [{"n": 0}]
 
 
+async def test_data_the_driver_cannot_pack_is_rejected_not_retried(store: Neo4jGraphStore) -> None:
+    """A value beyond Bolt's 64-bit integers (validation bypassed) is StoreRejected; nothing is written."""
+    poison = upsert("p.py", 1, MOD)
+    bad_node = poison.graph.nodes[0].model_copy(update={"properties": {"big": 2**63}})
+    bad_graph = poison.graph.model_copy(update={"nodes": [bad_node, *poison.graph.nodes[1:]]})
+    changes = GraphChanges(upserts=(upsert("ok.py", 1, MOD), poison.model_copy(update={"graph": bad_graph})))
+    with pytest.raises(StoreRejected, match="out of range"):
+        await store.apply(changes)
+    assert await store.query("MATCH (n:AstNode) RETURN count(n) AS n") == [{"n": 0}]
+
+
 async def test_unreachable_server_is_unavailable_not_rejected() -> None:
     """Connection failures map to StoreUnavailable (retried), never to StoreRejected."""
     closed = GraphSettings(

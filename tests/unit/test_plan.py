@@ -21,6 +21,15 @@ def test_newest_version_in_a_batch_wins() -> None:
     assert [e.source_version for e in plan.changes.upserts] == [2]
 
 
+def test_a_version_is_immutable_the_first_event_wins() -> None:
+    """Two events with one version: the first wins, in one batch as across batches."""
+    first, second = upsert("f.py", 3, G), upsert("f.py", 3, graph([("b", "Name")]))
+    plan = plan_batch([inbound(first, 0), inbound(second, 1)], AppliedState())
+    assert [o for _, o in plan.outcomes] == [Outcome.APPLIED, Outcome.SUPERSEDED]
+    later = plan_batch([inbound(second, 1)], AppliedState(source_versions={"f.py": 3}))
+    assert later.changes.empty
+
+
 def test_versions_at_or_below_the_applied_one_are_superseded() -> None:
     """A replayed or late event never overwrites a newer applied version."""
     items = [inbound(upsert("f.py", 2, G)), inbound(delete("g.py", 5))]

@@ -132,8 +132,9 @@ def plan_batch(events: list[InboundEvent], state: AppliedState) -> BatchPlan:
             continue
         aggregate = _aggregate(event)
         current = winners.get(aggregate)
-        # Ties keep the later record: same version twice means a producer re-sent it.
-        if current is None or event.source_version >= current.event.source_version:
+        # A version is immutable: of two events with the same version the first one wins,
+        # inside a batch exactly as across batches, so batch boundaries never change results.
+        if current is None or event.source_version > current.event.source_version:
             winners[aggregate] = item
     winner_ids = {id(item) for item in winners.values()}
     for index, item in enumerate(events):

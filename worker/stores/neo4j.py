@@ -216,6 +216,10 @@ class Neo4jGraphStore:
                 stats = await session.execute_write(work)
         except (neo4j_errors.Neo4jError, neo4j_errors.DriverError, OSError) as exc:
             raise _map_error(exc) from exc
+        except (ValueError, TypeError, OverflowError) as exc:
+            # Raised by the driver while packing parameters (e.g. an integer beyond 64 bits):
+            # the data, not the store, is at fault, and retrying cannot help.
+            raise StoreRejected(f"graph store cannot take the data: {type(exc).__name__}: {exc}") from exc
         return GraphWriteStats(**stats)
 
     async def query(self, cypher: LiteralString, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
