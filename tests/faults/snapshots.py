@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
-from tests.integration.conftest import Namespace
+from tests.integration.conftest import Namespace, eventually, make_namespace
+from worker.devstack import DevStack
+from worker.events import Envelope
 
 # Columns that legitimately differ between runs (wall-clock times).
 _VOLATILE = {"updated_at", "processed_at", "created_at"}
@@ -40,3 +43,35 @@ async def snapshot(ns: Namespace) -> dict[str, list[str]]:
     finally:
         await relational.close()
         await graph.close()
+
+
+async def run_to_completion(ns: Namespace, expected: int) -> str:
+    """Run `gpm run` as a process until ``expected`` offsets are committed, then SIGTERM it."""
+    proc = await ns.spawn_worker()
+    try:
+        await eventually(lambda: _committed_at_least(ns, expected), timeout_s=120, what=f"{expected} offsets committed")
+    finally:
+        proc.terminate()
+        output, _ = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, output.decode()[-3000:]
+    return output.decode()
+
+
+async def _committed_at_least(ns: Namespace, expected: int) -> bool:
+    return await ns.committed_total() >= expected
+
+
+_REFERENCES: dict[int, dict[str, list[str]]] = {}
+
+
+async def reference_state(stack: DevStack, events: tuple[list[Envelope], list[Envelope]]) -> dict[str, list[str]]:
+    """The state of one crash-free worker over ``events``, computed once per scenario."""
+    key = id(events)
+    if key not in _REFERENCES:
+        ref = await make_namespace(stack)
+        graphs, intents = events
+        await ref.publish(ref.graph_topic, graphs)
+        await ref.publish(ref.intent_topic, intents)
+        await run_to_completion(ref, len(graphs) + len(intents))
+        _REFERENCES[key] = await snapshot(ref)
+    return _REFERENCES[key]

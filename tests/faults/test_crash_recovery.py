@@ -15,8 +15,8 @@ from typing import get_args
 import pytest
 
 from tests.factories import delete, graph, link, upsert
-from tests.faults.snapshots import snapshot
-from tests.integration.conftest import Namespace, eventually
+from tests.faults.snapshots import reference_state, run_to_completion, snapshot
+from tests.integration.conftest import Namespace
 from worker.events import Envelope
 from worker.failpoints import CrashPoint
 
@@ -42,21 +42,6 @@ def scenario() -> tuple[list[Envelope], list[Envelope]]:
     return graphs, intents
 
 
-async def _run_to_completion(ns: Namespace, expected: int) -> str:
-    proc = await ns.spawn_worker()
-    try:
-        await eventually(lambda: _committed_at_least(ns, expected), timeout_s=90, what=f"{expected} offsets committed")
-    finally:
-        proc.terminate()
-        output, _ = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, output.decode()[-3000:]
-    return output.decode()
-
-
-async def _committed_at_least(ns: Namespace, expected: int) -> bool:
-    return await ns.committed_total() >= expected
-
-
 @pytest.fixture(scope="module")
 def events() -> tuple[list[Envelope], list[Envelope]]:
     """One scenario shared by the reference and every crash run (same event ids)."""
@@ -70,7 +55,7 @@ async def test_crash_at_each_step_converges_to_the_crash_free_state(
     """A worker killed at `point` and restarted ends in the reference run's exact state."""
     graphs, intents = events
     total = len(graphs) + len(intents)
-    reference = await _reference(stack, events)
+    reference = await reference_state(stack, events)
     # 9 sources (one a tombstone), 4 links, 53 AST nodes + 2 intents: never two empty states.
     assert (len(reference["sources"]), len(reference["links"]), len(reference["nodes"])) == (9, 4, 55)
 
@@ -83,7 +68,7 @@ async def test_crash_at_each_step_converges_to_the_crash_free_state(
     )
     assert await ns.committed_total() < total  # it died before finishing
 
-    await _run_to_completion(ns, total)
+    await run_to_completion(ns, total)
     assert await snapshot(ns) == reference
     store = await ns.relational()
     try:
@@ -95,20 +80,3 @@ async def test_crash_at_each_step_converges_to_the_crash_free_state(
     assert "pending" not in states  # every interrupted batch was driven to an end
     if point in {"after-outbox", "mid-graph", "after-graph"}:
         assert states.get("abandoned") == 1
-
-
-_REFERENCE: dict[str, dict[str, list[str]]] = {}
-
-
-async def _reference(stack: object, events: tuple[list[Envelope], list[Envelope]]) -> dict[str, list[str]]:
-    """The crash-free state, computed once per session in its own namespace."""
-    if "state" not in _REFERENCE:
-        from tests.integration.conftest import make_namespace
-
-        ref = await make_namespace(stack)  # type: ignore[arg-type]
-        graphs, intents = events
-        await ref.publish(ref.graph_topic, graphs)
-        await ref.publish(ref.intent_topic, intents)
-        await _run_to_completion(ref, len(graphs) + len(intents))
-        _REFERENCE["state"] = await snapshot(ref)
-    return _REFERENCE["state"]
