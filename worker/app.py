@@ -18,6 +18,7 @@ from worker import failpoints
 from worker.config import Settings
 from worker.consume.runner import IngestRunner
 from worker.deadletter import KafkaDeadLetterSink
+from worker.health import HealthServer, Probes, configure_metrics
 from worker.saga.coordinator import SagaCoordinator
 from worker.stores.neo4j import Neo4jGraphStore
 from worker.stores.postgres import PostgresRelationalStore
@@ -45,6 +46,7 @@ class Worker:
         self._handle_signals = handle_signals
         failpoints.arm(settings.worker.crash_at)
         self.runner: IngestRunner | None = None
+        self.health: HealthServer | None = None
         self.started = asyncio.Event()
 
     def stop(self) -> None:
@@ -89,6 +91,19 @@ class Worker:
             runner.subscribe()
             await consumer.start()
             stack.push_async_callback(consumer.stop)
+            if s.health.enabled:
+                configure_metrics()
+                self.health = HealthServer(
+                    s.health,
+                    Probes(
+                        heartbeat=lambda: runner.last_heartbeat,
+                        joined=lambda: runner.joined,
+                        ping_postgres=relational.ping,
+                        ping_graph=graph.ping,
+                    ),
+                )
+                await self.health.start()
+                stack.push_async_callback(self.health.stop)
             if self._handle_signals:
                 loop = asyncio.get_running_loop()
                 for sig in (signal.SIGTERM, signal.SIGINT):

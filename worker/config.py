@@ -94,6 +94,17 @@ class GraphSettings(BaseModel):
         return value
 
 
+class HealthSettings(BaseModel):
+    """The probe and metrics server."""
+
+    enabled: bool = True
+    host: str = "0.0.0.0"  # noqa: S104 - probes come from the kubelet, outside the pod
+    port: int = Field(8080, ge=0, le=65535)  # 0: any free port
+    # Longer than the worst batch plus the saga's retry window: a slow batch is not a hang.
+    liveness_timeout_s: float = Field(300.0, gt=0)
+    check_timeout_s: float = Field(2.0, gt=0)
+
+
 class WorkerSettings(BaseModel):
     """Batching, limits, retries and shutdown."""
 
@@ -129,6 +140,7 @@ class Settings(BaseSettings):
     postgres: PostgresSettings = PostgresSettings()
     graph: GraphSettings = GraphSettings()
     worker: WorkerSettings = WorkerSettings()
+    health: HealthSettings = HealthSettings()
 
 
 def load_settings(env_file: Path | None = None, secrets_dir: Path | None = None) -> Settings:

@@ -88,6 +88,8 @@ class Namespace:
             GPM_GRAPH__PASSWORD=s.graph.password.get_secret_value(),
             GPM_GRAPH__DATABASE=s.graph.database,
             GPM_WORKER__LINGER_MS=str(s.worker.linger_ms),
+            GPM_HEALTH__HOST="127.0.0.1",
+            GPM_HEALTH__PORT="0",
             GPM_WORKER__TRANSACTION_SIZE=str(s.worker.transaction_size),
         )
         env.update({f"GPM_WORKER__{k.upper()}": v for k, v in worker.items()})

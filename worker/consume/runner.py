@@ -47,6 +47,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka s
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._runner.assigned = set(assigned)
+        self._runner.joined = True
         await self._runner.coordinator.recover(tuple(sorted((tp.topic, tp.partition) for tp in assigned)))
         log.info("partitions assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
 
@@ -68,6 +69,7 @@ class IngestRunner:
         self.batcher = Batcher(settings.worker.transaction_size, settings.worker.linger_ms / 1000, time.monotonic)
         self.flush_lock = asyncio.Lock()
         self.assigned: set[TopicPartition] = set()
+        self.joined = False
         self.stopping = asyncio.Event()
         self.last_heartbeat = time.monotonic()
 

@@ -15,7 +15,7 @@ import asyncpg
 import structlog
 from pydantic import SecretStr
 
-from worker.config import GraphSettings, KafkaSettings, PostgresSettings, Settings, WorkerSettings
+from worker.config import GraphSettings, HealthSettings, KafkaSettings, PostgresSettings, Settings, WorkerSettings
 from worker.devstack.arcadedb import ArcadeDBServer
 from worker.devstack.broker import TansuBroker
 from worker.devstack.postgres import EmbeddedPostgres
@@ -62,6 +62,7 @@ class DevStack:
                 uri=self.graph.uri, user="root", password=SecretStr(self.graph.password), database="graph"
             ),
             worker=WorkerSettings.model_validate(worker),
+            health=HealthSettings(host="127.0.0.1", port=0),
         )
 
     def namespace(self, name: str, **worker: object) -> Settings:

@@ -1,0 +1,93 @@
+"""Kubernetes probes and Prometheus metrics on one small aiohttp server on the worker's loop.
+
+- ``/livez``: the event loop answers and the consume loop has turned recently. Never the
+  databases: a database outage must make the pod unready, not restart it.
+- ``/readyz``: joined the consumer group and both stores answer a ping; the JSON body
+  says which check failed.
+- ``/metrics``: the OpenTelemetry metrics, in Prometheus text format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import structlog
+from aiohttp import web
+from opentelemetry import metrics as otel_metrics
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from worker.config import HealthSettings
+
+log = structlog.get_logger(__name__)
+_metrics_configured = False
+
+
+def configure_metrics() -> None:
+    """Install the SDK meter provider with a Prometheus reader, once per process."""
+    global _metrics_configured  # noqa: PLW0603 - the OpenTelemetry global provider is process-wide too
+    if not _metrics_configured:
+        otel_metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
+        _metrics_configured = True
+
+
+@dataclass(frozen=True, slots=True)
+class Probes:
+    """What the server asks the worker."""
+
+    heartbeat: Callable[[], float]  # monotonic time of the consume loop's last turn
+    joined: Callable[[], bool]
+    ping_postgres: Callable[[], Awaitable[None]]
+    ping_graph: Callable[[], Awaitable[None]]
+
+
+class HealthServer:
+    """The probe and metrics endpoints; ``port`` is the bound port once started."""
+
+    def __init__(self, settings: HealthSettings, probes: Probes) -> None:
+        self._settings = settings
+        self._probes = probes
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        """Bind and serve in the background."""
+        app = web.Application()
+        app.router.add_get("/livez", self._livez)
+        app.router.add_get("/readyz", self._readyz)
+        app.router.add_get("/metrics", self._metrics)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._settings.host, self._settings.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        log.info("health server listening", host=self._settings.host, port=self.port)
+
+    async def stop(self) -> None:
+        """Stop serving."""
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _livez(self, _: web.Request) -> web.Response:
+        idle = time.monotonic() - self._probes.heartbeat()
+        ok = idle < self._settings.liveness_timeout_s
+        return web.json_response({"ok": ok, "consume_loop_idle_s": round(idle, 1)}, status=200 if ok else 503)
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        checks: dict[str, str] = {"group": "joined" if self._probes.joined() else "not joined"}
+        for name, ping in (("postgres", self._probes.ping_postgres), ("graph", self._probes.ping_graph)):
+            try:
+                await asyncio.wait_for(ping(), timeout=self._settings.check_timeout_s)
+                checks[name] = "ok"
+            except Exception as exc:  # noqa: BLE001 - any failure means not ready; the reason is reported
+                checks[name] = f"unavailable: {type(exc).__name__}"
+        ok = all(v in {"ok", "joined"} for v in checks.values())
+        return web.json_response({"ok": ok, "checks": checks}, status=200 if ok else 503)
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        body = generate_latest(REGISTRY)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
