@@ -11,6 +11,7 @@ from pydantic import SecretStr
 from tests.factories import graph, upsert
 from tests.integration.conftest import Namespace, eventually
 from worker.app import Worker
+from worker.devstack.broker import TansuBroker
 from worker.devstack.postgres import EmbeddedPostgres
 
 pytestmark = pytest.mark.integration
@@ -60,3 +61,36 @@ async def test_postgres_outage_pauses_and_resumes_without_loss(ns: Namespace, tm
 
 async def _committed(ns: Namespace, expected: int) -> bool:
     return await ns.committed_total() >= expected
+
+
+async def test_broker_vanishing_and_returning_loses_nothing(ns: Namespace, tmp_path: Path) -> None:
+    """A frozen broker (SIGSTOP for longer than the session timeout) and its return: all is applied once."""
+    broker = TansuBroker(tmp_path)
+    await asyncio.to_thread(broker.start)
+    try:
+        kafka = ns.settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap_servers})
+        ns.settings = ns.settings.model_copy(update={"kafka": kafka})
+        await broker.create_topics([ns.graph_topic, ns.intent_topic, ns.graph_topic + ".dlq"], partitions=3)
+        worker = Worker(ns.settings, handle_signals=False)
+        task = asyncio.create_task(worker.run())
+        await asyncio.wait_for(worker.started.wait(), 60)
+        await ns.publish(ns.graph_topic, [upsert(f"a{i}.py", 1, MOD) for i in range(3)])
+        await eventually(lambda: _committed(ns, 3), what="first events committed")
+
+        broker.pause()
+        await asyncio.sleep(10)  # past the 6 s session timeout: the group forgets the member
+        broker.resume()
+        assert not task.done(), "the worker must ride out a broker outage"
+        await ns.publish(ns.graph_topic, [upsert(f"b{i}.py", 1, MOD) for i in range(3)])
+        await eventually(lambda: _committed(ns, 6), timeout_s=120, what="events after the outage committed")
+        store = await ns.relational()
+        try:
+            ledger = await store.fetch("SELECT count(*) AS n FROM gpm_processed_events")
+        finally:
+            await store.close()
+        assert ledger[0]["n"] == 6
+        worker.stop()
+        await asyncio.wait_for(task, 60)
+    finally:
+        broker.resume()
+        await asyncio.to_thread(broker.stop)

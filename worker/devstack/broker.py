@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -73,6 +75,16 @@ class TansuBroker:
                     await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
         finally:
             await admin.close()
+
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): clients see it vanish without any data loss."""
+        if self._proc is not None:
+            os.kill(self._proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Unfreeze the broker (SIGCONT)."""
+        if self._proc is not None:
+            os.kill(self._proc.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         """Stop the broker."""
