@@ -71,6 +71,7 @@ class WorkerMetrics:
         self.edges_written = meter.create_counter("gpm.graph.edges_written", unit="{edge}")
         self.batch_duration = meter.create_histogram("gpm.batch.duration", unit="s")
         self.batch_events = meter.create_histogram("gpm.batch.events", unit="{event}")
+        self.links_parked = meter.create_counter("gpm.intent_links.parked", unit="{link}")
 
     def record_batch(self, plan: BatchPlan, stats: GraphWriteStats, seconds: float) -> None:
         """Count one applied batch."""
@@ -80,6 +81,7 @@ class WorkerMetrics:
         self.edges_written.add(stats.edges_written)
         self.batch_duration.record(seconds)
         self.batch_events.record(len(plan.outcomes))
+        self.links_parked.add(len(stats.unresolved_links))
 
 
 metrics = WorkerMetrics()

@@ -153,6 +153,14 @@ class SagaCoordinator:
             await self._relational.complete_batch(batch_id, plan, stats)
         failpoints.hit("after-postgres")
         metrics.record_batch(plan, stats, time.perf_counter() - started)
+        if stats.unresolved_links:
+            log.warning(
+                "intent links parked: their AST nodes are not in the graph yet",
+                batch_id=str(batch_id),
+                links=len(stats.unresolved_links),
+                intents=sorted({intent for intent, _ in stats.unresolved_links})[:20],
+                nodes=[key for _, key in stats.unresolved_links][:20],
+            )
         log.info(
             "batch applied",
             batch_id=str(batch_id),

@@ -79,6 +79,7 @@ class _BatchWriter:
         self._tx = tx
         self._chunk_size = chunk_size
         self.stats: dict[str, int] = defaultdict(int)
+        self.unresolved: tuple[tuple[str, str], ...] = ()
 
     async def run(
         self, query: LiteralString, rows: list[dict[str, Any]] | None = None, **params: object
@@ -169,6 +170,12 @@ class _BatchWriter:
                 "MERGE (i)-[:IMPLEMENTED_BY]->(n)",
                 links,
             )
+            missing = await self.run(
+                "UNWIND $rows AS r OPTIONAL MATCH (n:AstNode {key: r.key}) WITH r, n WHERE n IS NULL "
+                "RETURN r.intent AS intent, r.key AS key",
+                links,
+            )
+            self.unresolved = tuple((r["intent"], r["key"]) for r in missing)
 
 
 class Neo4jGraphStore:
@@ -206,21 +213,20 @@ class Neo4jGraphStore:
             return GraphWriteStats()
 
         @neo4j.unit_of_work(timeout=self._settings.transaction_timeout_s, metadata={"app": "graph-postgres-manager"})
-        async def work(tx: neo4j.AsyncManagedTransaction) -> dict[str, int]:
+        async def work(tx: neo4j.AsyncManagedTransaction) -> GraphWriteStats:
             writer = _BatchWriter(tx, self._chunk_size)
             await writer.write(changes)
-            return dict(writer.stats)
+            return GraphWriteStats(**writer.stats, unresolved_links=writer.unresolved)
 
         try:
             async with self._driver.session(database=self._settings.database) as session:
-                stats = await session.execute_write(work)
+                return await session.execute_write(work)
         except (neo4j_errors.Neo4jError, neo4j_errors.DriverError, OSError) as exc:
             raise _map_error(exc) from exc
         except (ValueError, TypeError, OverflowError) as exc:
             # Raised by the driver while packing parameters (e.g. an integer beyond 64 bits):
             # the data, not the store, is at fault, and retrying cannot help.
             raise StoreRejected(f"graph store cannot take the data: {type(exc).__name__}: {exc}") from exc
-        return GraphWriteStats(**stats)
 
     async def query(self, cypher: LiteralString, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run a read query and return plain dicts."""

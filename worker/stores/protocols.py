@@ -18,6 +18,9 @@ class GraphWriteStats:
     nodes_deleted: int = 0
     relationships_deleted: int = 0
     statements: int = 0
+    # Intent links whose AST node is not in the graph yet: kept in PostgreSQL ("parked")
+    # and attached when the node's source arrives. Each entry: (intent_id, node key).
+    unresolved_links: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
