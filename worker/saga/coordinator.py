@@ -139,6 +139,7 @@ class SagaCoordinator:
             rewritten = {e.intent_id for e in changes.intent_upserts} | {e.intent_id for e in changes.intent_deletes}
             links = await self._relational.links_for_sources(tuple(e.source_id for e in changes.upserts))
             changes = dataclasses.replace(changes, relinks=tuple(r for r in links if r.intent_id not in rewritten))
+        graph_started = time.perf_counter()
         try:
             with tracer.start_as_current_span(
                 "saga graph import", attributes={"db.system.name": "neo4j", "db.operation.batch.size": record.rows}
@@ -149,6 +150,7 @@ class SagaCoordinator:
             # The graph transaction was rolled back: that is the compensation.
             await self._record_failure(batch_id, "compensated", exc)
             raise
+        graph_seconds = time.perf_counter() - graph_started
         with tracer.start_as_current_span("saga outbox applied"):
             await self._relational.complete_batch(batch_id, plan, stats)
         failpoints.hit("after-postgres")
@@ -169,6 +171,8 @@ class SagaCoordinator:
             nodes_written=stats.nodes_written,
             edges_written=stats.edges_written,
             seconds=round(time.perf_counter() - started, 3),
+            graph_seconds=round(graph_seconds, 3),
+            statements=stats.statements,
         )
         return plan, stats
 
