@@ -257,3 +257,40 @@ def test_settings_never_show_secrets(ns: Namespace) -> None:
     text = repr(ns.settings)
     assert ns.settings.graph.password.get_secret_value() not in text
     assert isinstance(ns.settings.postgres.dsn, SecretStr)
+
+
+async def test_event_rejected_by_the_store_is_isolated_and_dead_lettered(ns: Namespace) -> None:
+    """A constraint an operator added in the graph rejects one event: only it is dead-lettered."""
+    graph_store = ns.graph()
+    try:
+        await graph_store.migrate()
+        await graph_store.query("CREATE CONSTRAINT marker_name IF NOT EXISTS FOR (n:Marker) REQUIRE n.name IS UNIQUE")
+    finally:
+        await graph_store.close()
+    events = [upsert(f"ok{i}.py", 1, MOD) for i in range(3)]
+    events.insert(1, upsert("first.py", 1, graph([("m", "Marker")])))
+    events.insert(3, upsert("clash.py", 1, graph([("m", "Marker")])))  # same name 'm': violates the constraint
+    run = Running(ns.worker())
+    await run.started()
+    try:
+        await ns.publish(ns.graph_topic, events)
+        await eventually(lambda: _has(ns, "SELECT count(*) AS n FROM gpm_sources", 4), what="the good events applied")
+        letters = await ns.read_topic(ns.graph_topic + ".dlq", expected=1)
+
+        async def all_committed() -> bool:
+            return sum((await ns.committed(ns.graph_topic)).values()) == len(events)
+
+        await eventually(all_committed, what="offsets committed past the rejected event")
+    finally:
+        await run.stop()
+    assert len(letters) == 1
+    headers = dict(letters[0].headers)
+    assert headers["__connect.errors.reason"] == b"store-rejected"
+    assert b"rejected" in headers["__connect.errors.exception.message"]
+    assert letters[0].key == b"clash.py"
+    store = await ns.relational()
+    try:
+        sources = {r["source_id"] for r in await store.fetch("SELECT source_id FROM gpm_sources")}
+    finally:
+        await store.close()
+    assert sources == {"ok0.py", "ok1.py", "ok2.py", "first.py"}

