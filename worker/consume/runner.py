@@ -142,9 +142,16 @@ class IngestRunner:
             tp = TopicPartition(topic, partition)
             if tp in self._consumer.assignment():
                 self._consumer.seek(tp, offset)
-        # Pause before fetching the same records again; a stop request cuts it short.
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.stopping.wait(), timeout=self._settings.worker.retry_max_s)
+        # Wait before fetching the same records again, with fetching paused: otherwise the
+        # background fetcher keeps buffering every partition while the stores are down.
+        # A stop request cuts the wait short.
+        paused = self._consumer.assignment()
+        self._consumer.pause(*paused)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), timeout=self._settings.worker.retry_max_s)
+        finally:
+            self._consumer.resume(*(tp for tp in paused if tp in self._consumer.assignment()))
 
     async def _commit(self, batch: Batch) -> None:
         failpoints.hit("before-commit")
