@@ -6,7 +6,7 @@ import asyncio
 import json
 from typing import Any
 
-from tests.integration.conftest import Namespace, eventually, make_namespace
+from tests.integration.conftest import Namespace, make_namespace
 from worker.devstack import DevStack
 from worker.events import Envelope
 
@@ -49,16 +49,12 @@ async def run_to_completion(ns: Namespace, expected: int) -> str:
     """Run `gpm run` as a process until ``expected`` offsets are committed, then SIGTERM it."""
     proc = await ns.spawn_worker()
     try:
-        await eventually(lambda: _committed_at_least(ns, expected), timeout_s=120, what=f"{expected} offsets committed")
+        await ns.wait_committed(expected, timeout_s=120)
     finally:
         proc.terminate()
         output, _ = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, output.decode()[-3000:]
     return output.decode()
-
-
-async def _committed_at_least(ns: Namespace, expected: int) -> bool:
-    return await ns.committed_total() >= expected
 
 
 _REFERENCES: dict[int, dict[str, list[str]]] = {}

@@ -9,7 +9,7 @@ import pytest
 from pydantic import SecretStr
 
 from tests.factories import graph, upsert
-from tests.integration.conftest import Namespace, eventually
+from tests.integration.conftest import Namespace
 from worker.app import Worker
 from worker.devstack.broker import TansuBroker
 from worker.devstack.postgres import EmbeddedPostgres
@@ -31,7 +31,7 @@ async def test_postgres_outage_pauses_and_resumes_without_loss(ns: Namespace, tm
         task = asyncio.create_task(worker.run())
         await asyncio.wait_for(worker.started.wait(), 60)
         await ns.publish(ns.graph_topic, [upsert(f"a{i}.py", 1, MOD) for i in range(2)])
-        await eventually(lambda: _committed(ns, 2), what="first events committed")
+        await ns.wait_committed(2)
 
         await asyncio.to_thread(postgres.stop)
         await ns.publish(ns.graph_topic, [upsert(f"b{i}.py", 1, MOD) for i in range(3)])
@@ -40,13 +40,8 @@ async def test_postgres_outage_pauses_and_resumes_without_loss(ns: Namespace, tm
         assert not task.done(), "the worker must ride out the outage, not crash"
 
         await asyncio.to_thread(postgres.start)
-        await eventually(lambda: _committed(ns, 5), timeout_s=90, what="all offsets committed after the outage")
-        store = await ns.relational()
-        try:
-            sources = await store.fetch("SELECT count(*) AS n FROM gpm_sources")
-        finally:
-            await store.close()
-        assert sources[0]["n"] == 5
+        await ns.wait_committed(5, timeout_s=90)
+        assert (await ns.sql("SELECT count(*) AS n FROM gpm_sources"))[0]["n"] == 5
         graph_store = ns.graph()
         try:
             nodes = await graph_store.query("MATCH (n:AstNode) RETURN count(n) AS n")
@@ -57,10 +52,6 @@ async def test_postgres_outage_pauses_and_resumes_without_loss(ns: Namespace, tm
         await asyncio.wait_for(task, 60)
     finally:
         await asyncio.to_thread(postgres.stop)
-
-
-async def _committed(ns: Namespace, expected: int) -> bool:
-    return await ns.committed_total() >= expected
 
 
 async def test_broker_vanishing_and_returning_loses_nothing(ns: Namespace, tmp_path: Path) -> None:
@@ -75,20 +66,15 @@ async def test_broker_vanishing_and_returning_loses_nothing(ns: Namespace, tmp_p
         task = asyncio.create_task(worker.run())
         await asyncio.wait_for(worker.started.wait(), 60)
         await ns.publish(ns.graph_topic, [upsert(f"a{i}.py", 1, MOD) for i in range(3)])
-        await eventually(lambda: _committed(ns, 3), what="first events committed")
+        await ns.wait_committed(3)
 
         broker.pause()
         await asyncio.sleep(10)  # past the 6 s session timeout: the group forgets the member
         broker.resume()
         assert not task.done(), "the worker must ride out a broker outage"
         await ns.publish(ns.graph_topic, [upsert(f"b{i}.py", 1, MOD) for i in range(3)])
-        await eventually(lambda: _committed(ns, 6), timeout_s=120, what="events after the outage committed")
-        store = await ns.relational()
-        try:
-            ledger = await store.fetch("SELECT count(*) AS n FROM gpm_processed_events")
-        finally:
-            await store.close()
-        assert ledger[0]["n"] == 6
+        await ns.wait_committed(6, timeout_s=120)
+        assert (await ns.sql("SELECT count(*) AS n FROM gpm_processed_events"))[0]["n"] == 6
         worker.stop()
         await asyncio.wait_for(task, 60)
     finally:

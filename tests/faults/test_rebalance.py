@@ -13,7 +13,7 @@ import pytest
 
 from tests.factories import delete, graph, link, upsert
 from tests.faults.snapshots import reference_state, snapshot
-from tests.integration.conftest import Namespace, eventually
+from tests.integration.conftest import Namespace
 from worker.devstack import DevStack
 from worker.events import Envelope
 
@@ -55,7 +55,7 @@ async def test_join_and_crash_of_replicas_converge_to_the_single_worker_state(
 
     a = await ns.spawn_worker(transaction_size="15")
     await ns.publish(ns.graph_topic, wave_graphs[0])
-    await eventually(lambda: _committed_at_least(ns, 5), what="A applying")
+    await ns.wait_committed(5)
     b = await ns.spawn_worker(transaction_size="15")
     await ns.publish(ns.graph_topic, wave_graphs[1])
     await ns.publish(ns.intent_topic, intents)
@@ -64,13 +64,9 @@ async def test_join_and_crash_of_replicas_converge_to_the_single_worker_state(
     await a.wait()
     await ns.publish(ns.graph_topic, wave_graphs[2])
     try:
-        await eventually(lambda: _committed_at_least(ns, total), timeout_s=120, what="B finishing after A died")
+        await ns.wait_committed(total, timeout_s=120)
     finally:
         b.terminate()
         output, _ = await asyncio.wait_for(b.communicate(), 60)
     assert b.returncode == 0, output.decode()[-3000:]
     assert await snapshot(ns) == reference
-
-
-async def _committed_at_least(ns: Namespace, expected: int) -> bool:
-    return await ns.committed_total() >= expected

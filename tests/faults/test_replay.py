@@ -6,7 +6,7 @@ import pytest
 
 from tests.faults.snapshots import snapshot
 from tests.faults.test_crash_recovery import scenario
-from tests.integration.conftest import Namespace, eventually
+from tests.integration.conftest import Namespace
 
 pytestmark = pytest.mark.integration
 
@@ -26,11 +26,7 @@ async def test_full_replay_with_a_new_group_converges_to_the_identical_state(ns:
     ns.settings = ns.settings.model_copy(update={"kafka": replay})
     await _run_until(ns, ns.worker(), total)
     assert await snapshot(ns) == before
-    store = await ns.relational()
-    try:
-        rows = await store.fetch("SELECT count(*) AS n FROM gpm_processed_events")
-    finally:
-        await store.close()
+    rows = await ns.sql("SELECT count(*) AS n FROM gpm_processed_events")
     assert rows[0]["n"] == total  # the replay added no ledger rows: every event was a duplicate
 
 
@@ -42,11 +38,7 @@ async def _run_until(ns: Namespace, worker: object, expected: int) -> None:
     assert isinstance(worker, Worker)
     task = asyncio.create_task(worker.run())
     try:
-        await eventually(lambda: _committed(ns, expected), timeout_s=90, what=f"{expected} offsets committed")
+        await ns.wait_committed(expected, timeout_s=90)
     finally:
         worker.stop()
         await asyncio.wait_for(task, 60)
-
-
-async def _committed(ns: Namespace, expected: int) -> bool:
-    return await ns.committed_total() >= expected

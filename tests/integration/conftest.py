@@ -125,6 +125,22 @@ class Namespace:
             (await self.committed(self.intent_topic)).values()
         )
 
+    async def sql(self, query: str, *args: object) -> list[dict[str, Any]]:
+        """Run a query on the namespace's PostgreSQL database."""
+        store = await self.relational()
+        try:
+            return await store.fetch(query, *args)
+        finally:
+            await store.close()
+
+    async def wait_committed(self, expected: int, timeout_s: float = 60) -> None:
+        """Wait until at least ``expected`` offsets are committed over the namespace's topics."""
+
+        async def reached() -> bool:
+            return await self.committed_total() >= expected
+
+        await eventually(reached, timeout_s=timeout_s, what=f"{expected} offsets committed")
+
     def worker(self, **overrides: Any) -> Worker:
         """A worker for this namespace (signals not handled: tests stop it)."""
         settings = self.settings.model_copy(update=overrides) if overrides else self.settings
