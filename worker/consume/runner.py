@@ -70,6 +70,7 @@ class IngestRunner:
         self.flush_lock = asyncio.Lock()
         self.assigned: set[TopicPartition] = set()
         self.joined = False
+        self._rewound: set[TopicPartition] = set()  # partitions the last rewind moved back
         self.stopping = asyncio.Event()
         self.last_heartbeat = time.monotonic()
 
@@ -86,13 +87,26 @@ class IngestRunner:
             fetched = await self._consumer.getmany(
                 timeout_ms=min(timeout_ms, 1000), max_records=limits.kafka.max_poll_records
             )
-            for tp, records in fetched.items():
-                for record in records:
-                    await self._accept(tp, record)
+            await self._accept_all(list(fetched.items()))
             if self.batcher.due:
                 await self._flush()
 
-    async def _accept(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+    async def _accept_all(self, fetched: list[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]) -> None:
+        for n, (tp, records) in enumerate(fetched):
+            for index, record in enumerate(records):
+                if not await self._accept(tp, record):
+                    # A batch was rewound: nothing fetched after it may be applied ahead of it.
+                    self._seek_back([(tp, records[index:]), *fetched[n + 1 :]])
+                    return
+
+    def _seek_back(self, unaccepted: list[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]) -> None:
+        """Re-read what was fetched but not accepted (partitions the rewind already moved stay)."""
+        for tp, records in unaccepted:
+            if records and tp not in self._rewound and tp in self._consumer.assignment():
+                self._consumer.seek(tp, records[0].offset)
+
+    async def _accept(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> bool:
+        """Validate and batch one record; False if a flush it caused was rewound."""
         metrics.events_consumed.add(1, {"topic": tp.topic})
         position = Position(tp.topic, tp.partition, record.offset)
         headers = tuple((k, v) for k, v in (record.headers or ()))
@@ -107,19 +121,21 @@ class IngestRunner:
                 "invalid event", topic=tp.topic, partition=tp.partition, offset=record.offset, reason=exc.reason
             )
             self.batcher.reject(DeadLetter(position, record.key, record.value, headers, exc.reason, exc.detail))
-            return
+            return True
         item = InboundEvent(event=event, position=position, raw=record.value, key=record.key, headers=headers)
-        if self.batcher.would_overflow(item):
-            await self._flush()
+        if self.batcher.would_overflow(item) and not await self._flush():
+            return False  # the item was not added: it is re-read with the rewound batch
         self.batcher.add(item)
         if self.batcher.full:
-            await self._flush()
+            return await self._flush()
+        return True
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> bool:
+        """Apply and commit the pending batch; False if it was rewound instead."""
         async with self.flush_lock:
             batch = self.batcher.take()
             if not batch:
-                return
+                return True
             with tracer.start_as_current_span(
                 "process batch", attributes={"messaging.batch.message_count": len(batch)}
             ):
@@ -133,15 +149,18 @@ class IngestRunner:
                         metrics.dead_lettered.add(1, {"reason": letter.reason})
                 except StoreUnavailable as exc:
                     await self._rewind(batch, exc)
-                    return
+                    return False
                 await self._commit(batch)
+                return True
 
     async def _rewind(self, batch: Batch, exc: StoreUnavailable) -> None:
         log.error("stores unavailable past the retry window; rewinding", error=str(exc), events=len(batch))
+        self._rewound = set()
         for (topic, partition), offset in batch.first_offsets.items():
             tp = TopicPartition(topic, partition)
             if tp in self._consumer.assignment():
                 self._consumer.seek(tp, offset)
+                self._rewound.add(tp)
         # Wait before fetching the same records again, with fetching paused: otherwise the
         # background fetcher keeps buffering every partition while the stores are down.
         # A stop request cuts the wait short.

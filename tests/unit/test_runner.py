@@ -1,0 +1,105 @@
+"""The consume loop's offset discipline, with a fake consumer and coordinator (pure logic)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import pytest
+from aiokafka import TopicPartition
+
+from tests.factories import graph, upsert
+from worker.config import Settings, WorkerSettings
+from worker.consume.runner import IngestRunner
+from worker.errors import StoreUnavailable
+from worker.events import encode_event
+from worker.saga.plan import InboundEvent
+
+P0 = TopicPartition("ast-graphs", 0)
+
+
+@dataclass
+class Record:
+    """What the runner reads of an aiokafka ConsumerRecord."""
+
+    offset: int
+    value: bytes
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass
+class FakeConsumer:
+    """Serves a log from a position that seek() moves; records commits."""
+
+    log: list[Record]
+    position: int = 0
+    commits: list[int] = field(default_factory=list)
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
+        """Everything from the position on (aiokafka hands out whole fetched chunks too)."""
+        chunk = self.log[self.position : self.position + max_records]
+        self.position += len(chunk)
+        if not chunk:
+            await asyncio.sleep(0.01)
+            return {}
+        return {P0: chunk}
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Move the position back."""
+        self.position = offset
+
+    async def commit(self, offsets: dict[TopicPartition, object]) -> None:
+        """Remember the committed offset."""
+        self.commits.append(offsets[P0].offset)  # type: ignore[attr-defined]
+
+    def assignment(self) -> set[TopicPartition]:
+        """Always P0."""
+        return {P0}
+
+    def pause(self, *tps: TopicPartition) -> None:
+        """Nothing to pause."""
+
+    def resume(self, *tps: TopicPartition) -> None:
+        """Nothing to resume."""
+
+
+class FlakyCoordinator:
+    """Fails the first apply (store outage), then applies."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.applied: list[int] = []
+
+    async def apply(self, events: list[InboundEvent]) -> None:
+        """Record what was applied."""
+        self.calls += 1
+        if self.calls == 1:
+            raise StoreUnavailable("down")
+        self.applied.extend(e.position.offset for e in events)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "transaction_size"),
+    [([1, 1, 1, 1], 1), ([1, 2, 1, 2], 2)],  # a full batch fails; an overflowing record triggers the failing flush
+    ids=["full", "overflow"],
+)
+async def test_no_offset_is_committed_past_a_rewound_batch(sizes: list[int], transaction_size: int) -> None:
+    """After a failed batch, the rest of the same fetch is not applied ahead of it."""
+    values = [
+        encode_event(upsert(f"f{i}.py", 1, graph([(f"n{k}", "Name") for k in range(size)])))
+        for i, size in enumerate(sizes)
+    ]
+    consumer = FakeConsumer([Record(i, v) for i, v in enumerate(values)])
+    coordinator = FlakyCoordinator()
+    settings = Settings(worker=WorkerSettings(transaction_size=transaction_size, linger_ms=0, retry_max_s=0.01))
+    runner = IngestRunner(consumer, coordinator, None, settings)  # type: ignore[arg-type]
+    task = asyncio.create_task(runner.run())
+    while len(coordinator.applied) < 4:  # noqa: ASYNC110 - polling a fake, no event to wait on
+        await asyncio.sleep(0.01)
+    runner.stopping.set()
+    await task
+    assert coordinator.applied == [0, 1, 2, 3]  # in order, the failed one first
+    assert consumer.commits == sorted(consumer.commits)
+    assert consumer.commits[-1] == 4
+    assert coordinator.applied == sorted(coordinator.applied)  # never past an unapplied offset
