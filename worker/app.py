@@ -1,5 +1,8 @@
 """Assemble and run one worker process: stores, dead-letter producer, consumer, runner.
 
+Start: probes are served first; while a store is unreachable the worker waits with
+backoff (not ready), instead of crash-looping.
+
 Shutdown (SIGTERM/SIGINT), as arq does it: stop fetching, let the batch in flight finish
 within ``shutdown_grace_s`` (or cancel it: its graph transaction rolls back and its
 offsets stay uncommitted), then close everything in reverse order of opening.
@@ -8,16 +11,20 @@ offsets stay uncommitted), then close everything in reverse order of opening.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import time
 from contextlib import AsyncExitStack
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from tenacity import AsyncRetrying, RetryError, retry_if_exception_type, wait_exponential_jitter
 
 from worker import failpoints
 from worker.config import Settings
 from worker.consume.runner import IngestRunner
 from worker.deadletter import KafkaDeadLetterSink
+from worker.errors import StoreUnavailable
 from worker.health import HealthServer, Probes, configure_metrics
 from worker.saga.coordinator import SagaCoordinator
 from worker.stores.neo4j import Neo4jGraphStore
@@ -48,22 +55,46 @@ class Worker:
         self.runner: IngestRunner | None = None
         self.health: HealthServer | None = None
         self.started = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._relational: PostgresRelationalStore | None = None
+        self._graph: Neo4jGraphStore | None = None
 
     def stop(self) -> None:
-        """Ask the worker to stop (idempotent)."""
+        """Ask the worker to stop (idempotent), also while it is still waiting for its stores."""
+        self._stop_requested.set()
         if self.runner is not None:
             self.runner.stopping.set()
 
     async def run(self) -> None:
-        """Open the stores, migrate, consume until stopped, close."""
+        """Serve probes, wait for the stores and migrate, consume until stopped, close."""
         s = self.settings
+        started_at = time.monotonic()
         async with AsyncExitStack() as stack:
-            relational = await PostgresRelationalStore.connect(s.postgres)
-            stack.push_async_callback(relational.close)
-            graph = Neo4jGraphStore.connect(s.graph, s.worker.transaction_size)
-            stack.push_async_callback(graph.close)
-            await relational.migrate()
-            await graph.migrate()
+            if self._handle_signals:
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(sig, self.stop)
+                    stack.callback(loop.remove_signal_handler, sig)
+            if s.health.enabled:
+                configure_metrics()
+                self.health = HealthServer(
+                    s.health,
+                    Probes(
+                        # Before the consume loop exists, the start counts as its heartbeat.
+                        heartbeat=lambda: self.runner.last_heartbeat if self.runner else started_at,
+                        joined=lambda: self.runner is not None and self.runner.joined,
+                        ping_postgres=self._ping_relational,
+                        ping_graph=self._ping_graph,
+                    ),
+                )
+                await self.health.start()
+                stack.push_async_callback(self.health.stop)
+            if not await self._open_stores(stack):
+                log.info("worker stopped before its stores were reachable")
+                return
+            relational, graph = self._relational, self._graph
+            assert relational is not None  # noqa: S101 - set by _open_stores
+            assert graph is not None  # noqa: S101 - set by _open_stores
             producer = AIOKafkaProducer(
                 bootstrap_servers=s.kafka.bootstrap_servers,
                 client_id=f"{s.kafka.client_id}-dlq",
@@ -91,28 +122,59 @@ class Worker:
             runner.subscribe()
             await consumer.start()
             stack.push_async_callback(consumer.stop)
-            if s.health.enabled:
-                configure_metrics()
-                self.health = HealthServer(
-                    s.health,
-                    Probes(
-                        heartbeat=lambda: runner.last_heartbeat,
-                        joined=lambda: runner.joined,
-                        ping_postgres=relational.ping,
-                        ping_graph=graph.ping,
-                    ),
-                )
-                await self.health.start()
-                stack.push_async_callback(self.health.stop)
-            if self._handle_signals:
-                loop = asyncio.get_running_loop()
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.add_signal_handler(sig, self.stop)
-                    stack.callback(loop.remove_signal_handler, sig)
+            if self._stop_requested.is_set():
+                runner.stopping.set()
             log.info("worker started", group_id=s.kafka.group_id, topic_pattern=s.kafka.topic_pattern)
             self.started.set()
             await self._consume_until_stopped(runner)
         log.info("worker stopped")
+
+    async def _open_stores(self, stack: AsyncExitStack) -> bool:
+        """Connect and migrate, waiting with backoff while a store is unreachable.
+
+        Meanwhile /readyz says which store is missing and a stop request ends the wait.
+        A permanent failure (bad credentials, missing database) is raised at once.
+        Returns False if the worker was asked to stop first.
+        """
+        s = self.settings
+        self._graph = Neo4jGraphStore.connect(s.graph, s.worker.transaction_size)
+        stack.push_async_callback(self._graph.close)
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(StoreUnavailable),
+            wait=wait_exponential_jitter(multiplier=s.worker.retry_initial_s, max=s.worker.retry_max_s),
+            stop=lambda _: self._stop_requested.is_set(),
+            sleep=self._sleep_unless_stopped,
+            before_sleep=lambda state: log.warning(
+                "stores not reachable at start; waiting",
+                attempt=state.attempt_number,
+                error=str(state.outcome.exception()) if state.outcome else None,
+            ),
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if self._relational is None:
+                        self._relational = await PostgresRelationalStore.connect(s.postgres)
+                        stack.push_async_callback(self._relational.close)
+                    await self._relational.migrate()
+                    await self._graph.migrate()
+        except RetryError:
+            return False
+        return True
+
+    async def _sleep_unless_stopped(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_requested.wait(), timeout=seconds)
+
+    async def _ping_relational(self) -> None:
+        if self._relational is None:
+            raise StoreUnavailable("not connected yet")
+        await self._relational.ping()
+
+    async def _ping_graph(self) -> None:
+        if self._graph is None:
+            raise StoreUnavailable("not connected yet")
+        await self._graph.ping()
 
     async def _consume_until_stopped(self, runner: IngestRunner) -> None:
         task = asyncio.create_task(runner.run(), name="ingest")

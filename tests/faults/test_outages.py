@@ -9,8 +9,9 @@ import pytest
 from pydantic import SecretStr
 
 from tests.factories import graph, upsert
-from tests.integration.conftest import Namespace
+from tests.integration.conftest import Namespace, eventually, probe
 from worker.app import Worker
+from worker.devstack.arcadedb import ArcadeDBServer
 from worker.devstack.broker import TansuBroker
 from worker.devstack.postgres import EmbeddedPostgres
 
@@ -80,3 +81,52 @@ async def test_broker_vanishing_and_returning_loses_nothing(ns: Namespace, tmp_p
     finally:
         broker.resume()
         await asyncio.to_thread(broker.stop)
+
+
+async def test_worker_waits_for_an_unreachable_store_at_start(ns: Namespace, tmp_path: Path) -> None:
+    """Graph server down at start: not ready (naming it), alive, no crash; it starts once the server is up."""
+    server = ArcadeDBServer(tmp_path, heap="512m")  # ports chosen, not started yet
+    graph_settings = ns.settings.graph.model_copy(
+        update={
+            "uri": server.uri,
+            "password": SecretStr(server.password),
+            "database": "graph",
+            "max_transaction_retry_time_s": 0,
+            "connection_timeout_s": 1,
+        }
+    )
+    worker = Worker(ns.settings.model_copy(update={"graph": graph_settings}), handle_signals=False)
+    task = asyncio.create_task(worker.run())
+    try:
+        await eventually(lambda: _listening(worker), what="the health server")
+        assert worker.health is not None
+        await asyncio.sleep(2)
+        status, body = await probe(worker.health.port, "/readyz")
+        assert status == 503
+        assert body["checks"]["graph"].startswith("unavailable")
+        assert (await probe(worker.health.port, "/livez"))[0] == 200
+        assert not task.done()
+        await ns.publish(ns.graph_topic, [upsert(f"w{i}.py", 1, MOD) for i in range(2)])
+        await asyncio.to_thread(server.start)
+        await ns.wait_committed(2, timeout_s=90)
+        worker.stop()
+        await asyncio.wait_for(task, 60)
+    finally:
+        worker.stop()
+        await asyncio.to_thread(server.stop)
+
+
+async def test_stop_while_waiting_for_stores_exits_promptly(ns: Namespace) -> None:
+    """SIGTERM during the wait for an unreachable store ends the worker cleanly."""
+    closed = ns.settings.graph.model_copy(update={"uri": "bolt://127.0.0.1:9", "connection_timeout_s": 0.5})
+    worker = Worker(ns.settings.model_copy(update={"graph": closed}), handle_signals=False)
+    task = asyncio.create_task(worker.run())
+    await asyncio.sleep(2)
+    assert not task.done()
+    worker.stop()
+    await asyncio.wait_for(task, 10)
+    assert not worker.started.is_set()
+
+
+async def _listening(worker: Worker) -> bool:
+    return worker.health is not None and worker.health.port != 0

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -205,6 +206,13 @@ async def make_namespace(stack: DevStack) -> Namespace:
 async def ns(stack: DevStack) -> Namespace:
     """A fresh namespace for one test."""
     return await make_namespace(stack)
+
+
+async def probe(port: int, path: str) -> tuple[int, Any]:
+    """GET a health endpoint of a worker: (status, JSON body, or text for /metrics)."""
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}{path}") as response:
+        body = await response.text() if path == "/metrics" else await response.json()
+        return response.status, body
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 60, what: str = "condition") -> None:

@@ -6,14 +6,12 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 from pydantic import SecretStr
 
 from tests.factories import delete, graph, link, upsert
-from tests.integration.conftest import Namespace, eventually
+from tests.integration.conftest import Namespace, eventually, probe
 from worker.app import Worker
 from worker.devstack.arcadedb import ArcadeDBServer
 
@@ -169,11 +167,11 @@ async def test_offsets_are_not_committed_while_the_graph_store_is_down(ns: Names
         await eventually(lambda: _equals(committed_total(), 2), what="first offsets committed")
         assert run.worker.health is not None
         port = run.worker.health.port
-        assert await _probe(port, "/readyz") == (
+        assert await probe(port, "/readyz") == (
             200,
             {"ok": True, "checks": {"group": "joined", "postgres": "ok", "graph": "ok"}},
         )
-        metrics = await _text(port, "/metrics")
+        metrics = (await probe(port, "/metrics"))[1]
         assert "gpm_events_consumed" in metrics
         assert "gpm_events_applied" in metrics
         await asyncio.to_thread(server.stop)
@@ -188,31 +186,21 @@ async def test_offsets_are_not_committed_while_the_graph_store_is_down(ns: Names
         )
         await asyncio.sleep(2)
         assert await committed_total() == 2
-        status, body = await _probe(port, "/readyz")
+        status, body = await probe(port, "/readyz")
         assert (status, body["checks"]["postgres"]) == (503, "ok")
         assert body["checks"]["graph"].startswith("unavailable")
-        assert (await _probe(port, "/livez"))[0] == 200  # an outage is not a reason to restart
+        assert (await probe(port, "/livez"))[0] == 200  # an outage is not a reason to restart
         assert await _count(ns, "SELECT count(*) AS n FROM gpm_sources") == 2
         await asyncio.to_thread(server.start)
         await eventually(
             lambda: _has(ns, "SELECT count(*) AS n FROM gpm_sources", 5), what="all applied after recovery"
         )
         await eventually(lambda: _equals(committed_total(), 5), what="all offsets committed after recovery")
-        assert (await _probe(port, "/readyz"))[0] == 200
+        assert (await probe(port, "/readyz"))[0] == 200
         await run.stop()
         run.task.result()
     finally:
         await asyncio.to_thread(server.stop)
-
-
-async def _probe(port: int, path: str) -> tuple[int, dict[str, Any]]:
-    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}{path}") as response:
-        return response.status, await response.json()
-
-
-async def _text(port: int, path: str) -> str:
-    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}{path}") as response:
-        return await response.text()
 
 
 async def _equals(value: Awaitable[int], expected: int) -> bool:
