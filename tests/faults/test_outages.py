@@ -86,16 +86,7 @@ async def test_broker_vanishing_and_returning_loses_nothing(ns: Namespace, tmp_p
 async def test_worker_waits_for_an_unreachable_store_at_start(ns: Namespace, tmp_path: Path) -> None:
     """Graph server down at start: not ready (naming it), alive, no crash; it starts once the server is up."""
     server = ArcadeDBServer(tmp_path, heap="512m")  # ports chosen, not started yet
-    graph_settings = ns.settings.graph.model_copy(
-        update={
-            "uri": server.uri,
-            "password": SecretStr(server.password),
-            "database": "graph",
-            "max_transaction_retry_time_s": 0,
-            "connection_timeout_s": 1,
-        }
-    )
-    worker = Worker(ns.settings.model_copy(update={"graph": graph_settings}), handle_signals=False)
+    worker = Worker(ns.on_graph_server(server), handle_signals=False)
     task = asyncio.create_task(worker.run())
     try:
         await eventually(lambda: _listening(worker), what="the health server")

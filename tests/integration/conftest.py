@@ -21,10 +21,12 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from pydantic import SecretStr
 
 from worker.app import Worker
 from worker.config import Settings
 from worker.devstack import DevStack
+from worker.devstack.arcadedb import ArcadeDBServer
 from worker.events import Envelope
 from worker.publish import publish_events
 from worker.stores.neo4j import Neo4jGraphStore
@@ -125,6 +127,19 @@ class Namespace:
         return sum((await self.committed(self.graph_topic)).values()) + sum(
             (await self.committed(self.intent_topic)).values()
         )
+
+    def on_graph_server(self, server: ArcadeDBServer) -> Settings:
+        """The namespace settings, with the graph on a dedicated server a test can stop."""
+        graph = self.settings.graph.model_copy(
+            update={
+                "uri": server.uri,
+                "password": SecretStr(server.password),
+                "database": "graph",
+                "max_transaction_retry_time_s": 0,  # fail fast: the saga's own retry is under test
+                "connection_timeout_s": 1,
+            }
+        )
+        return self.settings.model_copy(update={"graph": graph})
 
     async def sql(self, query: str, *args: object) -> list[dict[str, Any]]:
         """Run a query on the namespace's PostgreSQL database."""

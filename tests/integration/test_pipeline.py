@@ -147,16 +147,7 @@ async def test_offsets_are_not_committed_while_the_graph_store_is_down(ns: Names
     server = ArcadeDBServer(tmp_path, heap="512m")
     await asyncio.to_thread(server.start)
     try:
-        graph_settings = ns.settings.graph.model_copy(
-            update={
-                "uri": server.uri,
-                "password": SecretStr(server.password),
-                "database": "graph",
-                "max_transaction_retry_time_s": 0,
-                "connection_timeout_s": 1,
-            }
-        )
-        run = Running(Worker(ns.settings.model_copy(update={"graph": graph_settings}), handle_signals=False))
+        run = Running(Worker(ns.on_graph_server(server), handle_signals=False))
         await run.started()
         await ns.publish(ns.graph_topic, [upsert(f"s{i}.py", 1, MOD) for i in range(2)])
         await eventually(lambda: _has(ns, "SELECT count(*) AS n FROM gpm_sources", 2), what="first events applied")
