@@ -24,11 +24,12 @@ from worker import failpoints
 from worker.config import Settings
 from worker.consume.runner import IngestRunner
 from worker.deadletter import KafkaDeadLetterSink
-from worker.errors import StoreUnavailable
+from worker.errors import StoreError, StoreUnavailable
 from worker.health import HealthServer, Probes, configure_metrics
 from worker.saga.coordinator import SagaCoordinator
 from worker.stores.neo4j import Neo4jGraphStore
 from worker.stores.postgres import PostgresRelationalStore
+from worker.telemetry import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -126,6 +127,8 @@ class Worker:
                 runner.stopping.set()
             log.info("worker started", group_id=s.kafka.group_id, topic_pattern=s.kafka.topic_pattern)
             self.started.set()
+            report = asyncio.create_task(self._report_parked_links(relational), name="parked-links-report")
+            stack.callback(report.cancel)
             await self._consume_until_stopped(runner)
         log.info("worker stopped")
 
@@ -162,6 +165,28 @@ class Worker:
             return False
         return True
 
+    async def _report_parked_links(self, relational: PostgresRelationalStore) -> None:
+        """Publish the parked-link gauges; log at error level when links pass the bound."""
+        ttl = self.settings.worker.parked_link_ttl_s
+        reported = 0
+        while not self._stop_requested.is_set():
+            try:
+                parked = await relational.parked_links(older_than_s=ttl)
+            except StoreError as exc:
+                log.warning("could not count parked intent links", error=str(exc))
+            else:
+                metrics.parked_links, metrics.unresolved_links = parked.parked, parked.expired
+                if parked.expired and parked.expired != reported:
+                    log.error(
+                        "intent links unresolved past the bound: their AST nodes never arrived",
+                        unresolved=parked.expired,
+                        parked=parked.parked,
+                        bound_s=ttl,
+                        oldest=[f"{r.intent_id} -> {r.source_id}#{r.node_id}" for r in parked.oldest_expired],
+                    )
+                reported = parked.expired
+            await self._sleep_unless_stopped(self.settings.worker.parked_report_interval_s)
+
     async def _sleep_unless_stopped(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop_requested.wait(), timeout=seconds)
@@ -182,7 +207,10 @@ class Worker:
         done, _ = await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
         if task in done:
             stop.cancel()
-            task.result()  # re-raise a crash of the loop
+            if (error := task.exception()) is not None:
+                # Said here as well as by the caller's traceback: embedded runs have no other trace.
+                log.critical("consume loop crashed", error=f"{type(error).__name__}: {error}", exc_info=error)
+                raise error
             return
         log.info("stopping: finishing the batch in flight", grace_s=self.settings.worker.shutdown_grace_s)
         try:

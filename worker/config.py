@@ -120,6 +120,11 @@ class WorkerSettings(BaseModel):
     # batch back to the consumer (which rewinds and tries again later).
     retry_window_s: float = Field(60.0, gt=0)
     shutdown_grace_s: float = Field(30.0, ge=0)
+    # The bound on waiting intent links: a link whose AST node has not arrived after this
+    # long is reported as unresolved (error log, metric). It stays stored and is still
+    # attached if the node comes later: nothing is dropped.
+    parked_link_ttl_s: float = Field(24 * 3600.0, gt=0)
+    parked_report_interval_s: float = Field(60.0, gt=0)
     # Fault tests only: the process kills itself (SIGKILL) when the saga reaches this step.
     crash_at: CrashPoint | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

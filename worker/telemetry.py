@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
+from opentelemetry.metrics import Observation
 
 if TYPE_CHECKING:
     from worker.saga.plan import BatchPlan
@@ -71,7 +72,15 @@ class WorkerMetrics:
         self.edges_written = meter.create_counter("gpm.graph.edges_written", unit="{edge}")
         self.batch_duration = meter.create_histogram("gpm.batch.duration", unit="s")
         self.batch_events = meter.create_histogram("gpm.batch.events", unit="{event}")
-        self.links_parked = meter.create_counter("gpm.intent_links.parked", unit="{link}")
+        # Refreshed from PostgreSQL by the worker's parked-link report.
+        self.parked_links = 0
+        self.unresolved_links = 0
+        meter.create_observable_gauge(
+            "gpm.intent_links.parked", [lambda _: [Observation(self.parked_links)]], unit="{link}"
+        )
+        meter.create_observable_gauge(
+            "gpm.intent_links.unresolved", [lambda _: [Observation(self.unresolved_links)]], unit="{link}"
+        )
 
     def record_batch(self, plan: BatchPlan, stats: GraphWriteStats, seconds: float) -> None:
         """Count one applied batch."""
@@ -81,7 +90,6 @@ class WorkerMetrics:
         self.edges_written.add(stats.edges_written)
         self.batch_duration.record(seconds)
         self.batch_events.record(len(plan.outcomes))
-        self.links_parked.add(len(stats.unresolved_links))
 
 
 metrics = WorkerMetrics()

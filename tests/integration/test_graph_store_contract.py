@@ -159,7 +159,7 @@ async def test_intent_links_follow_their_nodes(store: Neo4jGraphStore) -> None:
     query = "MATCH (i:Intent {id: $i})-[:IMPLEMENTED_BY]->(n) RETURN n.node_id AS id ORDER BY id"
     assert [r["id"] for r in await store.query(query, {"i": str(intent)})] == ["f", "x"]
     parked = await store.apply(GraphChanges(intent_upserts=(link(intent, 2, [("a.py", "f"), ("later.py", "m")]),)))
-    assert parked.unresolved_links == ((str(intent), node_key("later.py", "m")),)
+    assert parked.unresolved_links == (LinkRow(intent, "later.py", "m"),)
     relinks = (LinkRow(intent, "a.py", "f"), LinkRow(intent, "a.py", "x"))
     await store.apply(GraphChanges(upserts=(upsert("a.py", 2, MOD),), relinks=relinks))
     assert [r["id"] for r in await store.query(query, {"i": str(intent)})] == ["f", "x"]

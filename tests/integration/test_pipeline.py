@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
@@ -137,6 +138,47 @@ async def test_intent_links_are_stored_and_attached(ns: Namespace, running: Runn
     await ns.publish(ns.graph_topic, [upsert("a.py", 2, MOD)])  # rewrite: links must survive
     await eventually(lambda: _has(ns, "SELECT count(*) AS n FROM gpm_processed_events", 3), what="v2 applied")
     assert len(await _graph(ns, "MATCH (:Intent)-[r:IMPLEMENTED_BY]->() RETURN r")) == 2
+
+
+async def test_links_to_missing_nodes_are_parked_reported_and_attached_when_they_arrive(ns: Namespace) -> None:
+    """A link naming nodes not ingested yet waits in PostgreSQL, is reported past the bound, then attached."""
+    run = Running(
+        ns.worker(
+            worker=ns.settings.worker.model_copy(update={"parked_link_ttl_s": 0.5, "parked_report_interval_s": 0.2})
+        )
+    )
+    await run.started()
+    intent = uuid.uuid4()
+    parked = "SELECT count(*) AS n FROM gpm_intent_links WHERE parked_since IS NOT NULL"
+    edges = "MATCH (:Intent {id: $i})-[r:IMPLEMENTED_BY]->() RETURN r"
+    await ns.publish(ns.graph_topic, [upsert("a.py", 1, MOD)])
+    await ns.wait_committed(1)
+    await ns.publish(ns.intent_topic, [link(intent, 1, [("a.py", "f"), ("later.py", "f"), ("later.py", "x")])])
+    await ns.wait_committed(2)
+    assert await _count(ns, parked) == 2
+    assert len(await _graph(ns, edges, {"i": str(intent)})) == 1
+    assert run.worker.health is not None
+
+    async def unresolved_gauge() -> bool:
+        text = str((await probe(run.worker.health.port, "/metrics"))[1])  # type: ignore[union-attr]
+        return all(
+            re.search(rf"^gpm_intent_links_{name}(\{{[^}}]*\}})? 2\.0$", text, re.MULTILINE)
+            for name in ("unresolved", "parked")
+        )
+
+    await eventually(unresolved_gauge, what="the unresolved-links gauge at 2")
+    # The source arrives, without one of the two nodes: one link attaches, the other keeps waiting.
+    await ns.publish(ns.graph_topic, [upsert("later.py", 1, graph([("m", "Module"), ("f", "FunctionDef")], []))])
+    await ns.wait_committed(3)
+    assert await ns.sql("SELECT node_id FROM gpm_intent_links WHERE parked_since IS NOT NULL") == [{"node_id": "x"}]
+    assert len(await _graph(ns, edges, {"i": str(intent)})) == 2
+    # Deleting a source parks the links into it again.
+    await ns.publish(ns.graph_topic, [delete("a.py", 2)])
+    await ns.wait_committed(4)
+    assert await _count(ns, parked) == 2
+    assert len(await _graph(ns, edges, {"i": str(intent)})) == 1
+    await run.stop()
+    run.task.result()
 
 
 async def test_offsets_are_not_committed_while_the_graph_store_is_down(ns: Namespace, tmp_path: Path) -> None:

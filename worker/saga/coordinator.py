@@ -159,9 +159,8 @@ class SagaCoordinator:
             log.warning(
                 "intent links parked: their AST nodes are not in the graph yet",
                 batch_id=str(batch_id),
-                links=len(stats.unresolved_links),
-                intents=sorted({intent for intent, _ in stats.unresolved_links})[:20],
-                nodes=[key for _, key in stats.unresolved_links][:20],
+                parked=len(stats.unresolved_links),
+                links=[f"{r.intent_id} -> {r.source_id}#{r.node_id}" for r in stats.unresolved_links[:20]],
             )
         log.info(
             "batch applied",

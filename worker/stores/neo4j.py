@@ -26,7 +26,7 @@ from worker import failpoints
 from worker.config import GraphSettings
 from worker.errors import StoreRejected, StoreUnavailable
 from worker.events import CYPHER_NAME, AstGraphUpserted
-from worker.saga.plan import GraphChanges
+from worker.saga.plan import GraphChanges, LinkRow
 from worker.stores.protocols import GraphWriteStats
 
 log = structlog.get_logger(__name__)
@@ -79,7 +79,7 @@ class _BatchWriter:
         self._tx = tx
         self._chunk_size = chunk_size
         self.stats: dict[str, int] = defaultdict(int)
-        self.unresolved: tuple[tuple[str, str], ...] = ()
+        self.unresolved: tuple[LinkRow, ...] = ()
 
     async def run(
         self, query: LiteralString, rows: list[dict[str, Any]] | None = None, **params: object
@@ -156,12 +156,13 @@ class _BatchWriter:
                 "WITH i OPTIONAL MATCH (i)-[e:IMPLEMENTED_BY]->() DELETE e",
                 intents,
             )
-        links = [
-            {"intent": str(e.intent_id), "key": node_key(ref.source_id, ref.node_id)}
-            for e in changes.intent_upserts
-            for ref in e.ast_nodes
+        wanted = [
+            LinkRow(e.intent_id, ref.source_id, ref.node_id) for e in changes.intent_upserts for ref in e.ast_nodes
         ]
-        links += [{"intent": str(r.intent_id), "key": node_key(r.source_id, r.node_id)} for r in changes.relinks]
+        wanted += changes.relinks
+        links = [
+            {"i": n, "intent": str(r.intent_id), "key": node_key(r.source_id, r.node_id)} for n, r in enumerate(wanted)
+        ]
         if links:
             # Links to nodes not (yet) in the graph match nothing here; PostgreSQL keeps them
             # and the source's next upsert re-attaches them (see GraphChanges.relinks).
@@ -171,11 +172,10 @@ class _BatchWriter:
                 links,
             )
             missing = await self.run(
-                "UNWIND $rows AS r OPTIONAL MATCH (n:AstNode {key: r.key}) WITH r, n WHERE n IS NULL "
-                "RETURN r.intent AS intent, r.key AS key",
+                "UNWIND $rows AS r OPTIONAL MATCH (n:AstNode {key: r.key}) WITH r, n WHERE n IS NULL RETURN r.i AS i",
                 links,
             )
-            self.unresolved = tuple((r["intent"], r["key"]) for r in missing)
+            self.unresolved = tuple(wanted[r["i"]] for r in missing)
 
 
 class Neo4jGraphStore:

@@ -18,7 +18,7 @@ from worker.errors import StoreRejected, StoreUnavailable
 from worker.events import AstGraphDeleted, AstGraphUpserted, IntentLinkDeleted, IntentLinkUpserted
 from worker.saga.plan import AppliedState, BatchPlan, LinkRow, Outcome
 from worker.stores.postgres_migrations import Connection, apply_migrations, bundled_migrations
-from worker.stores.protocols import BatchRecord, GraphWriteStats
+from worker.stores.protocols import BatchRecord, GraphWriteStats, ParkedLinks
 
 log = structlog.get_logger(__name__)
 P = ParamSpec("P")
@@ -144,6 +144,7 @@ class PostgresRelationalStore:
         async with self._transaction() as conn:
             for item in plan.winners:
                 await _write_winner(conn, item.event)
+            await _track_parked_links(conn, plan, stats.unresolved_links)
             await conn.executemany(
                 """INSERT INTO gpm_processed_events (event_id, batch_id, outcome, topic, kafka_partition, kafka_offset)
                    VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING""",
@@ -157,7 +158,7 @@ class PostgresRelationalStore:
                 """UPDATE gpm_outbox SET state = 'applied', last_error = NULL, graph_stats = $2::jsonb,
                    updated_at = now() WHERE batch_id = $1""",
                 batch_id,
-                orjson.dumps(dataclasses.asdict(stats)).decode(),
+                orjson.dumps(_stats_document(stats)).decode(),
             )
 
     @_mapped
@@ -188,6 +189,29 @@ class PostgresRelationalStore:
         return int(status.rsplit(" ", 1)[-1])
 
     @_mapped
+    async def parked_links(self, older_than_s: float, sample: int = 20) -> ParkedLinks:
+        """How many links wait for their AST node, how many longer than ``older_than_s``, and some of those."""
+        async with self._pool.acquire() as conn:
+            counts = await conn.fetchrow(
+                """SELECT count(*) AS parked,
+                          count(*) FILTER (WHERE parked_since < now() - make_interval(secs => $1)) AS expired
+                   FROM gpm_intent_links WHERE parked_since IS NOT NULL""",
+                older_than_s,
+            )
+            oldest = await conn.fetch(
+                """SELECT intent_id, source_id, node_id FROM gpm_intent_links
+                   WHERE parked_since < now() - make_interval(secs => $1) ORDER BY parked_since LIMIT $2""",
+                older_than_s,
+                sample,
+            )
+        assert counts is not None  # noqa: S101 - an aggregate always returns one row
+        return ParkedLinks(
+            parked=counts["parked"],
+            expired=counts["expired"],
+            oldest_expired=tuple(LinkRow(r["intent_id"], r["source_id"], r["node_id"]) for r in oldest),
+        )
+
+    @_mapped
     async def fetch(self, sql: str, *args: object) -> list[dict[str, Any]]:
         """Run a read query and return plain dicts (for reports and tests)."""
         async with self._pool.acquire() as conn:
@@ -202,6 +226,49 @@ class PostgresRelationalStore:
     async def close(self) -> None:
         """Close the pool, waiting for connections in use."""
         await self._pool.close()
+
+
+def _stats_document(stats: GraphWriteStats) -> dict[str, int]:
+    """The outbox row's graph_stats: the counters, and how many links were parked."""
+    document: dict[str, int] = dataclasses.asdict(stats)
+    document["unresolved_links"] = len(stats.unresolved_links)
+    return document
+
+
+async def _track_parked_links(conn: Connection, plan: BatchPlan, unresolved: tuple[LinkRow, ...]) -> None:
+    """Keep ``parked_since`` true to the graph after the batch: set while a link's node is missing."""
+    upserted = [i.event.source_id for i in plan.winners if isinstance(i.event, AstGraphUpserted)]
+    deleted = [i.event.source_id for i in plan.winners if isinstance(i.event, AstGraphDeleted)]
+    missing = (
+        [r.intent_id for r in unresolved],
+        [r.source_id for r in unresolved],
+        [r.node_id for r in unresolved],
+    )
+    if deleted:
+        # The source's nodes are gone from the graph; its links wait for it to come back.
+        await conn.execute(
+            """UPDATE gpm_intent_links SET parked_since = coalesce(parked_since, now())
+               WHERE source_id = ANY($1::text[])""",
+            deleted,
+        )
+    if upserted:
+        # The new version's nodes are in the graph: links into it are attached, except those
+        # naming a node it lacks (those keep their original parked_since).
+        await conn.execute(
+            """UPDATE gpm_intent_links SET parked_since = NULL
+               WHERE source_id = ANY($1::text[]) AND parked_since IS NOT NULL
+                 AND (intent_id, source_id, node_id) NOT IN
+                     (SELECT * FROM unnest($2::uuid[], $3::text[], $4::text[]))""",
+            upserted,
+            *missing,
+        )
+    if unresolved:
+        await conn.execute(
+            """UPDATE gpm_intent_links l SET parked_since = coalesce(l.parked_since, now())
+               FROM unnest($1::uuid[], $2::text[], $3::text[]) AS u(intent_id, source_id, node_id)
+               WHERE (l.intent_id, l.source_id, l.node_id) = (u.intent_id, u.source_id, u.node_id)""",
+            *missing,
+        )
 
 
 async def _write_winner(

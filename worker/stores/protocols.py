@@ -19,8 +19,8 @@ class GraphWriteStats:
     relationships_deleted: int = 0
     statements: int = 0
     # Intent links whose AST node is not in the graph yet: kept in PostgreSQL ("parked")
-    # and attached when the node's source arrives. Each entry: (intent_id, node key).
-    unresolved_links: tuple[tuple[str, str], ...] = ()
+    # and attached when the node's source arrives.
+    unresolved_links: tuple[LinkRow, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,6 +33,15 @@ class BatchRecord:
     source_ids: tuple[str, ...]
     intent_ids: tuple[UUID, ...]
     rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedLinks:
+    """Intent links waiting for their AST node, and those waiting longer than the bound."""
+
+    parked: int
+    expired: int
+    oldest_expired: tuple[LinkRow, ...] = ()
 
 
 @runtime_checkable
