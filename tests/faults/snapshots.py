@@ -15,6 +15,8 @@ _VOLATILE = {"updated_at", "processed_at", "created_at"}
 
 
 def _canonical(rows: list[dict[str, Any]]) -> list[str]:
+    # When a link was parked differs between runs; whether it is parked must not.
+    rows = [{**r, "parked_since": r["parked_since"] is not None} if "parked_since" in r else r for r in rows]
     return sorted(
         json.dumps({k: v for k, v in r.items() if k not in _VOLATILE}, sort_keys=True, default=str) for r in rows
     )

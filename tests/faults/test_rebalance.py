@@ -70,3 +70,40 @@ async def test_join_and_crash_of_replicas_converge_to_the_single_worker_state(
         output, _ = await asyncio.wait_for(b.communicate(), 60)
     assert b.returncode == 0, output.decode()[-3000:]
     assert await snapshot(ns) == reference
+
+
+@pytest.fixture(scope="module")
+def large_files() -> tuple[list[Envelope], list[Envelope]]:
+    """48 files of 1,500 nodes: the backlog takes A about ten seconds, in batches of about a second."""
+    return [upsert(f"big{i}.py", 1, _file(1_500, 1)) for i in range(48)], []
+
+
+async def test_partitions_revoked_mid_batch_are_finished_before_they_move(
+    ns: Namespace, stack: DevStack, large_files: tuple[list[Envelope], list[Envelope]]
+) -> None:
+    """B joins while A is inside a long batch: A finishes and commits it, then hands over."""
+    reference = await reference_state(stack, large_files)
+    graphs, _ = large_files
+    a = await ns.spawn_worker(transaction_size="12000")
+    await ns.publish(ns.graph_topic, graphs)
+    await ns.wait_committed(1, timeout_s=120)  # A is working through the backlog
+    b = await ns.spawn_worker(transaction_size="12000")
+    try:
+        await ns.wait_committed(len(graphs), timeout_s=180)
+    finally:
+        for proc in (a, b):
+            proc.terminate()
+        outputs = [(await asyncio.wait_for(proc.communicate(), 60))[0].decode() for proc in (a, b)]
+    assert (a.returncode, b.returncode) == (0, 0), outputs[0][-2000:] + outputs[1][-2000:]
+    assert "finishing the batch in flight first" in outputs[0], outputs[0][-3000:]
+    assert '"partitions assigned"' in outputs[1]
+    assert await snapshot(ns) == reference
+    # Each graph was written exactly once, by whichever worker held its partition: no
+    # zombie writes from the old owner, no batch cut off by the handover. (A write conflict
+    # between the two workers' transactions may roll one back: 'compensated', then retried.)
+    written = await ns.sql(
+        "SELECT sum((graph_stats->>'nodes_written')::int) AS nodes FROM gpm_outbox WHERE state = 'applied'"
+    )
+    others = await ns.sql("SELECT state, last_error FROM gpm_outbox WHERE state <> 'applied'")
+    assert written == [{"nodes": len(graphs) * 1_501}], others
+    assert {r["state"] for r in others} <= {"compensated"}, others

@@ -10,7 +10,7 @@ from aiokafka import TopicPartition
 
 from tests.factories import graph, upsert
 from worker.config import Settings, WorkerSettings
-from worker.consume.runner import IngestRunner
+from worker.consume.runner import IngestRunner, _Rebalance
 from worker.errors import StoreUnavailable
 from worker.events import encode_event
 from worker.saga.plan import InboundEvent
@@ -103,3 +103,44 @@ async def test_no_offset_is_committed_past_a_rewound_batch(sizes: list[int], tra
     assert consumer.commits == sorted(consumer.commits)
     assert consumer.commits[-1] == 4
     assert coordinator.applied == sorted(coordinator.applied)  # never past an unapplied offset
+
+
+class RebalancingCoordinator:
+    """Applies; during the first batch the partition is revoked and assigned back, as aiokafka does."""
+
+    def __init__(self, consumer: FakeConsumer) -> None:
+        self.consumer = consumer
+        self.runner: IngestRunner | None = None
+        self.applied: list[int] = []
+        self.rebalance: asyncio.Task[None] | None = None
+
+    async def apply(self, events: list[InboundEvent]) -> None:
+        """Record what was applied; start the rebalance once."""
+        if self.rebalance is None:
+            self.rebalance = asyncio.create_task(self._revoke_and_reassign())
+            await asyncio.sleep(0.01)  # the revoke is now waiting for this batch
+        self.applied.extend(e.position.offset for e in events)
+
+    async def _revoke_and_reassign(self) -> None:
+        assert self.runner is not None
+        await _Rebalance(self.runner).on_partitions_revoked({P0})
+        # A new assignment starts from the committed offset.
+        self.consumer.position = self.consumer.commits[-1] if self.consumer.commits else 0
+
+
+async def test_records_fetched_before_a_rebalance_are_not_applied_after_it() -> None:
+    """The revoke drops the buffered records; the rest of the old fetch must not be applied past them."""
+    values = [encode_event(upsert(f"f{i}.py", 1, graph([("n", "Name")]))) for i in range(6)]
+    consumer = FakeConsumer([Record(i, v) for i, v in enumerate(values)])
+    coordinator = RebalancingCoordinator(consumer)
+    settings = Settings(worker=WorkerSettings(transaction_size=2, linger_ms=0))
+    runner = IngestRunner(consumer, coordinator, None, settings)  # type: ignore[arg-type]
+    coordinator.runner = runner
+    task = asyncio.create_task(runner.run())
+    while not consumer.commits or consumer.commits[-1] < 6:  # noqa: ASYNC110 - polling a fake
+        await asyncio.sleep(0.01)
+    runner.stopping.set()
+    await task
+    assert runner.generation == 1
+    assert coordinator.applied == [0, 1, 2, 3, 4, 5]  # nothing skipped, nothing out of order
+    assert consumer.commits == [2, 4, 6]

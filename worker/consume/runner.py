@@ -41,8 +41,13 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka s
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         # The batch in flight commits its offsets on its own; wait for it so the next
         # owner starts after it, then forget what was buffered but not yet applied.
+        if self._runner.flush_lock.locked():
+            log.info("partitions revoked: finishing the batch in flight first")
         async with self._runner.flush_lock:
             self._runner.batcher.drop_partitions({(tp.topic, tp.partition) for tp in revoked})
+            # Records fetched before this point belong to the old assignment: never accept them
+            # (after the new assignment, aiokafka re-reads from the committed offsets).
+            self._runner.generation += 1
         log.info("partitions revoked", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -71,6 +76,7 @@ class IngestRunner:
         self.assigned: set[TopicPartition] = set()
         self.joined = False
         self._rewound: set[TopicPartition] = set()  # partitions the last rewind moved back
+        self.generation = 0  # bumped by every revoke
         self.stopping = asyncio.Event()
         self.last_heartbeat = time.monotonic()
 
@@ -92,8 +98,14 @@ class IngestRunner:
                 await self._flush()
 
     async def _accept_all(self, fetched: list[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]) -> None:
+        generation = self.generation
         for n, (tp, records) in enumerate(fetched):
             for index, record in enumerate(records):
+                if self.generation != generation:
+                    # A rebalance happened during a flush: the rest of this fetch is stale, and
+                    # accepting it after the revoke dropped its predecessors would commit past them.
+                    log.info("dropping records fetched before a rebalance", records=len(records) - index)
+                    return
                 if not await self._accept(tp, record):
                     # A batch was rewound: nothing fetched after it may be applied ahead of it.
                     self._seek_back([(tp, records[index:]), *fetched[n + 1 :]])
