@@ -1,11 +1,13 @@
-"""The ``gpm`` command line: run, dev, migrate, publish, schemas."""
+"""The ``gpm`` command line: run, dev, migrate, publish, status, replay, dlq, schemas."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Coroutine
+from datetime import datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -20,7 +22,10 @@ from worker.events import decode_event, json_schemas
 app = typer.Typer(
     help="graph-postgres-manager: Kafka → PostgreSQL + graph store ingestion worker.", no_args_is_help=True
 )
+dlq_app = typer.Typer(help="List, inspect and re-drive dead-lettered events.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
 console = Console(stderr=True)
+T = TypeVar("T")
 
 
 def _settings(*, logging: bool = False) -> Settings:
@@ -83,6 +88,183 @@ def publish(
             raise typer.Exit(1) from None
     sent = asyncio.run(publish_events(settings.kafka.bootstrap_servers, topic, events))
     console.print(f"published {sent} events to {topic}")
+
+
+def _ops(coro: Coroutine[Any, Any, T]) -> T:
+    """Run an operator command; a GpmError is a clear message and exit 1, not a traceback."""
+    try:
+        return asyncio.run(coro)
+    except GpmError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def status(
+    topic: Annotated[
+        list[str] | None, typer.Option(help="Only these topics (default: all the worker consumes).")
+    ] = None,
+    *,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Per partition: committed and end offset, lag, last applied; outbox rows by state; parked links."""
+    from worker.ops.status import collect  # noqa: PLC0415
+
+    state = _ops(collect(_settings(), topic))
+    if as_json:
+        document = {
+            "group_id": state.group_id,
+            "members": state.members,
+            "lag": state.lag,
+            "partitions": [
+                {
+                    "topic": p.offsets.topic,
+                    "partition": p.offsets.partition,
+                    "committed": p.offsets.committed,
+                    "end": p.offsets.end,
+                    "lag": p.offsets.lag,
+                    "last_applied_at": p.last_applied_at.isoformat() if p.last_applied_at else None,
+                }
+                for p in state.partitions
+            ],
+            "outbox": state.outbox,
+            "parked_links": state.parked_links,
+            "unresolved_links": state.unresolved_links,
+        }
+        typer.echo(json.dumps(document))
+        return
+    table = Table(title=f"group {state.group_id}: {len(state.members)} live member(s), lag {state.lag}")
+    for column in ("topic", "partition", "committed", "end", "lag", "last applied"):
+        table.add_column(column, justify="left" if column in {"topic", "last applied"} else "right")
+    for p in state.partitions:
+        o = p.offsets
+        applied = p.last_applied_at.isoformat(timespec="seconds") if p.last_applied_at else "-"
+        table.add_row(
+            o.topic, str(o.partition), "-" if o.committed is None else str(o.committed), str(o.end), str(o.lag), applied
+        )
+    out = Console()
+    out.print(table)
+    out.print("outbox:", ", ".join(f"{k}={v}" for k, v in sorted(state.outbox.items())) or "empty")
+    out.print(f"intent links parked: {state.parked_links}, unresolved past the bound: {state.unresolved_links}")
+
+
+@app.command()
+def replay(
+    to: Annotated[str, typer.Option(help="earliest, latest, or time (with --at).")] = "earliest",
+    at: Annotated[datetime | None, typer.Option(help="With --to time: first record at or after this time.")] = None,
+    topic: Annotated[
+        list[str] | None, typer.Option(help="Only these topics (default: all the worker consumes).")
+    ] = None,
+    partition: Annotated[list[int] | None, typer.Option(help="Only these partitions.")] = None,
+    offset: Annotated[list[str] | None, typer.Option(help="Explicit TOPIC:PARTITION=OFFSET (repeatable).")] = None,
+    *,
+    force: Annotated[bool, typer.Option(help="Reset even while workers are in the group.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Show the new offsets, change nothing.")] = False,
+    wait: Annotated[bool, typer.Option(help="Afterwards, show the lag until the workers caught up.")] = False,
+) -> None:
+    """Move the group's committed offsets so the workers reprocess (idempotently) from there."""
+    from worker.ops.replay import plan_reset, watch_lag  # noqa: PLC0415
+
+    settings = _settings()
+    if to not in {"earliest", "latest", "time"}:
+        console.print("[red]--to must be earliest, latest or time[/red]")
+        raise typer.Exit(2)
+    moves = _ops(
+        plan_reset(
+            settings,
+            to=to,
+            at=at,
+            topics=topic,
+            partitions=partition,
+            explicit=offset or [],
+            apply=not dry_run,
+            force=force,
+        )
+    )
+    table = Table(title=("would move" if dry_run else "moved") + f" group {settings.kafka.group_id}")
+    for column in ("topic", "partition", "from", "to"):
+        table.add_column(column)
+    for move in moves:
+        table.add_row(
+            move.topic, str(move.partition), "-" if move.before is None else str(move.before), str(move.after)
+        )
+    Console().print(table)
+    if wait and not dry_run:
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=console) as progress:
+            task = progress.add_task("reprocessing", total=None)
+
+            def show(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            _ops(watch_lag(settings, topic, show))
+
+
+@dlq_app.command("list")
+def dlq_list(
+    reason: Annotated[str | None, typer.Option(help="Only this reason (e.g. invalid-json, store-rejected).")] = None,
+    topic: Annotated[str | None, typer.Option(help="Only letters from this original topic.")] = None,
+    grep: Annotated[str | None, typer.Option(help="Only letters whose error message matches this regex.")] = None,
+) -> None:
+    """One line per dead letter: where it is, where it came from, why."""
+    from worker.ops.dlq import read_letters  # noqa: PLC0415
+
+    letters = _ops(read_letters(_settings().kafka, reason=reason, topic=topic, grep=grep))
+    table = Table(title=f"{len(letters)} dead letter(s)")
+    for column in ("letter", "original", "reason", "error"):
+        table.add_column(column, overflow="fold")
+    for letter in letters:
+        table.add_row(letter.position, letter.origin, letter.error("reason"), letter.error("exception.message")[:120])
+    Console().print(table)
+
+
+@dlq_app.command("show")
+def dlq_show(
+    position: Annotated[str, typer.Argument(help="DLQ_TOPIC:PARTITION:OFFSET, as `gpm dlq list` shows.")],
+) -> None:
+    """Print one letter: its error headers and its original value."""
+    from worker.ops.dlq import read_letters  # noqa: PLC0415
+
+    letters = [x for x in _ops(read_letters(_settings().kafka)) if x.position == position]
+    if not letters:
+        console.print(f"[red]no dead letter at {position}[/red]")
+        raise typer.Exit(1)
+    letter = letters[0]
+    typer.echo(
+        json.dumps(
+            {
+                "letter": letter.position,
+                "original": letter.origin,
+                "key": letter.key.decode(errors="replace") if letter.key else None,
+                "headers": {k: v.decode(errors="replace") for k, v in letter.headers},
+                "value": letter.value.decode(errors="replace") if letter.value else None,
+            },
+            indent=2,
+        )
+    )
+
+
+@dlq_app.command("redrive")
+def dlq_redrive(
+    reason: Annotated[str | None, typer.Option(help="Only this reason.")] = None,
+    topic: Annotated[str | None, typer.Option(help="Only letters from this original topic.")] = None,
+    grep: Annotated[str | None, typer.Option(help="Only letters whose error message matches this regex.")] = None,
+    *,
+    dry_run: Annotated[bool, typer.Option(help="Count what would be re-driven, send nothing.")] = False,
+) -> None:
+    """Publish dead letters back to their original topic (after a fix); idempotent for applied events."""
+    from worker.ops.dlq import read_letters, redrive  # noqa: PLC0415
+
+    settings = _settings()
+    letters = _ops(read_letters(settings.kafka, reason=reason, topic=topic, grep=grep))
+    if dry_run or not letters:
+        console.print(f"{len(letters)} dead letter(s) match" + ("; nothing sent (--dry-run)" if dry_run else ""))
+        return
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("re-driving", total=len(letters))
+        sent = _ops(redrive(settings.kafka, letters, lambda _: progress.advance(task)))
+    console.print(f"re-drove {sent} dead letter(s) to their original topics")
 
 
 @app.command()

@@ -1,0 +1,1 @@
+"""Operator commands behind `gpm status`, `gpm replay` and `gpm dlq`."""

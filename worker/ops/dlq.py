@@ -1,0 +1,110 @@
+"""`gpm dlq`: read the dead-letter topics, and re-drive letters to their original topic.
+
+A re-driven record is the original key, value and headers (the ``__connect.errors.*``
+headers dropped) plus ``gpm.redriven-from``. Re-driving twice is harmless: the event id
+is in the processed-event ledger after the first successful apply.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from worker.config import KafkaSettings
+from worker.deadletter import HEADER_PREFIX
+from worker.ops.offsets import GroupOffsets
+
+REDRIVEN_FROM = "gpm.redriven-from"
+
+
+@dataclass(frozen=True, slots=True)
+class Letter:
+    """One record of a dead-letter topic."""
+
+    dlq_topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+    def error(self, name: str) -> str:
+        """An ``__connect.errors.<name>`` header, decoded ('' if absent)."""
+        for key, value in self.headers:
+            if key == HEADER_PREFIX + name:
+                return value.decode(errors="replace")
+        return ""
+
+    @property
+    def origin(self) -> str:
+        """``topic:partition:offset`` of the original record."""
+        return f"{self.error('topic')}:{self.error('partition')}:{self.error('offset')}"
+
+    @property
+    def position(self) -> str:
+        """``dlq_topic:partition:offset`` of this letter."""
+        return f"{self.dlq_topic}:{self.partition}:{self.offset}"
+
+
+async def read_letters(
+    settings: KafkaSettings, *, reason: str | None = None, topic: str | None = None, grep: str | None = None
+) -> list[Letter]:
+    """Every letter now in the dead-letter topics of the worker's topics, filtered."""
+    async with GroupOffsets.open(settings) as group:
+        sources = await group.topics()
+        existing = await group.all_topics()
+    dlq_topics = [t + settings.dlq_suffix for t in sources if t + settings.dlq_suffix in existing]
+    if topic is not None:
+        dlq_topics = [t for t in dlq_topics if t == topic + settings.dlq_suffix or t == topic]
+    letters: list[Letter] = []
+    if not dlq_topics:
+        return letters
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in dlq_topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        consumer.assign(tps)
+        ends = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        remaining = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
+        while remaining:
+            for tp, records in (await consumer.getmany(*remaining, timeout_ms=1000)).items():
+                letters.extend(
+                    Letter(tp.topic, tp.partition, r.offset, r.timestamp, r.key, r.value, tuple(r.headers or ()))
+                    for r in records
+                )
+                if records and records[-1].offset + 1 >= ends[tp]:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    pattern = re.compile(grep) if grep else None
+    return [
+        letter
+        for letter in letters
+        if (reason is None or letter.error("reason") == reason)
+        and (pattern is None or pattern.search(letter.error("exception.message")))
+    ]
+
+
+async def redrive(
+    settings: KafkaSettings, letters: list[Letter], on_sent: Callable[[Letter], None] | None = None
+) -> int:
+    """Publish each letter's original record to its original topic; return how many."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, acks="all", compression_type="gzip", max_request_size=17 << 20
+    )
+    await producer.start()
+    try:
+        for letter in letters:
+            headers = [(k, v) for k, v in letter.headers if not k.startswith(HEADER_PREFIX)]
+            headers.append((REDRIVEN_FROM, letter.position.encode()))
+            await producer.send_and_wait(letter.error("topic"), value=letter.value, key=letter.key, headers=headers)
+            if on_sent is not None:
+                on_sent(letter)
+    finally:
+        await producer.stop()
+    return len(letters)

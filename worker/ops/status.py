@@ -1,0 +1,60 @@
+"""`gpm status`: per partition committed/end offsets, lag and last applied time; outbox and links."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from worker.config import Settings
+from worker.ops.offsets import GroupOffsets, PartitionOffsets
+from worker.stores.postgres import PostgresRelationalStore
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionStatus:
+    """What an operator asks of one partition."""
+
+    offsets: PartitionOffsets
+    last_applied_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """The whole picture for one consumer group."""
+
+    group_id: str
+    members: list[str]
+    partitions: list[PartitionStatus]
+    outbox: dict[str, int]
+    parked_links: int
+    unresolved_links: int
+
+    @property
+    def lag(self) -> int:
+        """Total records not yet committed."""
+        return sum(p.offsets.lag for p in self.partitions)
+
+
+async def collect(settings: Settings, topics: list[str] | None = None) -> Status:
+    """Read the group's offsets from the broker and the saga's state from PostgreSQL."""
+    async with GroupOffsets.open(settings.kafka) as group:
+        offsets = await group.offsets(await group.topics(topics))
+        members = await group.members()
+    relational = await PostgresRelationalStore.connect(settings.postgres)
+    try:
+        applied = await relational.fetch(
+            "SELECT topic, kafka_partition, max(processed_at) AS at FROM gpm_processed_events GROUP BY 1, 2"
+        )
+        outbox = await relational.fetch("SELECT state, count(*) AS n FROM gpm_outbox GROUP BY state")
+        parked = await relational.parked_links(settings.worker.parked_link_ttl_s, sample=0)
+    finally:
+        await relational.close()
+    last = {(r["topic"], r["kafka_partition"]): r["at"] for r in applied}
+    return Status(
+        group_id=settings.kafka.group_id,
+        members=members,
+        partitions=[PartitionStatus(o, last.get((o.topic, o.partition))) for o in offsets],
+        outbox={r["state"]: int(r["n"]) for r in outbox},
+        parked_links=parked.parked,
+        unresolved_links=parked.expired,
+    )
