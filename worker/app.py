@@ -97,7 +97,7 @@ class Worker:
             assert relational is not None  # noqa: S101 - set by _open_stores
             assert graph is not None  # noqa: S101 - set by _open_stores
             producer = AIOKafkaProducer(
-                bootstrap_servers=s.kafka.bootstrap_servers,
+                **s.kafka.client_options(),
                 client_id=f"{s.kafka.client_id}-dlq",
                 acks="all",
                 # A dead letter carries the original value, which may be as large as any event.
@@ -107,7 +107,7 @@ class Worker:
             await producer.start()
             stack.push_async_callback(producer.stop)
             consumer = AIOKafkaConsumer(
-                bootstrap_servers=s.kafka.bootstrap_servers,
+                **s.kafka.client_options(),
                 group_id=s.kafka.group_id,
                 client_id=s.kafka.client_id,
                 enable_auto_commit=False,

@@ -86,7 +86,7 @@ def publish(
         except EventError as exc:
             console.print(f"[red]{path}: {exc}[/red]")
             raise typer.Exit(1) from None
-    sent = asyncio.run(publish_events(settings.kafka.bootstrap_servers, topic, events))
+    sent = asyncio.run(publish_events(settings.kafka, topic, events))
     console.print(f"published {sent} events to {topic}")
 
 

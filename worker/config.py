@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
+from aiokafka.helpers import create_ssl_context
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.errors import ConfigError
@@ -39,6 +40,43 @@ class KafkaSettings(BaseModel):
     # Upper bound on bytes fetched per partition; with max_poll_records it bounds memory.
     max_partition_fetch_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     metadata_max_age_ms: int = Field(30_000, ge=1_000)
+    # Transport security, as Kafka clients name it. SSL/SASL_SSL verify the broker against
+    # ssl_cafile (or the system store); certfile/keyfile give a client certificate (mTLS).
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+    @model_validator(mode="after")
+    def _sasl_has_credentials(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and not (self.sasl_username and self.sasl_password):
+            msg = f"security_protocol {self.security_protocol} needs sasl_username and sasl_password"
+            raise ValueError(msg)
+        return self
+
+    def client_options(self) -> dict[str, Any]:
+        """Connection keyword arguments shared by every aiokafka client (consumer, producer, admin)."""
+        options: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "security_protocol": self.security_protocol,
+        }
+        if self.security_protocol in {"SSL", "SASL_SSL"}:
+            options["ssl_context"] = create_ssl_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
+                certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
+                keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None,
+            )
+        if self.security_protocol.startswith("SASL"):
+            assert self.sasl_password is not None  # noqa: S101 - checked by the validator
+            options.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password.get_secret_value(),
+            )
+        return options
 
     @field_validator("topic_pattern")
     @classmethod

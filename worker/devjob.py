@@ -76,7 +76,7 @@ def sample_intent(event: AstGraphUpserted) -> IntentLinkUpserted:
 
 
 async def _committed_total(settings: Settings, topics: tuple[str, ...]) -> int:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap_servers)
+    admin = AIOKafkaAdminClient(**settings.kafka.client_options())
     await admin.start()
     try:
         tps = [TopicPartition(t, p) for t in topics for p in range(PARTITIONS)]
@@ -106,8 +106,8 @@ async def ingest_corpus(
     try:
         before = await _committed_total(settings, topics)
         started = time.monotonic()
-        await publish_events(settings.kafka.bootstrap_servers, graph_topic, events)
-        await publish_events(settings.kafka.bootstrap_servers, intent_topic, [sample_intent(events[0])])
+        await publish_events(settings.kafka, graph_topic, events)
+        await publish_events(settings.kafka, intent_topic, [sample_intent(events[0])])
         expected = before + len(events) + 1
         while (committed := await _committed_total(settings, topics)) < expected:
             if running.done():

@@ -6,18 +6,19 @@ from collections.abc import Callable, Iterable
 
 from aiokafka import AIOKafkaProducer
 
+from worker.config import KafkaSettings
 from worker.events import Envelope, encode_event
 
 
 async def publish_events(
-    bootstrap_servers: str,
+    kafka: KafkaSettings,
     topic: str,
     events: Iterable[Envelope],
     on_sent: Callable[[Envelope], None] | None = None,
 ) -> int:
     """Send every event, wait for all acknowledgements, return how many were sent."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers,
+        **kafka.client_options(),
         acks="all",
         compression_type="gzip",
         max_request_size=16 * 1024 * 1024,

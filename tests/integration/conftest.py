@@ -62,7 +62,7 @@ class Namespace:
 
     async def publish(self, topic: str, events: list[Envelope]) -> None:
         """Publish events keyed by source id and wait for the acks."""
-        await publish_events(self.settings.kafka.bootstrap_servers, topic, events)
+        await publish_events(self.settings.kafka, topic, events)
 
     async def publish_raw(self, topic: str, value: bytes, key: bytes = b"raw") -> None:
         """Publish arbitrary bytes (for invalid events)."""

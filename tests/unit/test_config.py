@@ -58,3 +58,35 @@ def test_topic_pattern(topic: str, consumed: bool) -> None:
     import re
 
     assert bool(re.match(DEFAULT_TOPIC_PATTERN, topic)) is consumed
+
+
+def test_sasl_without_credentials_fails_naming_the_section(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """SASL needs a user and a password; the error names the Kafka settings."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GPM_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    with pytest.raises(ConfigError, match="GPM_KAFKA.*needs sasl_username and sasl_password"):
+        load_settings()
+
+
+def test_tls_and_sasl_reach_every_kafka_client(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """SASL_SSL gives a verifying TLS context and SCRAM credentials; the password stays out of repr."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GPM_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
+    monkeypatch.setenv("GPM_KAFKA__SASL_USERNAME", "gpm")
+    monkeypatch.setenv("GPM_KAFKA__SASL_PASSWORD", "s3cret-value")
+    settings = load_settings()
+    options = settings.kafka.client_options()
+    assert options["security_protocol"] == "SASL_SSL"
+    assert options["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert options["sasl_plain_password"] == "s3cret-value"
+    assert options["ssl_context"].check_hostname
+    assert "s3cret-value" not in repr(settings)
+
+
+def test_plaintext_has_no_tls_context(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The default talks plaintext to a local broker."""
+    monkeypatch.chdir(tmp_path)
+    assert load_settings().kafka.client_options() == {
+        "bootstrap_servers": "127.0.0.1:9092",
+        "security_protocol": "PLAINTEXT",
+    }

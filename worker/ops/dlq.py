@@ -63,7 +63,7 @@ async def read_letters(
     letters: list[Letter] = []
     if not dlq_topics:
         return letters
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**settings.client_options(), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
         tps = [TopicPartition(t, p) for t in dlq_topics for p in sorted(consumer.partitions_for_topic(t) or ())]
@@ -95,7 +95,7 @@ async def redrive(
 ) -> int:
     """Publish each letter's original record to its original topic; return how many."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks="all", compression_type="gzip", max_request_size=17 << 20
+        **settings.client_options(), acks="all", compression_type="gzip", max_request_size=17 << 20
     )
     await producer.start()
     try:

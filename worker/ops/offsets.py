@@ -51,10 +51,8 @@ class GroupOffsets:
     @asynccontextmanager
     async def open(cls, settings: KafkaSettings) -> AsyncIterator[GroupOffsets]:
         """Connect an admin client and a group-less consumer (for end offsets and times)."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id=f"{settings.client_id}-ops")
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers, group_id=None, enable_auto_commit=False
-        )
+        admin = AIOKafkaAdminClient(**settings.client_options(), client_id=f"{settings.client_id}-ops")
+        consumer = AIOKafkaConsumer(**settings.client_options(), group_id=None, enable_auto_commit=False)
         await admin.start()
         try:
             await consumer.start()
@@ -146,7 +144,7 @@ class GroupOffsets:
         # while the broker still lists a member, and some brokers list departed ones until
         # their session expires. Joining waits for that, as a rebalance does.
         committer = AIOKafkaConsumer(
-            bootstrap_servers=self._settings.bootstrap_servers,
+            **self._settings.client_options(),
             group_id=self._settings.group_id,
             client_id=f"{self._settings.client_id}-replay",
             enable_auto_commit=False,
