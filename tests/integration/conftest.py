@@ -13,8 +13,8 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -49,6 +49,8 @@ class Namespace:
     stack: DevStack
     name: str
     settings: Settings
+    # Every worker process spawned for the test; the fixture kills those still running.
+    processes: list[asyncio.subprocess.Process] = field(default_factory=list)
 
     @property
     def graph_topic(self) -> str:
@@ -100,7 +102,7 @@ class Namespace:
 
     async def spawn_worker(self, **worker: str) -> asyncio.subprocess.Process:
         """Start `python -m worker run` as a separate process; output piped."""
-        return await asyncio.create_subprocess_exec(
+        process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "worker",
@@ -110,6 +112,8 @@ class Namespace:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
+        self.processes.append(process)
+        return process
 
     async def committed(self, topic: str, partitions: int = 3) -> dict[int, int]:
         """The group's committed offset per partition of ``topic`` (absent if none)."""
@@ -218,9 +222,14 @@ async def make_namespace(stack: DevStack) -> Namespace:
 
 
 @pytest.fixture
-async def ns(stack: DevStack) -> Namespace:
-    """A fresh namespace for one test."""
-    return await make_namespace(stack)
+async def ns(stack: DevStack) -> AsyncIterator[Namespace]:
+    """A fresh namespace for one test; worker processes a failed test left running are killed."""
+    namespace = await make_namespace(stack)
+    yield namespace
+    for process in namespace.processes:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
 
 
 async def probe(port: int, path: str) -> tuple[int, Any]:

@@ -64,7 +64,7 @@ def test_sasl_without_credentials_fails_naming_the_section(monkeypatch: pytest.M
     """SASL needs a user and a password; the error names the Kafka settings."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GPM_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
-    with pytest.raises(ConfigError, match="GPM_KAFKA.*needs sasl_username and sasl_password"):
+    with pytest.raises(ConfigError, match=r"GPM_KAFKA.*needs sasl_username and sasl_password"):
         load_settings()
 
 
@@ -78,7 +78,7 @@ def test_tls_and_sasl_reach_every_kafka_client(monkeypatch: pytest.MonkeyPatch, 
     options = settings.kafka.client_options()
     assert options["security_protocol"] == "SASL_SSL"
     assert options["sasl_mechanism"] == "SCRAM-SHA-512"
-    assert options["sasl_plain_password"] == "s3cret-value"
+    assert options["sasl_plain_password"] == "s3cret-value"  # noqa: S105 - the test value set above
     assert options["ssl_context"].check_hostname
     assert "s3cret-value" not in repr(settings)
 
