@@ -29,7 +29,7 @@ from worker.health import HealthServer, Probes, configure_metrics
 from worker.saga.coordinator import SagaCoordinator
 from worker.stores.neo4j import Neo4jGraphStore
 from worker.stores.postgres import PostgresRelationalStore
-from worker.telemetry import metrics
+from worker.telemetry import configure_tracing, metrics
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +76,7 @@ class Worker:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(sig, self.stop)
                     stack.callback(loop.remove_signal_handler, sig)
+            configure_tracing()
             if s.health.enabled:
                 configure_metrics()
                 self.health = HealthServer(

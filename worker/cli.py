@@ -71,8 +71,10 @@ def publish(
 ) -> None:
     """Validate event files and publish them, keyed by source id."""
     from worker.publish import publish_events  # noqa: PLC0415
+    from worker.telemetry import configure_tracing  # noqa: PLC0415
 
     settings = _settings()
+    configure_tracing()
     events = []
     for path in files:
         try:

@@ -5,9 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from aiokafka import AIOKafkaProducer
+from opentelemetry import propagate, trace
 
 from worker.config import KafkaSettings
 from worker.events import Envelope, encode_event
+
+tracer = trace.get_tracer("graph_postgres_manager.publish")
 
 
 async def publish_events(
@@ -29,7 +32,15 @@ async def publish_events(
     try:
         pending = []
         for event in events:
-            pending.append(await producer.send(topic, value=encode_event(event), key=event.source_id.encode()))
+            # One producer span per event, its context in the record's headers (W3C traceparent),
+            # so the worker's batch span links back to it.
+            with tracer.start_as_current_span(f"publish {topic}", kind=trace.SpanKind.PRODUCER):
+                carrier: dict[str, str] = {}
+                propagate.inject(carrier)
+                headers = [(k, v.encode()) for k, v in carrier.items()]
+                pending.append(
+                    await producer.send(topic, value=encode_event(event), key=event.source_id.encode(), headers=headers)
+                )
             sent += 1
             if on_sent is not None:
                 on_sent(event)

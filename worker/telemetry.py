@@ -1,13 +1,16 @@
-"""Structured logs (structlog, JSON, trace ids attached) and OpenTelemetry metrics.
+"""Structured logs (structlog, JSON, trace ids attached), OpenTelemetry traces and metrics.
 
-Exporters are configured by the standard ``OTEL_*`` variables through the SDK; without
-them, instruments are cheap no-ops. Driver loggers (aiokafka, neo4j, asyncpg) go through
-the same JSON renderer so an operator greps one format.
+Traces go where the standard variables say: ``OTEL_TRACES_EXPORTER`` (``otlp``, ``console``
+or ``none``; ``otlp`` by default once ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set), ``OTEL_SERVICE_NAME``. Metrics are served
+on ``/metrics`` (see health.py). Driver loggers (aiokafka, neo4j, asyncpg) go through the
+same JSON renderer so an operator greps one format.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +61,41 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     # The drivers are chatty at INFO about routine reconnects; their warnings still show.
     for name in ("aiokafka", "neo4j", "asyncpg"):
         logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+_tracing_configured = False
+
+
+def configure_tracing() -> None:
+    """Install the SDK tracer provider and the exporter the OTEL_* variables ask for, once."""
+    global _tracing_configured  # noqa: PLW0603 - the OpenTelemetry global provider is process-wide too
+    if _tracing_configured:
+        return
+    from opentelemetry.sdk.resources import Resource  # noqa: PLC0415 - only workers need the SDK
+    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace.export import (  # noqa: PLC0415
+        BatchSpanProcessor,
+        ConsoleSpanExporter,
+        SpanExporter,
+    )
+
+    endpoint_set = any(os.environ.get(v) for v in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    choice = os.environ.get("OTEL_TRACES_EXPORTER", "otlp" if endpoint_set else "none")
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "graph-postgres-manager")})
+    )
+    exporter: SpanExporter | None = None
+    if choice == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
+
+        exporter = OTLPSpanExporter()
+    elif choice == "console":
+        exporter = ConsoleSpanExporter(out=sys.stderr)
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    # Even without an exporter the SDK provider makes real trace ids, which the logs carry.
+    trace.set_tracer_provider(provider)
+    _tracing_configured = True
 
 
 class WorkerMetrics:

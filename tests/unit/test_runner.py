@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 
 import pytest
 from aiokafka import TopicPartition
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.factories import graph, upsert
 from worker.config import Settings, WorkerSettings
@@ -144,3 +148,42 @@ async def test_records_fetched_before_a_rebalance_are_not_applied_after_it() -> 
     assert runner.generation == 1
     assert coordinator.applied == [0, 1, 2, 3, 4, 5]  # nothing skipped, nothing out of order
     assert consumer.commits == [2, 4, 6]
+
+
+def _span_exporter() -> InMemorySpanExporter:
+    """Collect spans in memory, on the process's SDK provider (a worker test may have set it)."""
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return exporter
+
+
+async def test_batch_span_links_to_the_producers_spans() -> None:
+    """The consumer span of a batch carries a link to each record's producer span (traceparent header)."""
+    exporter = _span_exporter()
+    trace_ids = [f"{i + 1:032x}" for i in range(3)]
+    records = [
+        Record(
+            i,
+            encode_event(upsert(f"t{i}.py", 1, graph([("n", "Name")]))),
+            headers=(("traceparent", f"00-{tid}-{i + 1:016x}-01".encode()),),
+        )
+        for i, tid in enumerate(trace_ids)
+    ]
+    consumer = FakeConsumer(records)
+    coordinator = RebalancingCoordinator(consumer)
+    coordinator.rebalance = asyncio.create_task(asyncio.sleep(0))  # no rebalance in this test
+    settings = Settings(worker=WorkerSettings(transaction_size=3, linger_ms=0))
+    runner = IngestRunner(consumer, coordinator, None, settings)  # type: ignore[arg-type]
+    task = asyncio.create_task(runner.run())
+    while not consumer.commits:  # noqa: ASYNC110 - polling a fake
+        await asyncio.sleep(0.01)
+    runner.stopping.set()
+    await task
+    spans = [s for s in exporter.get_finished_spans() if s.name == "process batch"]
+    assert len(spans) == 1
+    assert spans[0].kind is trace.SpanKind.CONSUMER
+    assert [format(link.context.trace_id, "032x") for link in spans[0].links] == trace_ids

@@ -16,7 +16,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 
 from worker import failpoints
 from worker.config import Settings
@@ -30,6 +30,24 @@ from worker.telemetry import metrics
 
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("graph_postgres_manager.consume")
+
+
+MAX_LINKS = 128  # spans keep at most 128 links by default; more would be dropped anyway
+
+
+def _producer_links(batch: Batch) -> list[trace.Link]:
+    """Links to the producers' spans, from the W3C ``traceparent`` headers of the batch's records."""
+    links: list[trace.Link] = []
+    for item in batch.events:
+        carrier = {k: v.decode(errors="replace") for k, v in item.headers if k in {"traceparent", "tracestate"}}
+        if not carrier:
+            continue
+        context = trace.get_current_span(propagate.extract(carrier)).get_span_context()
+        if context.is_valid:
+            links.append(trace.Link(context, {"messaging.kafka.offset": item.position.offset}))
+            if len(links) == MAX_LINKS:
+                break
+    return links
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka ships no type hints
@@ -149,7 +167,10 @@ class IngestRunner:
             if not batch:
                 return True
             with tracer.start_as_current_span(
-                "process batch", attributes={"messaging.batch.message_count": len(batch)}
+                "process batch",
+                kind=trace.SpanKind.CONSUMER,
+                attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(batch)},
+                links=_producer_links(batch),
             ):
                 try:
                     await self.coordinator.apply(batch.events)
