@@ -92,6 +92,13 @@ def publish(
     console.print(f"published {sent} events to {topic}")
 
 
+def _progress() -> Progress:
+    """The progress bar every long command shows, on stderr."""
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    )
+
+
 def _ops(coro: Coroutine[Any, Any, T]) -> T:
     """Run an operator command; a GpmError is a clear message and exit 1, not a traceback."""
     try:
@@ -192,8 +199,7 @@ def replay(
         )
     Console().print(table)
     if wait and not dry_run:
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=console) as progress:
+        with _progress() as progress:
             task = progress.add_task("reprocessing", total=None)
 
             def show(done: int, total: int) -> None:
@@ -262,8 +268,7 @@ def dlq_redrive(
     if dry_run or not letters:
         console.print(f"{len(letters)} dead letter(s) match" + ("; nothing sent (--dry-run)" if dry_run else ""))
         return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
+    with _progress() as progress:
         task = progress.add_task("re-driving", total=len(letters))
         sent = _ops(redrive(settings.kafka, letters, lambda _: progress.advance(task)))
     console.print(f"re-drove {sent} dead letter(s) to their original topics")
@@ -311,8 +316,7 @@ async def _dev(stack: DevStack, settings: Settings, files: int) -> None:
     from worker.devjob import corpus, ingest_corpus  # noqa: PLC0415
     from worker.stores.neo4j import Neo4jGraphStore  # noqa: PLC0415
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
+    with _progress() as progress:
         parsing = progress.add_task("parsing files", total=files)
         events = corpus(files, lambda: progress.advance(parsing))
         ingesting = progress.add_task("ingesting", total=len(events))
