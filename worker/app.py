@@ -157,11 +157,7 @@ class Worker:
         try:
             async for attempt in retrying:
                 with attempt:
-                    if self._relational is None:
-                        self._relational = await PostgresRelationalStore.connect(s.postgres)
-                        stack.push_async_callback(self._relational.close)
-                    await self._relational.migrate()
-                    await self._graph.migrate()
+                    await self._open_stores_once(stack)
         except RetryError:
             return False
         return True
@@ -187,6 +183,22 @@ class Worker:
                     )
                 reported = parked.expired
             await self._sleep_unless_stopped(self.settings.worker.parked_report_interval_s)
+
+    async def _open_stores_once(self, stack: AsyncExitStack) -> None:
+        s = self.settings
+        assert self._graph is not None  # noqa: S101 - created by _open_stores
+        try:
+            # Bounded: a server that accepts connections before it serves queries (ArcadeDB
+            # while it starts) once held an attempt for minutes.
+            async with asyncio.timeout(s.worker.start_attempt_timeout_s):
+                if self._relational is None:
+                    self._relational = await PostgresRelationalStore.connect(s.postgres)
+                    stack.push_async_callback(self._relational.close)
+                await self._relational.migrate()
+                await self._graph.migrate()
+        except TimeoutError:
+            msg = f"stores did not answer within {s.worker.start_attempt_timeout_s}s"
+            raise StoreUnavailable(msg) from None
 
     async def _sleep_unless_stopped(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):

@@ -158,6 +158,8 @@ class WorkerSettings(BaseModel):
     # batch back to the consumer (which rewinds and tries again later).
     retry_window_s: float = Field(60.0, gt=0)
     shutdown_grace_s: float = Field(30.0, ge=0)
+    # One attempt to connect and migrate at start; a hung attempt is retried, not waited on.
+    start_attempt_timeout_s: float = Field(30.0, gt=0)
     # The bound on waiting intent links: a link whose AST node has not arrived after this
     # long is reported as unresolved (error log, metric). It stays stored and is still
     # attached if the node comes later: nothing is dropped.

@@ -98,6 +98,10 @@ class IngestRunner:
         self.stopping = asyncio.Event()
         self.last_heartbeat = time.monotonic()
 
+    def paused(self) -> set[TopicPartition]:
+        """Partitions whose fetching is paused (while waiting out a store outage)."""
+        return set(self._consumer.paused())
+
     def subscribe(self) -> None:
         """Subscribe by pattern with the rebalance listener."""
         self._consumer.subscribe(pattern=self._settings.kafka.topic_pattern, listener=_Rebalance(self))
