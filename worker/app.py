@@ -110,6 +110,7 @@ class Worker:
             consumer = AIOKafkaConsumer(
                 **s.kafka.client_options(),
                 group_id=s.kafka.group_id,
+                group_instance_id=s.kafka.group_instance_id,
                 client_id=s.kafka.client_id,
                 enable_auto_commit=False,
                 auto_offset_reset=s.kafka.auto_offset_reset,
@@ -163,16 +164,22 @@ class Worker:
         return True
 
     async def _report_parked_links(self, relational: PostgresRelationalStore) -> None:
-        """Publish the parked-link gauges; log at error level when links pass the bound."""
+        """Publish the parked-link and outbox gauges; log at error level when links pass the bound."""
         ttl = self.settings.worker.parked_link_ttl_s
         reported = 0
         while not self._stop_requested.is_set():
             try:
                 parked = await relational.parked_links(older_than_s=ttl)
+                # Unfinished states only: they are what an operator watches, and the partial
+                # index serves them without scanning every applied row.
+                outbox = await relational.fetch(
+                    "SELECT state, count(*) AS n FROM gpm_outbox WHERE state <> 'applied' GROUP BY state"
+                )
             except StoreError as exc:
                 log.warning("could not count parked intent links", error=str(exc))
             else:
                 metrics.parked_links, metrics.unresolved_links = parked.parked, parked.expired
+                metrics.outbox = {r["state"]: int(r["n"]) for r in outbox}
                 if parked.expired and parked.expired != reported:
                     log.error(
                         "intent links unresolved past the bound: their AST nodes never arrived",

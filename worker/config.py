@@ -40,6 +40,9 @@ class KafkaSettings(BaseModel):
     # Upper bound on bytes fetched per partition; with max_poll_records it bounds memory.
     max_partition_fetch_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     metadata_max_age_ms: int = Field(30_000, ge=1_000)
+    # Static membership: a stable id per replica (e.g. the StatefulSet pod name) lets a
+    # restart within session_timeout_ms keep its partitions without a rebalance.
+    group_instance_id: str | None = None
     # Transport security, as Kafka clients name it. SSL/SASL_SSL verify the broker against
     # ssl_cafile (or the system store); certfile/keyfile give a client certificate (mTLS).
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"

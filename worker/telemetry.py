@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -110,6 +111,22 @@ class WorkerMetrics:
         self.edges_written = meter.create_counter("gpm.graph.edges_written", unit="{edge}")
         self.batch_duration = meter.create_histogram("gpm.batch.duration", unit="s")
         self.batch_events = meter.create_histogram("gpm.batch.events", unit="{event}")
+        # End-to-end freshness: apply time minus the event's occurred_at (producer clock).
+        self.freshness = meter.create_histogram("gpm.event.freshness", unit="s")
+        # Records behind the partition's end, per partition; set by the consume loop.
+        self.lag: dict[tuple[str, int], int] = {}
+        meter.create_observable_gauge(
+            "gpm.consumer.lag",
+            [lambda _: [Observation(n, {"topic": t, "partition": p}) for (t, p), n in list(self.lag.items())]],
+            unit="{record}",
+        )
+        # Outbox rows in the unfinished states, refreshed from PostgreSQL with the parked links.
+        self.outbox: dict[str, int] = {}
+        meter.create_observable_gauge(
+            "gpm.outbox.rows",
+            [lambda _: [Observation(n, {"state": state}) for state, n in list(self.outbox.items())]],
+            unit="{row}",
+        )
         # Refreshed from PostgreSQL by the worker's parked-link report.
         self.parked_links = 0
         self.unresolved_links = 0
@@ -122,8 +139,12 @@ class WorkerMetrics:
 
     def record_batch(self, plan: BatchPlan, stats: GraphWriteStats, seconds: float) -> None:
         """Count one applied batch."""
-        for _, outcome in plan.outcomes:
+        now = datetime.now(UTC)
+        for item, outcome in plan.outcomes:
             self.events_applied.add(1, {"outcome": outcome.value})
+            self.freshness.record(
+                max(0.0, (now - item.event.occurred_at).total_seconds()), {"topic": item.position.topic}
+            )
         self.nodes_written.add(stats.nodes_written)
         self.edges_written.add(stats.edges_written)
         self.batch_duration.record(seconds)

@@ -189,7 +189,11 @@ async def test_offsets_are_not_committed_while_the_graph_store_is_down(ns: Names
     server = ArcadeDBServer(tmp_path, heap="512m")
     await asyncio.to_thread(server.start)
     try:
-        run = Running(Worker(ns.on_graph_server(server), handle_signals=False))
+        settings = ns.on_graph_server(server)
+        settings = settings.model_copy(
+            update={"worker": settings.worker.model_copy(update={"parked_report_interval_s": 0.5})}
+        )
+        run = Running(Worker(settings, handle_signals=False))
         await run.started()
         await ns.publish(ns.graph_topic, [upsert(f"s{i}.py", 1, MOD) for i in range(2)])
         await eventually(lambda: _has(ns, "SELECT count(*) AS n FROM gpm_sources", 2), what="first events applied")
@@ -205,8 +209,8 @@ async def test_offsets_are_not_committed_while_the_graph_store_is_down(ns: Names
             {"ok": True, "checks": {"group": "joined", "postgres": "ok", "graph": "ok"}},
         )
         metrics = (await probe(port, "/metrics"))[1]
-        assert "gpm_events_consumed" in metrics
-        assert "gpm_events_applied" in metrics
+        for name in ("gpm_events_consumed", "gpm_events_applied", "gpm_event_freshness", "gpm_consumer_lag"):
+            assert name in metrics, name
         await asyncio.to_thread(server.stop)
         await ns.publish(ns.graph_topic, [upsert(f"s{i}.py", 1, MOD) for i in range(2, 5)])
         await eventually(
@@ -223,6 +227,14 @@ async def test_offsets_are_not_committed_while_the_graph_store_is_down(ns: Names
         assert (status, body["checks"]["postgres"]) == (503, "ok")
         assert body["checks"]["graph"].startswith("unavailable")
         assert (await probe(port, "/livez"))[0] == 200  # an outage is not a reason to restart
+
+        async def compensated_gauge() -> bool:
+            return (
+                "gpm_outbox_rows{" in (text := str((await probe(port, "/metrics"))[1]))
+                and 'state="compensated"' in text
+            )
+
+        await eventually(compensated_gauge, what="compensated outbox rows in the outbox gauge")
         assert await _count(ns, "SELECT count(*) AS n FROM gpm_sources") == 2
         await asyncio.to_thread(server.start)
         await eventually(

@@ -116,8 +116,16 @@ class IngestRunner:
                 timeout_ms=min(timeout_ms, 1000), max_records=limits.kafka.max_poll_records
             )
             await self._accept_all(list(fetched.items()))
+            self._record_lag(fetched)
             if self.batcher.due:
                 await self._flush()
+
+    def _record_lag(self, fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
+        """Records between the last fetched offset and the partition's end (the fetch response's high watermark)."""
+        for tp, records in fetched.items():
+            highwater = self._consumer.highwater(tp)
+            if records and highwater is not None:
+                metrics.lag[(tp.topic, tp.partition)] = max(0, highwater - records[-1].offset - 1)
 
     async def _accept_all(self, fetched: list[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]) -> None:
         generation = self.generation
