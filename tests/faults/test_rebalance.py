@@ -1,4 +1,4 @@
-"""Two worker processes in one group: a join mid-stream, then a kill -9 of the first.
+"""Worker processes in one group: joins, kill -9s and a revoke in the middle of a long batch.
 
 Partitions move twice while events flow. The final state must equal one crash-free
 worker's over the same events: nothing lost, nothing applied twice in a way that shows.
@@ -69,6 +69,33 @@ async def test_join_and_crash_of_replicas_converge_to_the_single_worker_state(
         b.terminate()
         output, _ = await asyncio.wait_for(b.communicate(), 60)
     assert b.returncode == 0, output.decode()[-3000:]
+    assert await snapshot(ns) == reference
+
+
+async def test_three_replicas_with_a_kill_and_an_addition_converge_to_the_single_worker_state(
+    ns: Namespace, stack: DevStack, all_events: tuple[list[Envelope], list[Envelope]]
+) -> None:
+    """Three workers share three partitions; one is killed -9 and another added while events flow."""
+    reference = await reference_state(stack, all_events)
+    graphs, intents = all_events
+    third = len(graphs) // 3
+    replicas = [await ns.spawn_worker(transaction_size="15") for _ in range(3)]
+    await ns.publish(ns.graph_topic, graphs[:third])
+    await ns.wait_committed(3)
+    replicas[1].kill()  # SIGKILL, possibly mid-batch: no leave-group, no commit
+    await replicas[1].wait()
+    await ns.publish(ns.graph_topic, graphs[third : 2 * third])
+    await ns.publish(ns.intent_topic, intents)
+    replicas.append(await ns.spawn_worker(transaction_size="15"))
+    await ns.publish(ns.graph_topic, graphs[2 * third :])
+    try:
+        await ns.wait_committed(len(graphs) + len(intents), timeout_s=180)
+    finally:
+        live = [r for i, r in enumerate(replicas) if i != 1]
+        for proc in live:
+            proc.terminate()
+        outputs = [(await asyncio.wait_for(proc.communicate(), 60))[0].decode() for proc in live]
+    assert all(proc.returncode == 0 for proc in live), "\n".join(o[-1500:] for o in outputs)
     assert await snapshot(ns) == reference
 
 
