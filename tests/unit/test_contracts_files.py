@@ -53,6 +53,9 @@ def test_docker_compose_is_well_formed() -> None:
     assert all(depends[name]["condition"] == "service_healthy" for name in ("kafka", "postgres", "neo4j"))
     env = services["worker"]["environment"]
     assert env["GPM_KAFKA__BOOTSTRAP_SERVERS"].startswith("kafka:")
+    assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].startswith("http://otel-collector:")
+    scrape = yaml.safe_load((ROOT / "deploy/compose/prometheus.yml").read_text())
+    assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == ["worker:8080"]
     assert env["GPM_GRAPH__URI"].startswith("bolt://neo4j:")
 
 

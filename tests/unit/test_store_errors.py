@@ -1,0 +1,32 @@
+"""Store errors map to retry (StoreUnavailable) or isolate (StoreRejected): never the other way round."""
+
+from __future__ import annotations
+
+import pytest
+from neo4j.exceptions import Neo4jError, ServiceUnavailable
+
+from worker.errors import StoreRejected, StoreUnavailable
+from worker.stores.neo4j import _map_error
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        # Concurrent replicas: a deadlock is retried, never dead-letters an event.
+        (
+            Neo4jError._hydrate_neo4j(code="Neo.TransientError.Transaction.DeadlockDetected", message="x"),
+            StoreUnavailable,
+        ),
+        (ServiceUnavailable("gone"), StoreUnavailable),
+        (OSError("reset"), StoreUnavailable),
+        (Neo4jError._hydrate_neo4j(code="Neo.ClientError.Statement.SyntaxError", message="x"), StoreRejected),
+        (
+            Neo4jError._hydrate_neo4j(code="Neo.ClientError.Schema.ConstraintValidationFailed", message="x"),
+            StoreRejected,
+        ),
+    ],
+    ids=["deadlock", "service-unavailable", "socket", "syntax", "constraint"],
+)
+def test_graph_errors_are_classified(error: Exception, expected: type[Exception]) -> None:
+    """Transient classes retry; the data's own faults are rejected (and isolated by the saga)."""
+    assert isinstance(_map_error(error), expected)
