@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
-from tests.integration.conftest import Namespace, make_namespace
+from tests.integration.conftest import Namespace, assert_clean_exits, make_namespace, stop_workers
 from worker.devstack import DevStack
 from worker.events import Envelope
 
@@ -53,10 +52,9 @@ async def run_to_completion(ns: Namespace, expected: int) -> str:
     try:
         await ns.wait_committed(expected, timeout_s=120)
     finally:
-        proc.terminate()
-        output, _ = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, output.decode()[-3000:]
-    return output.decode()
+        outputs = await stop_workers(proc)
+    assert_clean_exits([proc], outputs)
+    return outputs[0]
 
 
 _REFERENCES: dict[int, dict[str, list[str]]] = {}

@@ -13,7 +13,7 @@ import pytest
 
 from tests.factories import delete, graph, link, upsert
 from tests.faults.snapshots import reference_state, snapshot
-from tests.integration.conftest import Namespace
+from tests.integration.conftest import Namespace, assert_clean_exits, stop_workers
 from worker.devstack import DevStack
 from worker.events import Envelope
 
@@ -66,9 +66,8 @@ async def test_join_and_crash_of_replicas_converge_to_the_single_worker_state(
     try:
         await ns.wait_committed(total, timeout_s=120)
     finally:
-        b.terminate()
-        output, _ = await asyncio.wait_for(b.communicate(), 60)
-    assert b.returncode == 0, output.decode()[-3000:]
+        outputs = await stop_workers(b)
+    assert_clean_exits([b], outputs)
     assert await snapshot(ns) == reference
 
 
@@ -92,10 +91,8 @@ async def test_three_replicas_with_a_kill_and_an_addition_converge_to_the_single
         await ns.wait_committed(len(graphs) + len(intents), timeout_s=180)
     finally:
         live = [r for i, r in enumerate(replicas) if i != 1]
-        for proc in live:
-            proc.terminate()
-        outputs = [(await asyncio.wait_for(proc.communicate(), 60))[0].decode() for proc in live]
-    assert all(proc.returncode == 0 for proc in live), "\n".join(o[-1500:] for o in outputs)
+        outputs = await stop_workers(*live)
+    assert_clean_exits(live, outputs)
     assert await snapshot(ns) == reference
 
 
@@ -118,10 +115,8 @@ async def test_partitions_revoked_mid_batch_are_finished_before_they_move(
     try:
         await ns.wait_committed(len(graphs), timeout_s=180)
     finally:
-        for proc in (a, b):
-            proc.terminate()
-        outputs = [(await asyncio.wait_for(proc.communicate(), 60))[0].decode() for proc in (a, b)]
-    assert (a.returncode, b.returncode) == (0, 0), outputs[0][-2000:] + outputs[1][-2000:]
+        outputs = await stop_workers(a, b)
+    assert_clean_exits([a, b], outputs)
     assert "finishing the batch in flight first" in outputs[0], outputs[0][-3000:]
     assert '"partitions assigned"' in outputs[1]
     assert await snapshot(ns) == reference

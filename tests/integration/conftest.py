@@ -232,6 +232,19 @@ async def ns(stack: DevStack) -> AsyncIterator[Namespace]:
             await process.wait()
 
 
+async def stop_workers(*processes: asyncio.subprocess.Process) -> list[str]:
+    """SIGTERM worker processes together and wait for each; return their outputs (exit codes unchecked)."""
+    for process in processes:
+        process.terminate()
+    return [(await asyncio.wait_for(process.communicate(), 60))[0].decode() for process in processes]
+
+
+def assert_clean_exits(processes: list[asyncio.subprocess.Process], outputs: list[str]) -> None:
+    """Every process exited 0; otherwise show the end of its output."""
+    for process, output in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, output[-3000:]
+
+
 async def probe(port: int, path: str) -> tuple[int, Any]:
     """GET a health endpoint of a worker: (status, JSON body, or text for /metrics)."""
     async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}{path}") as response:

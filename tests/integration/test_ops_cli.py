@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from tests.factories import graph, upsert
-from tests.integration.conftest import Namespace, eventually
+from tests.integration.conftest import Namespace, assert_clean_exits, eventually, stop_workers
 
 pytestmark = pytest.mark.integration
 
@@ -37,9 +37,7 @@ async def _status(ns: Namespace) -> dict[str, object]:
 
 
 async def _stop(proc: asyncio.subprocess.Process) -> None:
-    proc.terminate()
-    output, _ = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, output.decode()[-3000:]
+    assert_clean_exits([proc], await stop_workers(proc))
 
 
 async def test_status_replay_and_dead_letter_redrive(ns: Namespace) -> None:
