@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 
 import pytest
+from aiohttp import web
 
 from tests.factories import graph, upsert
-from tests.integration.conftest import Namespace, eventually
+from tests.integration.conftest import Namespace, assert_clean_exits, eventually, stop_workers
 from worker.errors import StoreRejected
 
 pytestmark = pytest.mark.integration
@@ -49,3 +51,46 @@ async def test_bad_setting_fails_at_start_naming_it(ns: Namespace) -> None:
     assert proc.returncode == 2
     assert "GPM_WORKER__TRANSACTION_SIZE" in output.decode()
     assert ns.settings.graph.password.get_secret_value() not in output.decode()
+
+
+async def test_traces_reach_an_otlp_collector(ns: Namespace) -> None:
+    """With OTEL_EXPORTER_OTLP_ENDPOINT set, the worker exports its batch and saga spans over OTLP/HTTP."""
+    received: list[bytes] = []
+
+    async def collect(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.Response(status=200, content_type="application/x-protobuf", body=b"")
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", collect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        env = {**ns.env(), "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_BSP_SCHEDULE_DELAY": "200"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "worker",
+            "run",
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        ns.processes.append(proc)
+        await ns.publish(ns.graph_topic, [upsert("traced.py", 1, graph([("m", "Module")]))])
+        await ns.wait_committed(1)
+        await eventually(lambda: _spans_arrived(received), what="spans at the collector")
+        assert_clean_exits([proc], await stop_workers(proc))
+    finally:
+        await runner.cleanup()
+    body = b"".join(received)
+    for name in (b"process batch", b"saga batch", b"saga graph import", b"saga outbox applied"):
+        assert name in body, name
+    assert b"graph-postgres-manager" in body  # the service name
+
+
+async def _spans_arrived(received: list[bytes]) -> bool:
+    return any(b"saga outbox applied" in body for body in received)

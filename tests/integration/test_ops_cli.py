@@ -12,14 +12,13 @@ from tests.factories import graph, upsert
 from tests.integration.conftest import Namespace, assert_clean_exits, eventually, stop_workers
 
 pytestmark = pytest.mark.integration
+GPM = (sys.executable, "-m", "worker")
 
 
 async def gpm(ns: Namespace, *args: str) -> tuple[int, str, str]:
     """Run `python -m worker <args>` with the namespace's settings: (exit code, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
+        *GPM,
         *args,
         env={**ns.env(), "COLUMNS": "200"},
         stdout=asyncio.subprocess.PIPE,
@@ -81,26 +80,41 @@ async def test_status_replay_and_dead_letter_redrive(ns: Namespace) -> None:
 
     await _stop(worker)
     # --force: the local broker (Tansu) keeps listing a member after it left the group.
-    code, out, err = await gpm(ns, "replay", "--to", "earliest", "--topic", ns.graph_topic, "--force")
-    assert code == 0, err
-    assert "moved group" in out
-    rewound = await _status(ns)
-    assert {p["committed"] for p in rewound["partitions"] if p["topic"] == ns.graph_topic} == {0}  # type: ignore[attr-defined]
+    # --wait: the command stays, showing progress, until the restarted worker caught up.
+    replay = await asyncio.create_subprocess_exec(
+        *GPM,
+        "replay",
+        "--to",
+        "earliest",
+        "--topic",
+        ns.graph_topic,
+        "--force",
+        "--wait",
+        env=ns.env(),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    await eventually(lambda: _graph_committed_is(ns, {0}), what="the reset to earliest")
     # At least 4 of the 5 records: Tansu may report a partition's end one short.
-    assert rewound["lag"] >= 4  # type: ignore[operator]
+    assert (await _status(ns))["lag"] >= 4  # type: ignore[operator]
     applied_before = await ns.sql("SELECT count(*) AS n FROM gpm_processed_events")
 
     worker = await ns.spawn_worker()
     try:
-        await eventually(lambda: _lag_is(ns, 0), what="the replay to drain")
+        out, err = await asyncio.wait_for(replay.communicate(), 120)
     finally:
         await _stop(worker)
+    assert replay.returncode == 0, err.decode()
+    assert "moved group" in out.decode()
+    assert "reprocessing" in err.decode()
+    assert (await _status(ns))["lag"] == 0
     # Reprocessing changed nothing: every event was already in the ledger.
     assert await ns.sql("SELECT count(*) AS n FROM gpm_processed_events") == applied_before
 
 
-async def _lag_is(ns: Namespace, expected: int) -> bool:
-    return (await _status(ns))["lag"] == expected
+async def _graph_committed_is(ns: Namespace, expected: set[int]) -> bool:
+    partitions = (await _status(ns))["partitions"]
+    return {p["committed"] for p in partitions if p["topic"] == ns.graph_topic} == expected  # type: ignore[attr-defined]
 
 
 async def test_replay_rejects_a_malformed_offset(ns: Namespace) -> None:

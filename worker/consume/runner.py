@@ -190,7 +190,8 @@ class IngestRunner:
                     # for a batch that is then re-read; a failure half-way through the letters
                     # can re-send the earlier ones (at-least-once in the dead-letter topic).
                     for letter in batch.rejected:
-                        await self._dead_letters.send(letter)
+                        with tracer.start_as_current_span("dead-letter", attributes={"gpm.reason": letter.reason}):
+                            await self._dead_letters.send(letter)
                         metrics.dead_lettered.add(1, {"reason": letter.reason})
                 except StoreUnavailable as exc:
                     await self._rewind(batch, exc)

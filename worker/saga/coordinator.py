@@ -137,7 +137,8 @@ class SagaCoordinator:
             # Re-attach existing links into the sources being rewritten, except for intents
             # this batch rewrites itself (their new links replace the old ones).
             rewritten = {e.intent_id for e in changes.intent_upserts} | {e.intent_id for e in changes.intent_deletes}
-            links = await self._relational.links_for_sources(tuple(e.source_id for e in changes.upserts))
+            with tracer.start_as_current_span("saga links read"):
+                links = await self._relational.links_for_sources(tuple(e.source_id for e in changes.upserts))
             changes = dataclasses.replace(changes, relinks=tuple(r for r in links if r.intent_id not in rewritten))
         graph_started = time.perf_counter()
         try:
@@ -192,6 +193,11 @@ class SagaCoordinator:
             offset=item.position.offset,
             error=str(exc),
         )
+        with tracer.start_as_current_span("dead-letter", attributes={"gpm.reason": "store-rejected"}):
+            await self._send_letter(item, exc)
+        metrics.dead_lettered.add(1, {"reason": "store-rejected"})
+
+    async def _send_letter(self, item: InboundEvent, exc: StoreRejected) -> None:
         await self._dead_letters.send(
             DeadLetter(
                 position=item.position,
@@ -202,7 +208,6 @@ class SagaCoordinator:
                 detail=str(exc),
             )
         )
-        metrics.dead_lettered.add(1, {"reason": "store-rejected"})
 
 
 def _batch_record(batch_id: UUID, events: list[InboundEvent]) -> BatchRecord:
