@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -61,11 +62,29 @@ class FakeConsumer:
         """Always P0."""
         return {P0}
 
+    def highwater(self, tp: TopicPartition) -> int:
+        """The log's end."""
+        return len(self.log)
+
+    def paused(self) -> set[TopicPartition]:
+        """Nothing is paused for long in these tests."""
+        return set()
+
     def pause(self, *tps: TopicPartition) -> None:
         """Nothing to pause."""
 
     def resume(self, *tps: TopicPartition) -> None:
         """Nothing to resume."""
+
+
+async def _until(condition: Callable[[], bool], task: asyncio.Task[None], timeout_s: float = 10) -> None:
+    """Poll the fakes until ``condition``; a crashed consume loop fails the test at once."""
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            if task.done():
+                task.result()
+                pytest.fail("the consume loop stopped before the condition held")
+            await asyncio.sleep(0.01)
 
 
 class FlakyCoordinator:
@@ -99,8 +118,7 @@ async def test_no_offset_is_committed_past_a_rewound_batch(sizes: list[int], tra
     settings = Settings(worker=WorkerSettings(transaction_size=transaction_size, linger_ms=0, retry_max_s=0.01))
     runner = IngestRunner(consumer, coordinator, None, settings)  # type: ignore[arg-type]
     task = asyncio.create_task(runner.run())
-    while len(coordinator.applied) < 4:  # noqa: ASYNC110 - polling a fake, no event to wait on
-        await asyncio.sleep(0.01)
+    await _until(lambda: len(coordinator.applied) >= 4, task)
     runner.stopping.set()
     await task
     assert coordinator.applied == [0, 1, 2, 3]  # in order, the failed one first
@@ -141,8 +159,7 @@ async def test_records_fetched_before_a_rebalance_are_not_applied_after_it() -> 
     runner = IngestRunner(consumer, coordinator, None, settings)  # type: ignore[arg-type]
     coordinator.runner = runner
     task = asyncio.create_task(runner.run())
-    while not consumer.commits or consumer.commits[-1] < 6:  # noqa: ASYNC110 - polling a fake
-        await asyncio.sleep(0.01)
+    await _until(lambda: bool(consumer.commits) and consumer.commits[-1] >= 6, task)
     runner.stopping.set()
     await task
     assert runner.generation == 1
@@ -179,8 +196,7 @@ async def test_batch_span_links_to_the_producers_spans() -> None:
     settings = Settings(worker=WorkerSettings(transaction_size=3, linger_ms=0))
     runner = IngestRunner(consumer, coordinator, None, settings)  # type: ignore[arg-type]
     task = asyncio.create_task(runner.run())
-    while not consumer.commits:  # noqa: ASYNC110 - polling a fake
-        await asyncio.sleep(0.01)
+    await _until(lambda: bool(consumer.commits), task)
     runner.stopping.set()
     await task
     spans = [s for s in exporter.get_finished_spans() if s.name == "process batch"]
