@@ -41,7 +41,8 @@ class Graph:
     async def apply(self, changes: GraphChanges) -> GraphWriteStats:
         """Atomic: raise before touching anything."""
         if self.fail_next:
-            self.fail_next = False
+            # Down for the whole delivery (every retry), so the outcome never depends on how
+            # many retries fit in the retry window: hypothesis needs deterministic steps.
             raise StoreUnavailable("graph down")
         for event in changes.upserts:
             self.sources[event.source_id] = (event.source_version, frozenset(n.id for n in event.graph.nodes))
