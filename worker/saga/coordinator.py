@@ -44,10 +44,13 @@ class BatchResult:
     outcomes: Counter[Outcome] = field(default_factory=Counter)
     nodes_written: int = 0
     edges_written: int = 0
+    # Each event with its outcome, in the order the (sub-)batches were applied.
+    events: list[tuple[InboundEvent, Outcome]] = field(default_factory=list)
 
     def add(self, plan: BatchPlan, stats: GraphWriteStats) -> None:
         """Fold in one applied (sub-)batch."""
         self.outcomes.update(outcome for _, outcome in plan.outcomes)
+        self.events.extend(plan.outcomes)
         self.nodes_written += stats.nodes_written
         self.edges_written += stats.edges_written
 
@@ -97,6 +100,7 @@ class SagaCoordinator:
             if len(events) == 1:
                 await self._dead_letter(events[0], exc)
                 result.outcomes[Outcome.DEAD_LETTERED] += 1
+                result.events.append((events[0], Outcome.DEAD_LETTERED))
                 return
             middle = len(events) // 2
             log.warning("batch rejected, splitting to isolate the culprit", events=len(events), error=str(exc))
