@@ -1,13 +1,14 @@
-"""The ``gpm`` command line: run, dev, migrate, publish, status, replay, dlq, schemas."""
+"""The ``gpm`` command line: run, dev, migrate, publish, status, replay, dlq, check, stats, schemas."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Coroutine
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -18,6 +19,9 @@ from worker.config import Settings, load_settings
 from worker.devstack import DevStack
 from worker.errors import ConfigError, EventError, GpmError
 from worker.events import decode_event, json_schemas
+
+if TYPE_CHECKING:
+    from worker.library import ConsistencyReport, StorageStats
 
 app = typer.Typer(
     help="graph-postgres-manager: Kafka → PostgreSQL + graph store ingestion worker.", no_args_is_help=True
@@ -206,6 +210,41 @@ def replay(
                 progress.update(task, completed=done, total=total)
 
             _ops(watch_lag(settings, topic, show))
+
+
+@app.command()
+def check(
+    stuck_after_s: Annotated[float, typer.Option(help="Outbox rows pending longer than this are stuck.")] = 600,
+) -> None:
+    """Compare the registry with the graph and report what disagrees; exit 1 if anything does."""
+    from worker.library import GraphPostgresManager  # noqa: PLC0415
+
+    async def report() -> ConsistencyReport:
+        async with GraphPostgresManager(_settings()) as gpm:
+            return await gpm.check_data_consistency(stuck_after_s)
+
+    result = _ops(report())
+    out = Console()
+    out.print(f"node counts differing from the registry: {result.count_mismatches or 'none'}")
+    out.print(f"sources in the graph without a registry row: {result.graph_without_registry or 'none'}")
+    out.print(f"registry rows whose graph is missing: {result.registry_without_graph or 'none'}")
+    out.print(f"outbox rows stuck 'pending': {result.stuck_outbox or 'none'}")
+    out.print(f"intent links parked (waiting for their nodes): {result.parked_links}")
+    out.print("consistent" if result.consistent else "[red]inconsistent[/red]")
+    if not result.consistent:
+        raise typer.Exit(1)
+
+
+@app.command()
+def stats() -> None:
+    """Sizes of both stores."""
+    from worker.library import GraphPostgresManager  # noqa: PLC0415
+
+    async def collect() -> StorageStats:
+        async with GraphPostgresManager(_settings()) as gpm:
+            return await gpm.get_storage_stats()
+
+    typer.echo(json.dumps(dataclasses.asdict(_ops(collect()))))
 
 
 @dlq_app.command("list")

@@ -94,6 +94,25 @@ class StorageStats:
     outbox: dict[str, int]
 
 
+@dataclass(frozen=True, slots=True)
+class ConsistencyReport:
+    """Where the two stores disagree; empty lists mean they agree."""
+
+    # Sources whose node count in the graph differs from the registry's: (source, registry, graph).
+    count_mismatches: list[tuple[str, int, int]]
+    graph_without_registry: list[str]  # sources with nodes in the graph but no live registry row
+    registry_without_graph: list[str]  # live registry rows with nodes whose graph is missing
+    parked_links: int  # intent links whose AST node is missing (waiting, see the worker's bound)
+    stuck_outbox: list[str]  # batch ids 'pending' for longer than the threshold
+
+    @property
+    def consistent(self) -> bool:
+        """True when nothing disagrees (parked links are a waiting state, not a disagreement)."""
+        return not (
+            self.count_mismatches or self.graph_without_registry or self.registry_without_graph or self.stuck_outbox
+        )
+
+
 class _RaisingDeadLetters:
     """A library caller gets the store's rejection as an exception, not a dead letter."""
 
@@ -255,6 +274,31 @@ class GraphPostgresManager:
             intent_links=counts["links"],
             parked_links=counts["parked"],
             outbox={r["state"]: r["n"] for r in outbox},
+        )
+
+    async def check_data_consistency(self, stuck_after_s: float = 600) -> ConsistencyReport:
+        """Compare the registry with the graph, count parked links, find outbox rows stuck 'pending'."""
+        relational, graph, _ = self._stores()
+        graph_rows, registry_rows, parked, stuck = await asyncio.gather(
+            graph.query("MATCH (n:AstNode) RETURN n.source_id AS source_id, count(n) AS nodes"),
+            relational.fetch("SELECT source_id, node_count FROM gpm_sources WHERE NOT deleted"),
+            relational.parked_links(older_than_s=0, sample=0),
+            relational.fetch(
+                """SELECT batch_id::text AS batch_id FROM gpm_outbox WHERE state = 'pending'
+                   AND updated_at < now() - make_interval(secs => $1) ORDER BY updated_at""",
+                stuck_after_s,
+            ),
+        )
+        in_graph = {r["source_id"]: r["nodes"] for r in graph_rows}
+        registry = {r["source_id"]: r["node_count"] for r in registry_rows}
+        return ConsistencyReport(
+            count_mismatches=sorted(
+                (s, n, in_graph[s]) for s, n in registry.items() if s in in_graph and in_graph[s] != n
+            ),
+            graph_without_registry=sorted(set(in_graph) - set(registry)),
+            registry_without_graph=sorted(s for s, n in registry.items() if n and s not in in_graph),
+            parked_links=parked.parked,
+            stuck_outbox=[r["batch_id"] for r in stuck],
         )
 
     async def _graph_event(

@@ -73,3 +73,26 @@ async def test_invalid_graphs_raise_and_closed_manager_says_so(ns: Namespace) ->
         with pytest.raises(ValidationError):
             await gpm.store_ast_graph(bad, "x.py")
         assert (await gpm.get_storage_stats()).sources == 0
+
+
+async def test_consistency_report_finds_disagreements(ns: Namespace) -> None:
+    """Nodes removed behind the registry's back, and a source only in the graph, are reported."""
+    async with GraphPostgresManager(ns.settings) as gpm:
+        await gpm.store_ast_graph(MODULE, "a.py")
+        await gpm.store_ast_graph(MODULE, "b.py")
+        await gpm.link_intent_to_ast(uuid.uuid4(), [("nowhere.py", "x")])
+        assert (await gpm.check_data_consistency()).consistent
+        graph = ns.graph()
+        try:
+            await graph.query("MATCH (n:AstNode {source_id: 'a.py', node_id: 'f'}) DETACH DELETE n")
+            await graph.query("MATCH (n:AstNode {source_id: 'b.py'}) DETACH DELETE n")
+            await graph.query("CREATE (:AstNode:Module {source_id: 'stray.py', node_id: 'm', key: 'stray'})")
+        finally:
+            await graph.close()
+        report = await gpm.check_data_consistency()
+    assert not report.consistent
+    assert report.count_mismatches == [("a.py", 2, 1)]
+    assert report.registry_without_graph == ["b.py"]
+    assert report.graph_without_registry == ["stray.py"]
+    assert report.parked_links == 1
+    assert report.stuck_outbox == []

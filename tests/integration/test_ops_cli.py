@@ -10,6 +10,7 @@ import pytest
 
 from tests.factories import graph, upsert
 from tests.integration.conftest import Namespace, assert_clean_exits, eventually, stop_workers
+from worker.library import GraphPostgresManager
 
 pytestmark = pytest.mark.integration
 GPM = (sys.executable, "-m", "worker")
@@ -122,3 +123,22 @@ async def test_replay_rejects_a_malformed_offset(ns: Namespace) -> None:
     code, _, err = await gpm(ns, "replay", "--offset", "nonsense")
     assert code == 1
     assert "TOPIC:PARTITION=OFFSET" in err
+
+
+async def test_check_and_stats_commands(ns: Namespace) -> None:
+    """`gpm check` exits 0 on agreeing stores and 1 when the graph lost a source; `gpm stats` prints JSON."""
+    async with GraphPostgresManager(ns.settings) as manager:
+        await manager.store_ast_graph({"nodes": [{"id": "m", "type": "Module"}]}, "c.py")
+    code, out, err = await gpm(ns, "check")
+    assert (code, "consistent" in out) == (0, True), err
+    code, out, _ = await gpm(ns, "stats")
+    assert code == 0
+    assert json.loads(out)["sources"] == 1
+    graph = ns.graph()
+    try:
+        await graph.query("MATCH (n:AstNode {source_id: 'c.py'}) DETACH DELETE n")
+    finally:
+        await graph.close()
+    code, out, _ = await gpm(ns, "check")
+    assert code == 1
+    assert "['c.py']" in out
