@@ -71,8 +71,12 @@ async def read_letters(
         ends = await consumer.end_offsets(tps)
         await consumer.seek_to_beginning(*tps)
         remaining = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
-        while remaining:
-            for tp, records in (await consumer.getmany(*remaining, timeout_ms=1000)).items():
+        idle_polls = 0
+        # Offsets can have gaps (transaction markers, compaction): stop after 10 empty polls.
+        while remaining and idle_polls < 10:  # noqa: PLR2004
+            fetched = await consumer.getmany(*remaining, timeout_ms=1000)
+            idle_polls = 0 if fetched else idle_polls + 1
+            for tp, records in fetched.items():
                 letters.extend(
                     Letter(tp.topic, tp.partition, r.offset, r.timestamp, r.key, r.value, tuple(r.headers or ()))
                     for r in records
