@@ -18,13 +18,13 @@ from contextlib import AsyncExitStack
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from tenacity import AsyncRetrying, RetryError, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryError, retry_if_exception, wait_exponential_jitter
 
 from worker import failpoints
 from worker.config import Settings
 from worker.consume.runner import IngestRunner
 from worker.deadletter import KafkaDeadLetterSink
-from worker.errors import StoreError, StoreUnavailable
+from worker.errors import DatabaseMissing, StoreError, StoreUnavailable
 from worker.health import HealthServer, Probes, configure_metrics
 from worker.saga.coordinator import SagaCoordinator
 from worker.stores.neo4j import Neo4jGraphStore
@@ -144,8 +144,18 @@ class Worker:
         s = self.settings
         self._graph = Neo4jGraphStore.connect(s.graph, s.worker.transaction_size)
         stack.push_async_callback(self._graph.close)
+        started = time.monotonic()
+
+        def worth_waiting(exc: BaseException) -> bool:
+            # A database created right after its server starts (ArcadeDB's default database,
+            # Neo4j's CREATE DATABASE) is briefly "not found": wait a bounded time for it,
+            # then fail, since a misspelt GPM_GRAPH__DATABASE never appears.
+            if isinstance(exc, DatabaseMissing):
+                return time.monotonic() - started < s.worker.database_wait_s
+            return isinstance(exc, StoreUnavailable)
+
         retrying = AsyncRetrying(
-            retry=retry_if_exception_type(StoreUnavailable),
+            retry=retry_if_exception(worth_waiting),
             wait=wait_exponential_jitter(multiplier=s.worker.retry_initial_s, max=s.worker.retry_max_s),
             stop=lambda _: self._stop_requested.is_set(),
             sleep=self._sleep_unless_stopped,
@@ -161,6 +171,9 @@ class Worker:
                     await self._open_stores_once(stack)
         except RetryError:
             return False
+        except StoreError as exc:
+            log.critical("the stores refused the start; not retrying", error=str(exc))
+            raise
         return True
 
     async def _report_parked_links(self, relational: PostgresRelationalStore) -> None:

@@ -163,6 +163,8 @@ class WorkerSettings(BaseModel):
     shutdown_grace_s: float = Field(30.0, ge=0)
     # One attempt to connect and migrate at start; a hung attempt is retried, not waited on.
     start_attempt_timeout_s: float = Field(30.0, gt=0)
+    # How long a missing graph database is waited for at start before the worker gives up.
+    database_wait_s: float = Field(60.0, ge=0)
     # The bound on waiting intent links: a link whose AST node has not arrived after this
     # long is reported as unresolved (error log, metric). It stays stored and is still
     # attached if the node comes later: nothing is dropped.

@@ -44,3 +44,12 @@ class StoreUnavailable(StoreError):  # noqa: N818 - reads as a state, like httpx
 
 class StoreRejected(StoreError):  # noqa: N818 - same reason as above
     """Permanent failure caused by the data: isolate and dead-letter the offending event."""
+
+
+class DatabaseMissing(StoreUnavailable):
+    """The configured graph database does not exist (yet).
+
+    Transient while running: a dropped or not yet created database is an operator's problem,
+    never the data's, so events are retried, not dead-lettered. At start it is waited for
+    only for a bounded time (``GPM_WORKER__DATABASE_WAIT_S``) and then fails the start.
+    """

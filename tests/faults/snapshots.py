@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Any
+from uuid import UUID
 
 from tests.integration.conftest import Namespace, assert_clean_exits, make_namespace, stop_workers
 from worker.devstack import DevStack
@@ -57,12 +58,14 @@ async def run_to_completion(ns: Namespace, expected: int) -> str:
     return outputs[0]
 
 
-_REFERENCES: dict[int, dict[str, list[str]]] = {}
+_REFERENCES: dict[tuple[UUID, ...], dict[str, list[str]]] = {}
 
 
 async def reference_state(stack: DevStack, events: tuple[list[Envelope], list[Envelope]]) -> dict[str, list[str]]:
     """The state of one crash-free worker over ``events``, computed once per scenario."""
-    key = id(events)
+    # Keyed by the event ids, never by id(events): a module's fixture is freed after the
+    # module and a later scenario's tuple can get the same id (a wrong reference in CI).
+    key = tuple(e.event_id for part in events for e in part)
     if key not in _REFERENCES:
         ref = await make_namespace(stack)
         graphs, intents = events

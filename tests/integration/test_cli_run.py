@@ -53,6 +53,21 @@ async def test_bad_setting_fails_at_start_naming_it(ns: Namespace) -> None:
     assert ns.settings.graph.password.get_secret_value() not in output.decode()
 
 
+async def test_missing_graph_database_fails_the_start_naming_it(ns: Namespace) -> None:
+    """A misspelt database is waited for a bounded time, then the start fails saying which setting."""
+    env = ns.env(database_wait_s="2", retry_max_s="0.5")
+    env["GPM_GRAPH__DATABASE"] = "no_such_database"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", "run", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    ns.processes.append(proc)
+    output, _ = await asyncio.wait_for(proc.communicate(), 90)
+    text = output.decode()
+    assert proc.returncode != 0, text
+    assert "GPM_GRAPH__DATABASE" in text
+    assert ns.settings.graph.password.get_secret_value() not in text
+
+
 async def test_traces_reach_an_otlp_collector(ns: Namespace) -> None:
     """With OTEL_EXPORTER_OTLP_ENDPOINT set, the worker exports its batch and saga spans over OTLP/HTTP."""
     received: list[bytes] = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from neo4j.exceptions import Neo4jError, ServiceUnavailable
 
-from worker.errors import StoreRejected, StoreUnavailable
+from worker.errors import DatabaseMissing, StoreRejected, StoreUnavailable
 from worker.stores.neo4j import _map_error
 
 
@@ -24,9 +24,20 @@ from worker.stores.neo4j import _map_error
             Neo4jError._hydrate_neo4j(code="Neo.ClientError.Schema.ConstraintValidationFailed", message="x"),
             StoreRejected,
         ),
+        # A missing database is the operator's problem, not the data's: retried, never dead-lettered.
+        (
+            Neo4jError._hydrate_neo4j(code="Neo.ClientError.Database.DatabaseNotFound", message="x"),
+            DatabaseMissing,
+        ),
     ],
-    ids=["deadlock", "service-unavailable", "socket", "syntax", "constraint"],
+    ids=["deadlock", "service-unavailable", "socket", "syntax", "constraint", "database-missing"],
 )
 def test_graph_errors_are_classified(error: Exception, expected: type[Exception]) -> None:
     """Transient classes retry; the data's own faults are rejected (and isolated by the saga)."""
     assert isinstance(_map_error(error), expected)
+
+
+def test_a_missing_database_is_transient() -> None:
+    """The saga retries StoreUnavailable; a missing database must be one, or every event is dead-lettered."""
+    assert issubclass(DatabaseMissing, StoreUnavailable)
+    assert not issubclass(DatabaseMissing, StoreRejected)

@@ -24,7 +24,7 @@ from neo4j import exceptions as neo4j_errors
 
 from worker import failpoints
 from worker.config import GraphSettings
-from worker.errors import StoreRejected, StoreUnavailable
+from worker.errors import DatabaseMissing, StoreRejected, StoreUnavailable
 from worker.events import CYPHER_NAME, AstGraphUpserted
 from worker.saga.plan import GraphChanges, LinkRow
 from worker.stores.protocols import GraphWriteStats
@@ -67,6 +67,8 @@ def _scalars(values: list[str]) -> list[dict[str, Any]]:
 
 
 def _map_error(exc: Exception) -> Exception:
+    if isinstance(exc, neo4j_errors.Neo4jError) and exc.code == "Neo.ClientError.Database.DatabaseNotFound":
+        return DatabaseMissing(f"graph database not found (GPM_GRAPH__DATABASE): {exc.message}")
     if isinstance(exc, neo4j_errors.Neo4jError) and not exc.is_retryable():
         return StoreRejected(f"graph store rejected the write: {exc.code}: {exc.message}")
     return StoreUnavailable(f"graph store unavailable: {type(exc).__name__}: {exc}")
