@@ -4,9 +4,12 @@
     ├── ConfigError              a setting is missing or invalid (raised at start)
     ├── EventError               an event is malformed or violates its contract (permanent:
     │                            dead-lettered with the reason, never retried)
+    ├── SnapshotError            a backup, restore or export cannot go on (corrupt file,
+    │                            stores not empty, snapshot newer than this release)
     └── StoreError               a store call failed
         ├── StoreUnavailable     transient: connection lost, timeout, deadlock, leader
-        │                        switch. Retried with bounded backoff; never dead-letters.
+        │   │                    switch. Retried with bounded backoff; never dead-letters.
+        │   └── DatabaseMissing  the graph database does not exist (yet)
         └── StoreRejected        permanent: the store refused the data (constraint, type,
                                  syntax). The saga isolates the event and dead-letters it.
 
@@ -53,3 +56,7 @@ class DatabaseMissing(StoreUnavailable):
     never the data's, so events are retried, not dead-lettered. At start it is waited for
     only for a bounded time (``GPM_WORKER__DATABASE_WAIT_S``) and then fails the start.
     """
+
+
+class SnapshotError(GpmError):
+    """A backup, restore or export cannot go on: unreadable or corrupt snapshot, non-empty target."""

@@ -249,6 +249,58 @@ class Neo4jGraphStore:
         except (neo4j_errors.Neo4jError, neo4j_errors.DriverError, OSError) as exc:
             raise _map_error(exc) from exc
 
+    # Snapshots (backup, restore, export). Node kinds are the service's own labels with
+    # their unique property; pages follow that property's order, so dumps are repeatable.
+
+    async def node_page(self, label: str, key: str, after: str, limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` nodes of ``label`` whose ``key`` property sorts after ``after``: labels and properties."""
+        label, key = _name(label), _name(key)
+        return await self.query(
+            "MATCH (n:" + label + ") WHERE n." + key + " > $after "
+            "RETURN labels(n) AS labels, properties(n) AS props ORDER BY n." + key + " LIMIT $limit",
+            {"after": after, "limit": limit},
+        )
+
+    async def edges_from(self, label: str, key: str, ids: list[str]) -> list[dict[str, Any]]:
+        """Relationships from these nodes to AST nodes: start id, type, end key, properties."""
+        label, key = _name(label), _name(key)
+        return await self.query(
+            "UNWIND $ids AS id MATCH (a:" + label + " {" + key + ": id})-[r]->(b:AstNode) "
+            "RETURN a." + key + " AS start, type(r) AS type, b.key AS end, properties(r) AS props",
+            {"ids": ids},
+        )
+
+    async def count(self, label: str) -> int:
+        """How many nodes carry ``label``."""
+        return int((await self.query("MATCH (n:" + _name(label) + ") RETURN count(n) AS n"))[0]["n"])
+
+    async def is_empty(self) -> bool:
+        """True when the database holds no node at all."""
+        return not await self.query("MATCH (n) RETURN 1 AS any LIMIT 1")
+
+    async def create_nodes(self, labels: list[str], rows: list[dict[str, Any]]) -> int:
+        """Create one node per property map, all with these labels, in one transaction."""
+        names = ":".join(_name(label) for label in labels)
+        return (await self._write("UNWIND $rows AS r CREATE (n:" + names + ") SET n = r", rows)).nodes_created
+
+    async def create_edges(self, start: str, key: str, rel_type: str, rows: list[dict[str, Any]]) -> int:
+        """Create relationships ``start {key: r.start}`` -> ``AstNode {key: r.end}`` in one transaction."""
+        query = (
+            "UNWIND $rows AS r MATCH (a:" + _name(start) + " {" + _name(key) + ": r.start}) "
+            "MATCH (b:AstNode {key: r.end}) CREATE (a)-[e:" + _name(rel_type) + "]->(b) SET e = r.props"
+        )
+        return (await self._write(query, rows)).relationships_created
+
+    async def _write(self, query: LiteralString, rows: list[dict[str, Any]]) -> neo4j.SummaryCounters:
+        async def work(tx: neo4j.AsyncManagedTransaction) -> neo4j.SummaryCounters:
+            return (await (await tx.run(query, {"rows": rows})).consume()).counters
+
+        try:
+            async with self._driver.session(database=self._settings.database) as session:
+                return await session.execute_write(work)
+        except (neo4j_errors.Neo4jError, neo4j_errors.DriverError, OSError) as exc:
+            raise _map_error(exc) from exc
+
     async def ping(self) -> None:
         """A trivial query on the configured database."""
         await self.query("RETURN 1 AS ok")

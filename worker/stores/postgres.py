@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
@@ -29,6 +29,10 @@ T = TypeVar("T")
 # concurrency failures (40001 serialization, 40P01 deadlock).
 _TRANSIENT_SQLSTATE_PREFIXES = ("08", "53", "57")
 _TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})
+# The write fence: every batch takes it shared when it starts (begin_batch); a backup holds
+# it exclusively, so that no batch starts while both stores are read. Any constant works.
+WRITE_FENCE_KEY = 0x67706D5F66656E  # "gpm_fen"
+FENCED = "a backup is taking a consistent snapshot (write fence held); writes resume when it ends"
 
 
 def _map_error(exc: BaseException) -> Exception:
@@ -86,16 +90,71 @@ class PostgresRelationalStore:
             yield conn
 
     @_mapped
-    async def migrate(self) -> None:
-        """Apply pending migrations."""
+    async def migrate(self, upto: int | None = None) -> None:
+        """Apply pending migrations (those up to version ``upto`` only, if given)."""
+        migrations = [m for m in bundled_migrations() if upto is None or m.version <= upto]
         async with self._pool.acquire() as conn:
-            await apply_migrations(conn, bundled_migrations())
+            await apply_migrations(conn, migrations)
+
+    @_mapped
+    async def schema_version(self) -> int:
+        """The newest migration applied (0 before any)."""
+        async with self._pool.acquire() as conn:
+            return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM gpm_schema_migrations"))
+
+    @asynccontextmanager
+    async def write_fence(self) -> AsyncIterator[None]:
+        """Hold the write fence exclusively: batches already started finish, new ones wait.
+
+        A session lock on a connection of its own: if the holder dies, the server drops
+        the connection and the lock with it, so a crashed backup never fences forever.
+        """
+        try:
+            conn = await self._pool.acquire()
+        except _DRIVER_ERRORS as exc:
+            raise _map_error(exc) from exc
+        try:
+            await conn.execute("SELECT pg_advisory_lock($1)", WRITE_FENCE_KEY)
+            try:
+                yield
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", WRITE_FENCE_KEY)
+        except _DRIVER_ERRORS as exc:
+            raise _map_error(exc) from exc
+        finally:
+            await self._pool.release(conn)
+
+    @asynccontextmanager
+    async def snapshot(self) -> AsyncIterator[TableSnapshot]:
+        """One REPEATABLE READ, read-only transaction to copy tables out of."""
+        try:
+            async with self._pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+                # COPY's text output of timestamps follows the session's settings: pin them,
+                # so the same rows always give the same bytes.
+                await conn.execute("SET LOCAL TIME ZONE 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'")
+                yield TableSnapshot(conn)
+        except _DRIVER_ERRORS as exc:
+            raise _map_error(exc) from exc
+
+    @_mapped
+    async def restore_tables(self, tables: list[TableCopy]) -> None:
+        """COPY rows into empty tables, all in one transaction; refuse if any table has rows."""
+        async with self._transaction() as conn:
+            for table in tables:
+                if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table.name})"):  # noqa: S608 - fixed names
+                    msg = f"PostgreSQL table {table.name} is not empty: restore needs empty stores"
+                    raise StoreRejected(msg)
+            for table in tables:
+                await conn.copy_to_table(table.name, source=table.rows, columns=table.columns, format="text")
 
     @_mapped
     async def begin_batch(self, record: BatchRecord) -> AppliedState:
         """Outbox row 'pending' (or a new attempt of it) and the applied state, in one transaction."""
         positions = orjson.dumps([dataclasses.asdict(p) for p in record.positions]).decode()
         async with self._transaction() as conn:
+            # Never waits: a fenced batch is a transient failure, retried like an outage.
+            if not await conn.fetchval("SELECT pg_try_advisory_xact_lock_shared($1)", WRITE_FENCE_KEY):
+                raise StoreUnavailable(FENCED)
             await conn.execute(
                 """INSERT INTO gpm_outbox (batch_id, state, positions, event_ids, row_count)
                    VALUES ($1, 'pending', $2::jsonb, $3, $4)
@@ -226,6 +285,44 @@ class PostgresRelationalStore:
     async def close(self) -> None:
         """Close the pool, waiting for connections in use."""
         await self._pool.close()
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TableCopy:
+    """One table's rows in COPY text format, for :meth:`PostgresRelationalStore.restore_tables`."""
+
+    name: str
+    columns: list[str]
+    rows: AsyncIterable[bytes]
+
+
+class TableSnapshot:
+    """Tables read from one consistent snapshot, in primary-key order."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+
+    @_mapped
+    async def columns(self, table: str) -> list[str]:
+        """The table's columns, in order."""
+        rows = await self._conn.fetch(
+            """SELECT attname FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0
+               AND NOT attisdropped ORDER BY attnum""",
+            table,
+        )
+        return [r["attname"] for r in rows]
+
+    @_mapped
+    async def copy_out(
+        self, table: str, columns: list[str], order_by: str, sink: Callable[[bytes], Coroutine[Any, Any, None]]
+    ) -> None:
+        """Stream the rows in COPY text format (one row a line) to ``sink``."""
+        names = ", ".join(f'"{c}"' for c in columns)
+        await self._conn.copy_from_query(
+            f"SELECT {names} FROM {table} ORDER BY {order_by}",  # noqa: S608 - names from the catalogue
+            output=sink,
+            format="text",
+        )
 
 
 def _stats_document(stats: GraphWriteStats) -> dict[str, int]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 from worker.saga.plan import AppliedState, BatchPlan, GraphChanges, LinkRow, Position
@@ -91,3 +91,32 @@ class RelationalStore(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+
+
+@runtime_checkable
+class SnapshotGraph(Protocol):
+    """What backup, restore and export need of a graph store, besides migrate and close."""
+
+    async def node_page(self, label: str, key: str, after: str, limit: int) -> list[dict[str, Any]]:
+        """Nodes of ``label`` with ``key`` after ``after``, in ``key`` order: {"labels", "props"} rows."""
+
+    async def edges_from(self, label: str, key: str, ids: list[str]) -> list[dict[str, Any]]:
+        """Relationships from these nodes to AST nodes: {"start", "type", "end", "props"} rows."""
+
+    async def count(self, label: str) -> int:
+        """How many nodes carry ``label``."""
+
+    async def is_empty(self) -> bool:
+        """True when the database holds no node."""
+
+    async def create_nodes(self, labels: list[str], rows: list[dict[str, Any]]) -> int:
+        """Create nodes with these labels and properties in one transaction; return how many."""
+
+    async def create_edges(self, start: str, key: str, rel_type: str, rows: list[dict[str, Any]]) -> int:
+        """Create relationships {"start", "end", "props"} in one transaction; return how many."""
+
+    async def server_agent(self) -> str:
+        """The server's name and version."""
+
+    async def migrate(self) -> None:
+        """Create constraints and indexes (idempotent)."""

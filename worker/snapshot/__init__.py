@@ -1,0 +1,1 @@
+"""Consistent snapshots of both stores: backup, restore and export."""
