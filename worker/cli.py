@@ -216,13 +216,18 @@ def replay(
 @app.command()
 def check(
     stuck_after_s: Annotated[float, typer.Option(help="Outbox rows pending longer than this are stuck.")] = 600,
+    *,
+    repair: Annotated[
+        bool,
+        typer.Option(help="Fix what it can under the write fence; sources to rebuild then need `gpm replay`."),
+    ] = False,
 ) -> None:
-    """Compare the registry with the graph and report what disagrees; exit 1 if anything does."""
+    """Compare the registry with the graph and report what disagrees; exit 1 if anything does (before repair)."""
     from worker.library import GraphPostgresManager  # noqa: PLC0415
 
     async def report() -> ConsistencyReport:
         async with GraphPostgresManager(_settings()) as gpm:
-            return await gpm.check_data_consistency(stuck_after_s)
+            return await gpm.check_data_consistency(stuck_after_s, repair=repair)
 
     result = _ops(report())
     out = Console()
@@ -231,6 +236,8 @@ def check(
     out.print(f"registry rows whose graph is missing: {result.registry_without_graph or 'none'}")
     out.print(f"outbox rows stuck 'pending': {result.stuck_outbox or 'none'}")
     out.print(f"intent links parked (waiting for their nodes): {result.parked_links}")
+    for action in result.repaired:
+        out.print(f"repaired: {action}")
     out.print("consistent" if result.consistent else "[red]inconsistent[/red]")
     if not result.consistent:
         raise typer.Exit(1)

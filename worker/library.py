@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, LiteralString, Self
 from uuid import UUID, uuid4
+
+import structlog
 
 from worker.config import Settings, load_settings
 from worker.deadletter import DeadLetter
@@ -36,6 +39,7 @@ from worker.events import (
     encode_event,
 )
 from worker.saga.coordinator import SagaCoordinator
+from worker.saga.fence import quiesced
 from worker.saga.plan import InboundEvent, Outcome, Position
 from worker.snapshot.backup import take_backup
 from worker.snapshot.dump import ProgressFn, no_progress
@@ -43,7 +47,9 @@ from worker.snapshot.export import ExportFormat, export_graph
 from worker.snapshot.restore import restore_backup
 from worker.stores.neo4j import Neo4jGraphStore
 from worker.stores.postgres import PostgresRelationalStore
+from worker.telemetry import metrics, percentile
 
+log = structlog.get_logger(__name__)
 PRODUCER = "graph-postgres-manager-library"
 # Library writes have no Kafka position; the ledger records them under this pseudo-topic.
 LIBRARY_TOPIC = "library"
@@ -109,6 +115,7 @@ class ConsistencyReport:
     registry_without_graph: list[str]  # live registry rows with nodes whose graph is missing
     parked_links: int  # intent links whose AST node is missing (waiting, see the worker's bound)
     stuck_outbox: list[str]  # batch ids 'pending' for longer than the threshold
+    repaired: list[str] = field(default_factory=list)  # what a repair did, one line an action
 
     @property
     def consistent(self) -> bool:
@@ -116,6 +123,24 @@ class ConsistencyReport:
         return not (
             self.count_mismatches or self.graph_without_registry or self.registry_without_graph or self.stuck_outbox
         )
+
+
+@dataclass(frozen=True, slots=True)
+class PerformanceMetrics:
+    """The current process's figures (totals since start; rates and percentiles over a recent window)."""
+
+    uptime_s: float
+    batches: int
+    events_applied: int
+    nodes_written: int
+    edges_written: int
+    nodes_per_s: float  # graph nodes written per second over the window
+    batch_p50_s: float | None  # saga batch duration percentiles over the window (None: no batch)
+    batch_p95_s: float | None
+    query_p50_ms: dict[str, float]  # per store ("graph", "postgres"), over the latest queries
+    query_p95_ms: dict[str, float]
+    pools: dict[str, dict[str, int]]  # connections per pool: in_use, idle, max
+    outbox: dict[str, int]  # outbox rows by state, from PostgreSQL
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +161,42 @@ class Snapshot:
         """Each member's rows and checksum."""
         members: dict[str, dict[str, Any]] = self.manifest["members"]
         return members
+
+
+def _ms_percentiles(q: float) -> dict[str, float]:
+    found = {store: percentile(list(samples), q) for store, samples in metrics.recent_queries.items()}
+    return {store: round(value * 1000, 3) for store, value in found.items() if value is not None}
+
+
+def _pair(node: tuple[str, str] | AstNodeRef) -> tuple[str, str]:
+    return (node.source_id, node.node_id) if isinstance(node, AstNodeRef) else (node[0], node[1])
+
+
+class Transaction:
+    """Writes collected by :meth:`GraphPostgresManager.transaction`, applied together at its end."""
+
+    def __init__(self, manager: GraphPostgresManager) -> None:
+        self._manager = manager
+        self.events: list[Envelope] = []
+        self.results: list[StoreResult] = []  # filled when the block ends
+        self._versions: dict[str, int] = {}
+
+    async def store_ast_graph(self, graph: GraphData | Mapping[str, Any], source_id: str) -> None:
+        """Add a source's graph (its next version) to the transaction."""
+        version = self._versions.get(source_id)
+        event = await self._manager._graph_event(graph, source_id, None if version is None else version + 1)  # noqa: SLF001
+        self._add(event)
+
+    async def link_intent_to_ast(self, intent_id: UUID, ast_nodes: Iterable[tuple[str, str] | AstNodeRef]) -> None:
+        """Add an intent's links (its next version) to the transaction."""
+        version = self._versions.get(str(intent_id))
+        event = await self._manager._intent_event(intent_id, ast_nodes, None if version is None else version + 1)  # noqa: SLF001
+        self._add(event)
+
+    def _add(self, event: AstGraphUpserted | IntentLinkUpserted) -> None:
+        # A second write of the same source in one transaction is its next version, so it wins.
+        self._versions[event.source_id] = event.source_version
+        self.events.append(event)
 
 
 class _RaisingDeadLetters:
@@ -229,31 +290,60 @@ class GraphPostgresManager:
         self, intent_id: UUID, ast_nodes: Iterable[tuple[str, str] | AstNodeRef], *, version: int | None = None
     ) -> StoreResult:
         """Map an intent to exactly these AST nodes (replacing its earlier links)."""
+        return (await self._apply([await self._intent_event(intent_id, ast_nodes, version)]))[0]
+
+    async def manage_intent_relations(
+        self,
+        intent_id: UUID,
+        add: Iterable[tuple[str, str] | AstNodeRef] = (),
+        remove: Iterable[tuple[str, str] | AstNodeRef] = (),
+    ) -> StoreResult:
+        """Change an intent's links incrementally: its current links, plus ``add``, minus ``remove``.
+
+        The current links are read from PostgreSQL and the result is written as the intent's
+        next version; if another writer got there first, the outcome is SUPERSEDED and
+        nothing changed (read again and retry).
+        """
         relational, _, _ = self._stores()
-        refs = [n if isinstance(n, AstNodeRef) else AstNodeRef(source_id=n[0], node_id=n[1]) for n in ast_nodes]
-        if version is None:
-            current = await relational.fetch("SELECT source_version FROM gpm_intents WHERE intent_id = $1", intent_id)
-            version = (current[0]["source_version"] + 1) if current else 1
-        event = IntentLinkUpserted(
-            event_id=uuid4(),
-            event_type=EventType.INTENT_LINK_UPSERTED,
-            source_id=str(intent_id),
-            source_version=version,
-            occurred_at=datetime.now(UTC),
-            producer=PRODUCER,
-            ast_nodes=refs,
+        rows = await relational.fetch(
+            """SELECT l.source_id, l.node_id, i.source_version FROM gpm_intents i
+               LEFT JOIN gpm_intent_links l USING (intent_id) WHERE i.intent_id = $1 AND NOT i.deleted""",
+            intent_id,
         )
-        return (await self._apply([event]))[0]
+        version = rows[0]["source_version"] + 1 if rows else None
+        links = {(r["source_id"], r["node_id"]) for r in rows if r["source_id"] is not None}
+        links |= {_pair(n) for n in add}
+        links -= {_pair(n) for n in remove}
+        return await self.link_intent_to_ast(intent_id, sorted(links), version=version)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """Collect writes and apply them together as one saga batch when the block ends.
+
+        All or nothing: one outbox row, one graph transaction, one PostgreSQL transaction.
+        If the block raises, or a store rejects any of the writes, nothing is written.
+        """
+        tx = Transaction(self)
+        yield tx
+        tx.results = await self._apply(tx.events, isolate=False)
 
     async def query_neo4j(self, cypher: LiteralString, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """A read query on the graph store."""
         _, graph, _ = self._stores()
-        return await graph.query(cypher, dict(params or {}))
+        started = time.perf_counter()
+        try:
+            return await graph.query(cypher, dict(params or {}))
+        finally:
+            metrics.record_query("graph", time.perf_counter() - started)
 
     async def query_postgres(self, sql: str, *params: object) -> list[dict[str, Any]]:
         """A read query on PostgreSQL ($1, $2... placeholders)."""
         relational, _, _ = self._stores()
-        return await relational.fetch(sql, *params)
+        started = time.perf_counter()
+        try:
+            return await relational.fetch(sql, *params)
+        finally:
+            metrics.record_query("postgres", time.perf_counter() - started)
 
     async def query_unified(self, query: UnifiedQuery) -> list[dict[str, Any]]:
         """Run both sides concurrently; return graph rows merged with the PostgreSQL row of the same key."""
@@ -301,8 +391,37 @@ class GraphPostgresManager:
             outbox={r["state"]: r["n"] for r in outbox},
         )
 
-    async def check_data_consistency(self, stuck_after_s: float = 600) -> ConsistencyReport:
-        """Compare the registry with the graph, count parked links, find outbox rows stuck 'pending'."""
+    async def check_data_consistency(
+        self, stuck_after_s: float = 600, *, repair: bool = False, settle_s: float = 30.0
+    ) -> ConsistencyReport:
+        """Compare the registry with the graph, count parked links, find outbox rows stuck 'pending'.
+
+        With ``repair``, under the write fence (so no batch is half-way): nodes of sources
+        without a registry row are deleted (the registry is the system of record), stuck
+        outbox rows are closed as 'abandoned', and sources whose graph is missing or differs
+        are marked for re-application: their last event is forgotten by the ledger and their
+        recorded version lowered by one, so replaying the topics (``gpm replay``) rebuilds
+        them. The report returned is the one found before the repair, with ``repaired`` filled.
+        """
+        if not repair:
+            return await self._consistency(stuck_after_s)
+        relational, graph, _ = self._stores()
+        async with quiesced(relational, settle_s):
+            report = await self._consistency(stuck_after_s)
+            rebuild = sorted({s for s, _, _ in report.count_mismatches} | set(report.registry_without_graph))
+            if report.graph_without_registry:
+                deleted = await graph.delete_sources(report.graph_without_registry)
+                orphans = len(report.graph_without_registry)
+                report.repaired.append(f"deleted {deleted} graph nodes of {orphans} sources without a registry row")
+            await relational.repair(report.graph_without_registry, rebuild, report.stuck_outbox)
+            if rebuild:
+                report.repaired.append(f"marked for re-application by the next replay: {rebuild}")
+            if report.stuck_outbox:
+                report.repaired.append(f"closed {len(report.stuck_outbox)} stuck outbox rows as 'abandoned'")
+        log.warning("consistency repaired", actions=report.repaired)
+        return report
+
+    async def _consistency(self, stuck_after_s: float) -> ConsistencyReport:
         relational, graph, _ = self._stores()
         graph_rows, registry_rows, parked, stuck = await asyncio.gather(
             graph.query("MATCH (n:AstNode) RETURN n.source_id AS source_id, count(n) AS nodes"),
@@ -324,6 +443,28 @@ class GraphPostgresManager:
             registry_without_graph=sorted(s for s, n in registry.items() if n and s not in in_graph),
             parked_links=parked.parked,
             stuck_outbox=[r["batch_id"] for r in stuck],
+        )
+
+    async def monitor_performance(self, window_s: float = 60.0) -> PerformanceMetrics:
+        """The current process's throughput and latencies from the live telemetry, and both stores' state."""
+        relational, _, _ = self._stores()
+        now = time.monotonic()
+        recent = [(seconds, nodes) for end, seconds, nodes in metrics.recent_batches if end >= now - window_s]
+        span = min(window_s, now - metrics.started) or 1.0
+        outbox = await relational.fetch("SELECT state, count(*) AS n FROM gpm_outbox GROUP BY state")
+        return PerformanceMetrics(
+            uptime_s=now - metrics.started,
+            batches=metrics.totals["batches"],
+            events_applied=metrics.totals["events"],
+            nodes_written=metrics.totals["nodes"],
+            edges_written=metrics.totals["edges"],
+            nodes_per_s=sum(nodes for _, nodes in recent) / span,
+            batch_p50_s=percentile([s for s, _ in recent], 50),
+            batch_p95_s=percentile([s for s, _ in recent], 95),
+            query_p50_ms=_ms_percentiles(50),
+            query_p95_ms=_ms_percentiles(95),
+            pools={name: usage() for name, usage in metrics.pools.items()},
+            outbox={r["state"]: r["n"] for r in outbox},
         )
 
     async def backup(self, path: Path | str, *, settle_s: float = 30.0, progress: ProgressFn | None = None) -> Snapshot:
@@ -383,7 +524,24 @@ class GraphPostgresManager:
             }
         )
 
-    async def _apply(self, events: list[Envelope]) -> list[StoreResult]:
+    async def _intent_event(
+        self, intent_id: UUID, ast_nodes: Iterable[tuple[str, str] | AstNodeRef], version: int | None
+    ) -> IntentLinkUpserted:
+        relational, _, _ = self._stores()
+        if version is None:
+            current = await relational.fetch("SELECT source_version FROM gpm_intents WHERE intent_id = $1", intent_id)
+            version = (current[0]["source_version"] + 1) if current else 1
+        return IntentLinkUpserted(
+            event_id=uuid4(),
+            event_type=EventType.INTENT_LINK_UPSERTED,
+            source_id=str(intent_id),
+            source_version=version,
+            occurred_at=datetime.now(UTC),
+            producer=PRODUCER,
+            ast_nodes=[AstNodeRef(source_id=s, node_id=n) for s, n in map(_pair, ast_nodes)],
+        )
+
+    async def _apply(self, events: list[Envelope], *, isolate: bool = True) -> list[StoreResult]:
         _, _, saga = self._stores()
         items = [
             InboundEvent(
@@ -394,7 +552,7 @@ class GraphPostgresManager:
             )
             for e in events
         ]
-        outcomes = (await saga.apply(items)).events
+        outcomes = (await saga.apply(items, isolate=isolate)).events
         return [
             StoreResult(
                 source_id=item.event.source_id,

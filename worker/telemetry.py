@@ -10,8 +10,12 @@ same JSON renderer so an operator greps one format.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
+import time
+from collections import Counter, deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -99,11 +103,47 @@ def configure_tracing() -> None:
     _tracing_configured = True
 
 
+def percentile(samples: list[float], q: float) -> float | None:
+    """The nearest-rank ``q`` percentile (0-100) of ``samples``; None when there are none."""
+    if not samples:
+        return None
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
+
+
+# A pool's connections by state: "in_use", "idle", "max".
+PoolUsage = Callable[[], dict[str, int]]
+_RECENT = 4096  # samples kept in process for monitor_performance's percentiles
+
+
 class WorkerMetrics:
-    """The worker's instruments, created once against the global meter provider."""
+    """The worker's instruments, created once against the global meter provider.
+
+    Besides exporting them, it keeps totals and the latest samples in process, so that the
+    library's ``monitor_performance()`` can answer without a metrics backend.
+    """
 
     def __init__(self) -> None:
         meter = otel_metrics.get_meter("graph_postgres_manager")
+        self.started = time.monotonic()
+        self.totals: Counter[str] = Counter()
+        # (monotonic end, seconds, nodes written) of the latest batches.
+        self.recent_batches: deque[tuple[float, float, int]] = deque(maxlen=_RECENT)
+        self.recent_queries: dict[str, deque[float]] = {}
+        self.query_duration = meter.create_histogram("gpm.query.duration", unit="s")
+        # Connection pools by name; the stores register theirs while open.
+        self.pools: dict[str, PoolUsage] = {}
+        meter.create_observable_gauge(
+            "gpm.pool.connections",
+            [
+                lambda _: [
+                    Observation(n, {"pool": name, "state": state})
+                    for name, usage in list(self.pools.items())
+                    for state, n in usage().items()
+                ]
+            ],
+            unit="{connection}",
+        )
         self.events_consumed = meter.create_counter("gpm.events.consumed", unit="{event}")
         self.events_applied = meter.create_counter("gpm.events.applied", unit="{event}")
         self.dead_lettered = meter.create_counter("gpm.events.dead_lettered", unit="{event}")
@@ -149,6 +189,13 @@ class WorkerMetrics:
         self.edges_written.add(stats.edges_written)
         self.batch_duration.record(seconds)
         self.batch_events.record(len(plan.outcomes))
+        self.totals.update(batches=1, events=len(plan.outcomes), nodes=stats.nodes_written, edges=stats.edges_written)
+        self.recent_batches.append((time.monotonic(), seconds, stats.nodes_written))
+
+    def record_query(self, store: str, seconds: float) -> None:
+        """Time one read query of the library's (``store``: "graph" or "postgres")."""
+        self.query_duration.record(seconds, {"store": store})
+        self.recent_queries.setdefault(store, deque(maxlen=_RECENT)).append(seconds)
 
 
 metrics = WorkerMetrics()

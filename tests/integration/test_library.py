@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import pytest
 from pydantic import ValidationError
 
-from tests.integration.conftest import Namespace
-from worker.errors import GpmError
-from worker.library import GraphPostgresManager, UnifiedQuery
+from tests.factories import graph, upsert
+from tests.integration.conftest import Namespace, eventually
+from worker.errors import GpmError, StoreRejected
+from worker.library import GraphPostgresManager, StoreResult, UnifiedQuery
+from worker.ops.replay import plan_reset
 from worker.saga.plan import Outcome
+from worker.sync import SyncGraphPostgresManager
 
 pytestmark = pytest.mark.integration
+MOD = graph([("m", "Module"), ("f", "FunctionDef")], [("m", "BODY", "f")])
 
 MODULE = {
     "nodes": [
@@ -96,3 +101,152 @@ async def test_consistency_report_finds_disagreements(ns: Namespace) -> None:
     assert report.graph_without_registry == ["stray.py"]
     assert report.parked_links == 1
     assert report.stuck_outbox == []
+
+
+async def test_transaction_is_all_or_nothing(ns: Namespace) -> None:
+    """Writes in one transaction land together; one rejected write leaves nothing of the others."""
+    intent = uuid.uuid4()
+    async with GraphPostgresManager(ns.settings) as gpm:
+        async with gpm.transaction() as tx:
+            await tx.store_ast_graph(MODULE, "t.py")
+            await tx.store_ast_graph(MODULE, "t.py")  # the same source again: its next version
+            await tx.link_intent_to_ast(intent, [("t.py", "f")])
+        assert [(r.source_id, r.version, r.outcome) for r in tx.results] == [
+            ("t.py", 1, Outcome.SUPERSEDED),
+            ("t.py", 2, Outcome.APPLIED),
+            (str(intent), 1, Outcome.APPLIED),
+        ]
+        assert len(await ns.sql("SELECT * FROM gpm_outbox")) == 1  # one saga batch
+
+        # A constraint an operator added: two Marker nodes named alike cannot both be stored.
+        await gpm.query_neo4j("CREATE CONSTRAINT marker_id IF NOT EXISTS FOR (n:Marker) REQUIRE n.node_id IS UNIQUE")
+        marker = {"nodes": [{"id": "m", "type": "Marker"}]}
+        with pytest.raises(StoreRejected, match="rejected"):  # noqa: PT012 - the block is the transaction
+            async with gpm.transaction() as tx:
+                await tx.store_ast_graph(MODULE, "u.py")
+                await tx.store_ast_graph(marker, "v.py")
+                await tx.store_ast_graph(marker, "w.py")
+        with pytest.raises(RuntimeError, match="caller's own error"):  # noqa: PT012 - as above
+            async with gpm.transaction() as tx:
+                await tx.store_ast_graph(MODULE, "x.py")
+                raise RuntimeError("the caller's own error")
+        stats = await gpm.get_storage_stats()
+        assert (stats.sources, stats.graph_nodes) == (1, 3)  # t.py's two AST nodes and the intent
+
+
+async def test_manage_intent_relations_adds_and_removes_links(ns: Namespace) -> None:
+    """Links change incrementally from what PostgreSQL holds; each change is the intent's next version."""
+    intent = uuid.uuid4()
+    async with GraphPostgresManager(ns.settings) as gpm:
+        await gpm.store_ast_graph(MODULE, "a.py")
+        first = await gpm.manage_intent_relations(intent, add=[("a.py", "m")])
+        second = await gpm.manage_intent_relations(intent, add=[("a.py", "f")], remove=[("a.py", "m")])
+        assert [(first.version, first.outcome), (second.version, second.outcome)] == [
+            (1, Outcome.APPLIED),
+            (2, Outcome.APPLIED),
+        ]
+        linked = await gpm.query_neo4j(
+            "MATCH (:Intent {id: $i})-[:IMPLEMENTED_BY]->(n) RETURN n.node_id AS id", {"i": str(intent)}
+        )
+        assert linked == [{"id": "f"}]
+        assert await gpm.query_postgres("SELECT node_id FROM gpm_intent_links WHERE intent_id = $1", intent) == [
+            {"node_id": "f"}
+        ]
+
+
+async def test_monitor_performance_reports_live_figures(ns: Namespace) -> None:
+    """Batches, nodes/s, batch and query percentiles and pool usage come from the running process."""
+    async with GraphPostgresManager(ns.settings) as gpm:
+        before = await gpm.monitor_performance()
+        await gpm.batch_import_graphs(((f"p{i}.py", MODULE) for i in range(20)), transaction_size=10)
+        for _ in range(5):
+            await gpm.query_neo4j("MATCH (n:AstNode {source_id: 'p1.py'}) RETURN n.node_id AS id")
+            await gpm.query_postgres("SELECT source_version FROM gpm_sources WHERE source_id = 'p1.py'")
+        after = await gpm.monitor_performance()
+    assert after.batches - before.batches >= 4
+    assert after.nodes_written - before.nodes_written == 40
+    assert after.nodes_per_s > 0
+    assert after.batch_p95_s is not None
+    assert after.batch_p50_s is not None
+    assert after.batch_p95_s >= after.batch_p50_s > 0
+    assert set(after.query_p95_ms) == {"graph", "postgres"}
+    assert after.pools["postgres"]["max"] == ns.settings.postgres.max_pool_size
+    assert after.outbox == {"applied": after.outbox["applied"]}
+
+
+async def test_sync_manager_for_code_without_an_event_loop(ns: Namespace) -> None:
+    """The blocking face stores and queries through its own event loop (here in a plain thread)."""
+
+    def script() -> tuple[StoreResult, list[dict[str, object]], int]:
+        with SyncGraphPostgresManager(ns.settings) as gpm:
+            stored = gpm.store_ast_graph(MODULE, "sync.py")
+            rows = gpm.query_neo4j("MATCH (n:AstNode {source_id: 'sync.py'}) RETURN n.node_id AS id ORDER BY id")
+            sources = gpm.call(lambda m: m.get_storage_stats()).sources
+            return stored, rows, sources
+
+    stored, rows, sources = await asyncio.to_thread(script)
+    assert (stored.outcome, rows, sources) == (Outcome.APPLIED, [{"id": "f"}, {"id": "m"}], 1)
+    with pytest.raises(GpmError, match="not open"):
+        SyncGraphPostgresManager(ns.settings).health_check()
+
+
+async def test_repair_then_replay_rebuilds_what_the_graph_lost(ns: Namespace) -> None:
+    """Repair removes strays, closes stuck rows and marks damaged sources; a replay then rebuilds them."""
+    worker = ns.worker()
+    running = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.started.wait(), 60)
+    await ns.publish(ns.graph_topic, [upsert(f"{name}.py", 1, MOD) for name in ("a", "b", "c")])
+    await eventually(lambda: _sources_are(ns, 3), what="3 sources applied")
+    worker.stop()
+    await asyncio.wait_for(running, 60)
+
+    graph = ns.graph()
+    try:
+        await graph.query("MATCH (n:AstNode {source_id: 'a.py', node_id: 'f'}) DETACH DELETE n")
+        await graph.query("MATCH (n:AstNode {source_id: 'b.py'}) DETACH DELETE n")
+        await graph.query("CREATE (:AstNode:Module {source_id: 'stray.py', node_id: 'm', key: 'stray'})")
+    finally:
+        await graph.close()
+    stuck = uuid.uuid4()
+    await ns.sql(
+        """INSERT INTO gpm_outbox (batch_id, state, positions, event_ids, row_count, updated_at)
+           VALUES ($1, 'pending', '[]', '{}', 0, now() - interval '1 hour') RETURNING 1""",
+        stuck,
+    )
+    async with GraphPostgresManager(ns.settings) as gpm:
+        report = await gpm.check_data_consistency(repair=True, settle_s=1)
+        assert report.repaired == [
+            "deleted 1 graph nodes of 1 sources without a registry row",
+            "marked for re-application by the next replay: ['a.py', 'b.py']",
+            "closed 1 stuck outbox rows as 'abandoned'",
+        ]
+        after = await gpm.check_data_consistency()
+        assert (after.graph_without_registry, after.stuck_outbox) == ([], [])
+
+        await plan_reset(
+            ns.settings,
+            to="earliest",
+            at=None,
+            topics=[ns.graph_topic],
+            partitions=None,
+            explicit=[],
+            apply=True,
+            force=True,
+        )
+        worker = ns.worker()
+        running = asyncio.create_task(worker.run())
+        try:
+
+            async def rebuilt() -> bool:
+                return (await gpm.check_data_consistency()).consistent
+
+            await eventually(rebuilt, what="the replay rebuilt a.py and b.py")
+        finally:
+            worker.stop()
+            await asyncio.wait_for(running, 60)
+        versions = await gpm.query_postgres("SELECT source_id, source_version FROM gpm_sources ORDER BY 1")
+    assert [r["source_version"] for r in versions] == [1, 1, 1]
+
+
+async def _sources_are(ns: Namespace, n: int) -> bool:
+    return len(await ns.sql("SELECT 1 FROM gpm_sources")) == n

@@ -70,12 +70,19 @@ class SagaCoordinator:
         self._dead_letters = dead_letters
         self._settings = settings
 
-    async def apply(self, events: list[InboundEvent]) -> BatchResult:
-        """Apply the events; return only when every one is applied, superseded or dead-lettered."""
+    async def apply(self, events: list[InboundEvent], *, isolate: bool = True) -> BatchResult:
+        """Apply the events; return only when every one is applied, superseded or dead-lettered.
+
+        With ``isolate=False`` the batch is all or nothing: a rejection is raised as it is,
+        with nothing written, instead of being narrowed down to one dead-lettered event.
+        """
         result = BatchResult()
         if events:
             with tracer.start_as_current_span("saga batch", attributes={"gpm.batch.events": len(events)}):
-                await self._apply_isolating(events, result)
+                if isolate:
+                    await self._apply_isolating(events, result)
+                else:
+                    result.add(*await self._apply_with_retries(events))
         return result
 
     async def recover(self, partitions: tuple[tuple[str, int], ...]) -> None:

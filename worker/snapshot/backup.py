@@ -1,15 +1,13 @@
 """Backup: one consistent, versioned, compressed snapshot of both stores.
 
-Consistency across two stores comes from the write fence: the backup holds it, so no
-batch starts while the stores are read; batches already under way are waited for (up to
-``settle_s``). A row still 'pending' after that belongs to a worker that died mid-batch:
-it is listed in the manifest (``in_flight_batches``), and its events, never committed in
-Kafka, are applied again after a restore just as after the crash itself.
+Consistency across two stores comes from the write fence (see worker.saga.fence): no
+batch starts while the stores are read. A batch left 'pending' by a worker that died
+mid-batch is listed in the manifest (``in_flight_batches``); its events, never committed
+in Kafka, are applied again after a restore just as after the crash itself.
 """
 
 from __future__ import annotations
 
-import asyncio
 import time
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -18,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from worker.saga.fence import quiesced
 from worker.snapshot.archive import FORMAT, FORMAT_VERSION, SnapshotWriter
 from worker.snapshot.dump import ProgressFn, dump_graph, dump_tables, no_progress
 from worker.stores.postgres import PostgresRelationalStore
@@ -38,8 +37,7 @@ async def take_backup(
 ) -> dict[str, Any]:
     """Write the snapshot file ``target``; return its manifest."""
     started = time.perf_counter()
-    async with relational.write_fence():
-        in_flight = await _settle(relational, settle_s)
+    async with quiesced(relational, settle_s) as in_flight:
         writer = SnapshotWriter(target)
         try:
             async with relational.snapshot() as tables:
@@ -69,30 +67,3 @@ async def take_backup(
         seconds=round(time.perf_counter() - started, 3),
     )
     return manifest
-
-
-async def _settle(relational: PostgresRelationalStore, settle_s: float) -> list[str]:
-    """Wait for started batches to finish; return the rows still 'pending' after that.
-
-    Only rows touched within the last ``settle_s`` are waited for: an older one belongs to
-    a worker that died, and waiting would not change it.
-    """
-    deadline = time.monotonic() + settle_s
-    while time.monotonic() < deadline:
-        live = await relational.fetch(
-            """SELECT count(*) AS n FROM gpm_outbox
-               WHERE state = 'pending' AND updated_at > now() - make_interval(secs => $1)""",
-            settle_s,
-        )
-        if not live[0]["n"]:
-            break
-        await asyncio.sleep(0.2)
-    rows = await relational.fetch("SELECT batch_id::text AS id FROM gpm_outbox WHERE state = 'pending' ORDER BY 1")
-    pending = [r["id"] for r in rows]
-    if pending:
-        log.warning(
-            "outbox rows still pending when the snapshot was taken: batches cut off by a crash",
-            batches=pending[:20],
-            count=len(pending),
-        )
-    return pending

@@ -291,6 +291,11 @@ class Neo4jGraphStore:
         )
         return (await self._write(query, rows)).relationships_created
 
+    async def delete_sources(self, source_ids: list[str]) -> int:
+        """Delete these sources' AST nodes with their relationships; return how many nodes."""
+        query: LiteralString = "UNWIND $rows AS id MATCH (n:AstNode {source_id: id}) DETACH DELETE n"
+        return (await self._write(query, _scalars(source_ids))).nodes_deleted
+
     async def _write(self, query: LiteralString, rows: list[dict[str, Any]]) -> neo4j.SummaryCounters:
         async def work(tx: neo4j.AsyncManagedTransaction) -> neo4j.SummaryCounters:
             return (await (await tx.run(query, {"rows": rows})).consume()).counters

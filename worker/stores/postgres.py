@@ -19,6 +19,7 @@ from worker.events import AstGraphDeleted, AstGraphUpserted, IntentLinkDeleted, 
 from worker.saga.plan import AppliedState, BatchPlan, LinkRow, Outcome
 from worker.stores.postgres_migrations import Connection, apply_migrations, bundled_migrations
 from worker.stores.protocols import BatchRecord, GraphWriteStats, ParkedLinks
+from worker.telemetry import metrics
 
 log = structlog.get_logger(__name__)
 P = ParamSpec("P")
@@ -66,6 +67,12 @@ class PostgresRelationalStore:
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        metrics.pools["postgres"] = self.pool_usage
+
+    def pool_usage(self) -> dict[str, int]:
+        """Connections in use, idle, and the pool's maximum."""
+        size, idle = self._pool.get_size(), self._pool.get_idle_size()
+        return {"in_use": size - idle, "idle": idle, "max": self._pool.get_max_size()}
 
     @classmethod
     async def connect(cls, settings: PostgresSettings) -> PostgresRelationalStore:
@@ -271,6 +278,38 @@ class PostgresRelationalStore:
         )
 
     @_mapped
+    async def repair(self, orphans: list[str], rebuild: list[str], stuck: list[str]) -> None:
+        """The relational side of a consistency repair, in one transaction.
+
+        ``orphans``: sources whose graph nodes were deleted: links into them wait again.
+        ``rebuild``: sources to re-apply: the ledger forgets their last event and their
+        version goes down by one, so that event, replayed, is applied again.
+        ``stuck``: outbox rows (batch ids) left 'pending' by a crash: closed as 'abandoned'.
+        """
+        async with self._transaction() as conn:
+            await conn.execute(
+                """UPDATE gpm_intent_links SET parked_since = coalesce(parked_since, now())
+                   WHERE source_id = ANY($1::text[])""",
+                orphans,
+            )
+            await conn.execute(
+                """DELETE FROM gpm_processed_events WHERE event_id IN
+                   (SELECT event_id FROM gpm_sources WHERE source_id = ANY($1::text[]))""",
+                rebuild,
+            )
+            await conn.execute(
+                """UPDATE gpm_sources SET source_version = source_version - 1, updated_at = now()
+                   WHERE source_id = ANY($1::text[])""",
+                rebuild,
+            )
+            await conn.execute(
+                """UPDATE gpm_outbox SET state = 'abandoned', updated_at = now(),
+                       last_error = 'closed by a consistency repair: interrupted before completion'
+                   WHERE state = 'pending' AND batch_id = ANY($1::uuid[])""",
+                stuck,
+            )
+
+    @_mapped
     async def fetch(self, sql: str, *args: object) -> list[dict[str, Any]]:
         """Run a read query and return plain dicts (for reports and tests)."""
         async with self._pool.acquire() as conn:
@@ -284,6 +323,8 @@ class PostgresRelationalStore:
 
     async def close(self) -> None:
         """Close the pool, waiting for connections in use."""
+        if metrics.pools.get("postgres") == self.pool_usage:
+            del metrics.pools["postgres"]
         await self._pool.close()
 
 
