@@ -148,7 +148,10 @@ class Snapshot:
     """A snapshot file and its manifest (format, versions, members with rows and SHA-256)."""
 
     path: Path
-    manifest: dict[str, Any]
+    manifest: dict[str, Any] = field(repr=False)
+
+    def __repr__(self) -> str:
+        return f"Snapshot(path={str(self.path)!r}, nodes={self.nodes}, members={len(self.members)})"
 
     @property
     def nodes(self) -> dict[str, int]:
