@@ -24,8 +24,9 @@ from worker import failpoints
 from worker.config import Settings
 from worker.consume.runner import IngestRunner
 from worker.deadletter import KafkaDeadLetterSink
-from worker.errors import DatabaseMissing, StoreError, StoreUnavailable
+from worker.errors import ConfigError, DatabaseMissing, StoreError, StoreUnavailable
 from worker.health import HealthServer, Probes, configure_metrics
+from worker.preflight import run_preflight
 from worker.saga.coordinator import SagaCoordinator
 from worker.stores.neo4j import Neo4jGraphStore
 from worker.stores.postgres import PostgresRelationalStore
@@ -171,7 +172,7 @@ class Worker:
                     await self._open_stores_once(stack)
         except RetryError:
             return False
-        except StoreError as exc:
+        except (StoreError, ConfigError) as exc:
             log.critical("the stores refused the start; not retrying", error=str(exc))
             raise
         return True
@@ -214,6 +215,10 @@ class Worker:
                 if self._relational is None:
                     self._relational = await PostgresRelationalStore.connect(s.postgres)
                     stack.push_async_callback(self._relational.close)
+                if s.worker.preflight:
+                    report = await run_preflight(self._relational, self._graph)
+                    log.info("preflight", checks={c.name: c.detail for c in report.checks}, ok=report.ok)
+                    report.raise_for_failures()
                 await self._relational.migrate()
                 await self._graph.migrate()
         except TimeoutError:

@@ -23,6 +23,7 @@ from worker.snapshot.export import ExportFormat
 
 if TYPE_CHECKING:
     from worker.library import ConsistencyReport, GraphPostgresManager, StorageStats
+    from worker.preflight import PreflightReport
 
 app = typer.Typer(
     help="graph-postgres-manager: Kafka → PostgreSQL + graph store ingestion worker.", no_args_is_help=True
@@ -278,6 +279,32 @@ def _with_manager(work: Callable[[GraphPostgresManager, _StageBars], Awaitable[T
                 return await work(gpm, _StageBars(progress))
 
     return _ops(run())
+
+
+@app.command()
+def preflight() -> None:
+    """Check the servers' versions and the users' rights; exit 1 if anything is missing."""
+    from worker.preflight import run_preflight  # noqa: PLC0415
+    from worker.stores.neo4j import Neo4jGraphStore  # noqa: PLC0415
+    from worker.stores.postgres import PostgresRelationalStore  # noqa: PLC0415
+
+    settings = _settings()
+
+    async def check() -> PreflightReport:
+        relational = await PostgresRelationalStore.connect(settings.postgres)
+        graph = Neo4jGraphStore.connect(settings.graph)
+        try:
+            return await run_preflight(relational, graph)
+        finally:
+            await graph.close()
+            await relational.close()
+
+    report = _ops(check())
+    out = Console()
+    for c in report.checks:
+        out.print(f"{'ok  ' if c.ok else '[red]FAIL[/red]'} {c.name}: {c.detail}")
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @app.command()

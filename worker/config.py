@@ -99,6 +99,9 @@ class PostgresSettings(BaseModel):
     min_pool_size: int = Field(1, ge=0)
     max_pool_size: int = Field(10, ge=1)
     command_timeout_s: float = Field(60.0, gt=0)
+    # Idle connections older than this are closed and reopened on demand (recycling).
+    max_inactive_connection_lifetime_s: float = Field(300.0, ge=0)
+    connect_timeout_s: float = Field(10.0, gt=0)
 
     @field_validator("dsn")
     @classmethod
@@ -118,6 +121,9 @@ class GraphSettings(BaseModel):
     password: SecretStr = SecretStr("")
     database: str = "neo4j"
     max_connection_pool_size: int = Field(20, ge=1)
+    # Connections older than this are closed when returned to the pool (recycling).
+    max_connection_lifetime_s: float = Field(3600.0, gt=0)
+    connection_acquisition_timeout_s: float = Field(60.0, gt=0)
     connection_timeout_s: float = Field(10.0, gt=0)
     # How long the driver itself retries a transient failure of a managed transaction
     # before the saga's own retry (and rewind) takes over.
@@ -163,6 +169,8 @@ class WorkerSettings(BaseModel):
     shutdown_grace_s: float = Field(30.0, ge=0)
     # One attempt to connect and migrate at start; a hung attempt is retried, not waited on.
     start_attempt_timeout_s: float = Field(30.0, gt=0)
+    # Check server versions and rights at start (see worker/preflight.py) before migrating.
+    preflight: bool = True
     # How long a missing graph database is waited for at start before the worker gives up.
     database_wait_s: float = Field(60.0, ge=0)
     # The bound on waiting intent links: a link whose AST node has not arrived after this

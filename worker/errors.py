@@ -2,6 +2,7 @@
 
     GpmError
     ├── ConfigError              a setting is missing or invalid (raised at start)
+    │   └── PreflightError       a server too old, or a right missing (raised at start)
     ├── EventError               an event is malformed or violates its contract (permanent:
     │                            dead-lettered with the reason, never retried)
     ├── SnapshotError            a backup, restore or export cannot go on (corrupt file,
@@ -60,3 +61,7 @@ class DatabaseMissing(StoreUnavailable):
 
 class SnapshotError(GpmError):
     """A backup, restore or export cannot go on: unreadable or corrupt snapshot, non-empty target."""
+
+
+class PreflightError(ConfigError):
+    """The servers or the users' rights do not meet the requirements; the message lists each failure."""

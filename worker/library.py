@@ -38,6 +38,7 @@ from worker.events import (
     IntentLinkUpserted,
     encode_event,
 )
+from worker.preflight import PreflightReport, run_preflight
 from worker.saga.coordinator import SagaCoordinator
 from worker.saga.fence import quiesced
 from worker.saga.plan import InboundEvent, Outcome, Position
@@ -219,17 +220,32 @@ class GraphPostgresManager:
         self._saga: SagaCoordinator | None = None
 
     async def __aenter__(self) -> Self:
+        await self._open()
+        return self
+
+    async def _open(self) -> None:
         s = self.settings
         self._relational = await PostgresRelationalStore.connect(s.postgres)
         self._graph = Neo4jGraphStore.connect(s.graph, s.worker.transaction_size)
         try:
+            if s.worker.preflight:
+                (await run_preflight(self._relational, self._graph)).raise_for_failures()
             await self._relational.migrate()
             await self._graph.migrate()
         except BaseException:
             await self.close()
             raise
         self._saga = SagaCoordinator(self._relational, self._graph, _RaisingDeadLetters(), s.worker)
-        return self
+
+    async def reconnect(self) -> None:
+        """Close both pools and open them again (after a failover, or new credentials in the settings)."""
+        await self.close()
+        await self._open()
+
+    async def preflight(self) -> PreflightReport:
+        """Server versions and the users' rights, checked again now."""
+        relational, graph, _ = self._stores()
+        return await run_preflight(relational, graph)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None

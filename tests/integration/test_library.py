@@ -6,11 +6,11 @@ import asyncio
 import uuid
 
 import pytest
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
 from tests.factories import graph, upsert
 from tests.integration.conftest import Namespace, eventually
-from worker.errors import GpmError, StoreRejected
+from worker.errors import GpmError, PreflightError, StoreRejected
 from worker.library import GraphPostgresManager, StoreResult, UnifiedQuery
 from worker.ops.replay import plan_reset
 from worker.saga.plan import Outcome
@@ -250,3 +250,28 @@ async def test_repair_then_replay_rebuilds_what_the_graph_lost(ns: Namespace) ->
 
 async def _sources_are(ns: Namespace, n: int) -> bool:
     return len(await ns.sql("SELECT 1 FROM gpm_sources")) == n
+
+
+async def test_preflight_reports_missing_rights_and_reconnect_reopens(ns: Namespace) -> None:
+    """A user without table rights is refused at start with every missing right named; granted, it opens."""
+    role = f"reader_{ns.name}"
+    await ns.sql(f"CREATE ROLE {role} LOGIN PASSWORD 'preflight-pw'")
+    dsn = ns.settings.postgres.dsn.get_secret_value()
+    limited_dsn = dsn.replace("//postgres:@", f"//{role}:preflight-pw@", 1)
+    assert limited_dsn != dsn
+    limited = ns.settings.model_copy(
+        update={"postgres": ns.settings.postgres.model_copy(update={"dsn": SecretStr(limited_dsn)})}
+    )
+    async with GraphPostgresManager(ns.settings) as gpm:
+        report = await gpm.preflight()
+        assert report.ok, report
+        assert {c.name for c in report.checks} >= {"PostgreSQL version", "graph server version", "graph write rights"}
+        await gpm.reconnect()
+        assert await gpm.health_check() == {"postgres": "ok", "graph": "ok"}
+    with pytest.raises(PreflightError, match=r"PostgreSQL table rights: SELECT, INSERT, UPDATE, DELETE missing on \["):
+        async with GraphPostgresManager(limited):
+            pass
+    await ns.sql(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {role}")
+    async with GraphPostgresManager(limited) as gpm:
+        assert (await gpm.preflight()).ok
+    assert "preflight-pw" not in str(limited)

@@ -133,6 +133,10 @@ async def test_check_and_stats_commands(ns: Namespace) -> None:
         await manager.store_ast_graph({"nodes": [{"id": "m", "type": "Module"}]}, "c.py")
     code, out, err = await gpm(ns, "check")
     assert (code, "consistent" in out) == (0, True), err
+    code, out, err = await gpm(ns, "preflight")
+    assert code == 0, err
+    assert "ok   graph write rights" in out
+    assert "ok   PostgreSQL version" in out
     code, out, _ = await gpm(ns, "stats")
     assert code == 0
     assert json.loads(out)["sources"] == 1

@@ -205,6 +205,8 @@ class Neo4jGraphStore:
             settings.uri,
             auth=(settings.user, settings.password.get_secret_value()),
             max_connection_pool_size=settings.max_connection_pool_size,
+            max_connection_lifetime=settings.max_connection_lifetime_s,
+            connection_acquisition_timeout=settings.connection_acquisition_timeout_s,
             connection_timeout=settings.connection_timeout_s,
             max_transaction_retry_time=settings.max_transaction_retry_time_s,
         )
@@ -310,9 +312,24 @@ class Neo4jGraphStore:
         """A trivial query on the configured database."""
         await self.query("RETURN 1 AS ok")
 
+    async def probe_write(self) -> None:
+        """Create an AST node in a transaction that is rolled back: raise unless writes are allowed."""
+        try:
+            async with self._driver.session(database=self._settings.database) as session:
+                tx = await session.begin_transaction()
+                try:
+                    await (await tx.run("CREATE (n:AstNode {key: 'gpm-preflight'}) RETURN 1")).consume()
+                finally:
+                    await tx.rollback()
+        except (neo4j_errors.Neo4jError, neo4j_errors.DriverError, OSError) as exc:
+            raise _map_error(exc) from exc
+
     async def server_agent(self) -> str:
         """The server's self-description, e.g. 'Neo4j/5.26.0'."""
-        info = await self._driver.get_server_info()
+        try:
+            info = await self._driver.get_server_info()
+        except (neo4j_errors.Neo4jError, neo4j_errors.DriverError, OSError) as exc:
+            raise _map_error(exc) from exc
         return info.agent
 
     async def close(self) -> None:

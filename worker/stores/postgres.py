@@ -84,6 +84,8 @@ class PostgresRelationalStore:
                 min_size=settings.min_pool_size,
                 max_size=settings.max_pool_size,
                 command_timeout=settings.command_timeout_s,
+                max_inactive_connection_lifetime=settings.max_inactive_connection_lifetime_s,
+                timeout=settings.connect_timeout_s,
             )
         except _DRIVER_ERRORS as exc:
             # The driver's message can echo the DSN; say which server without the secret.
@@ -308,6 +310,36 @@ class PostgresRelationalStore:
                    WHERE state = 'pending' AND batch_id = ANY($1::uuid[])""",
                 stuck,
             )
+
+    @_mapped
+    async def preflight_facts(self, tables: list[str], bundled: list[int]) -> dict[str, Any]:
+        """Server version, user, and what that user may do: for the preflight report."""
+        async with self._pool.acquire() as conn:
+            facts = await conn.fetchrow(
+                """SELECT current_setting('server_version_num')::int AS version_num,
+                          current_setting('server_version') AS version, current_user AS user,
+                          has_schema_privilege(current_schema(), 'CREATE') AS can_create,
+                          to_regclass('gpm_schema_migrations') IS NOT NULL AS tracked,
+                          to_regclass('gpm_schema_migrations') IS NULL
+                            OR has_table_privilege('gpm_schema_migrations', 'SELECT, INSERT') AS can_track"""
+            )
+            assert facts is not None  # noqa: S101 - a SELECT without FROM returns one row
+            applied = (
+                {r["version"] for r in await conn.fetch("SELECT version FROM gpm_schema_migrations")}
+                if facts["tracked"] and facts["can_track"]
+                else set()
+            )
+            denied = [
+                r["t"]
+                for r in await conn.fetch(
+                    """SELECT t FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NOT NULL
+                       AND NOT has_table_privilege(t, 'SELECT, INSERT, UPDATE, DELETE')""",
+                    tables,
+                )
+            ]
+            if not facts["can_track"]:
+                denied.append("gpm_schema_migrations (SELECT, INSERT)")
+        return {**dict(facts), "pending": sorted(set(bundled) - applied), "denied": denied}
 
     @_mapped
     async def fetch(self, sql: str, *args: object) -> list[dict[str, Any]]:

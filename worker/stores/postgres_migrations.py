@@ -55,11 +55,14 @@ async def apply_migrations(conn: Connection, migrations: list[Migration]) -> lis
     # The lock comes first: CREATE TABLE IF NOT EXISTS is not atomic under concurrency.
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
-        await conn.execute(
-            """CREATE TABLE IF NOT EXISTS gpm_schema_migrations (
-                   version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,
-                   applied_at timestamptz NOT NULL DEFAULT now())"""
-        )
+        # Only when missing: even IF NOT EXISTS needs CREATE on the schema, which a worker
+        # running with DML rights only (migrations run by a Job as the owner) does not have.
+        if await conn.fetchval("SELECT to_regclass('gpm_schema_migrations') IS NULL"):
+            await conn.execute(
+                """CREATE TABLE IF NOT EXISTS gpm_schema_migrations (
+                       version integer PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,
+                       applied_at timestamptz NOT NULL DEFAULT now())"""
+            )
         applied = {
             r["version"]: r["checksum"] for r in await conn.fetch("SELECT version, checksum FROM gpm_schema_migrations")
         }
