@@ -87,13 +87,7 @@ async def test_consistency_report_finds_disagreements(ns: Namespace) -> None:
         await gpm.store_ast_graph(MODULE, "b.py")
         await gpm.link_intent_to_ast(uuid.uuid4(), [("nowhere.py", "x")])
         assert (await gpm.check_data_consistency()).consistent
-        graph = ns.graph()
-        try:
-            await graph.query("MATCH (n:AstNode {source_id: 'a.py', node_id: 'f'}) DETACH DELETE n")
-            await graph.query("MATCH (n:AstNode {source_id: 'b.py'}) DETACH DELETE n")
-            await graph.query("CREATE (:AstNode:Module {source_id: 'stray.py', node_id: 'm', key: 'stray'})")
-        finally:
-            await graph.close()
+        await _damage_graph(ns)
         report = await gpm.check_data_consistency()
     assert not report.consistent
     assert report.count_mismatches == [("a.py", 2, 1)]
@@ -200,13 +194,7 @@ async def test_repair_then_replay_rebuilds_what_the_graph_lost(ns: Namespace) ->
     worker.stop()
     await asyncio.wait_for(running, 60)
 
-    graph = ns.graph()
-    try:
-        await graph.query("MATCH (n:AstNode {source_id: 'a.py', node_id: 'f'}) DETACH DELETE n")
-        await graph.query("MATCH (n:AstNode {source_id: 'b.py'}) DETACH DELETE n")
-        await graph.query("CREATE (:AstNode:Module {source_id: 'stray.py', node_id: 'm', key: 'stray'})")
-    finally:
-        await graph.close()
+    await _damage_graph(ns)
     stuck = uuid.uuid4()
     await ns.sql(
         """INSERT INTO gpm_outbox (batch_id, state, positions, event_ids, row_count, updated_at)
@@ -275,3 +263,14 @@ async def test_preflight_reports_missing_rights_and_reconnect_reopens(ns: Namesp
     async with GraphPostgresManager(limited) as gpm:
         assert (await gpm.preflight()).ok
     assert "preflight-pw" not in str(limited)
+
+
+async def _damage_graph(ns: Namespace) -> None:
+    """Behind the registry's back: a.py loses its node f, b.py all of its nodes; a stray source appears."""
+    graph = ns.graph()
+    try:
+        await graph.query("MATCH (n:AstNode {source_id: 'a.py', node_id: 'f'}) DETACH DELETE n")
+        await graph.query("MATCH (n:AstNode {source_id: 'b.py'}) DETACH DELETE n")
+        await graph.query("CREATE (:AstNode:Module {source_id: 'stray.py', node_id: 'm', key: 'stray'})")
+    finally:
+        await graph.close()
