@@ -90,13 +90,11 @@ async def node_pages(
     graph: SnapshotGraph, kind: NodeKind, page_size: int
 ) -> AsyncIterator[tuple[list[dict[str, Any]], list[dict[str, Any]]]]:
     """Each page of a kind's nodes with the relationships starting at them, both in a stable order."""
-    after = ""
-    while rows := await graph.node_page(kind.label, kind.key, after, page_size):
+    async for rows in graph.nodes(kind.label, kind.key, page_size):
         nodes = [{"labels": sorted(r["labels"]), "props": r["props"]} for r in rows]
         ids = [r["props"][kind.key] for r in rows]
         edges = sorted(await graph.edges_from(kind.label, kind.key, ids), key=_edge_order)
         yield nodes, edges
-        after = ids[-1]
 
 
 async def dump_graph(graph: SnapshotGraph, sink: MemberSink, page_size: int, progress: ProgressFn) -> dict[str, int]:

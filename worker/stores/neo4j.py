@@ -14,7 +14,7 @@ label, and the properties ``key`` (the JSON array ``["<source_id>", "<node_id>"]
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any, LiteralString, cast
 
 import neo4j
@@ -254,14 +254,30 @@ class Neo4jGraphStore:
     # Snapshots (backup, restore, export). Node kinds are the service's own labels with
     # their unique property; pages follow that property's order, so dumps are repeatable.
 
-    async def node_page(self, label: str, key: str, after: str, limit: int) -> list[dict[str, Any]]:
-        """Up to ``limit`` nodes of ``label`` whose ``key`` property sorts after ``after``: labels and properties."""
+    async def nodes(self, label: str, key: str, page_size: int) -> AsyncIterator[list[dict[str, Any]]]:
+        """All nodes of ``label`` in ``key`` order, in pages: {"labels", "props"} rows.
+
+        One query, streamed by the driver ``page_size`` records at a time: keyset pages
+        (``WHERE key > $after ... LIMIT``) cost ArcadeDB a scan and a sort each, which
+        made a dump quadratic (measured: 14 pages of 66k nodes, 13.7 s against 4.9 s).
+        """
         label, key = _name(label), _name(key)
-        return await self.query(
-            "MATCH (n:" + label + ") WHERE n." + key + " > $after "
-            "RETURN labels(n) AS labels, properties(n) AS props ORDER BY n." + key + " LIMIT $limit",
-            {"after": after, "limit": limit},
+        query: LiteralString = (
+            "MATCH (n:" + label + ") RETURN labels(n) AS labels, properties(n) AS props ORDER BY n." + key
         )
+        try:
+            async with self._driver.session(database=self._settings.database, fetch_size=page_size) as session:
+                result = await session.run(query)
+                page: list[dict[str, Any]] = []
+                async for record in result:
+                    page.append(record.data())
+                    if len(page) == page_size:
+                        yield page
+                        page = []
+                if page:
+                    yield page
+        except (neo4j_errors.Neo4jError, neo4j_errors.DriverError, OSError) as exc:
+            raise _map_error(exc) from exc
 
     async def edges_from(self, label: str, key: str, ids: list[str]) -> list[dict[str, Any]]:
         """Relationships from these nodes to AST nodes: start id, type, end key, properties."""

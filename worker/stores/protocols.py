@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
@@ -97,8 +98,8 @@ class RelationalStore(Protocol):
 class SnapshotGraph(Protocol):
     """What backup, restore and export need of a graph store, besides migrate and close."""
 
-    async def node_page(self, label: str, key: str, after: str, limit: int) -> list[dict[str, Any]]:
-        """Nodes of ``label`` with ``key`` after ``after``, in ``key`` order: {"labels", "props"} rows."""
+    def nodes(self, label: str, key: str, page_size: int) -> AsyncIterator[list[dict[str, Any]]]:
+        """All nodes of ``label`` in ``key`` order, a page at a time: {"labels", "props"} rows."""
 
     async def edges_from(self, label: str, key: str, ids: list[str]) -> list[dict[str, Any]]:
         """Relationships from these nodes to AST nodes: {"start", "type", "end", "props"} rows."""
