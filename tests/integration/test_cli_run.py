@@ -69,7 +69,7 @@ async def test_missing_graph_database_fails_the_start_naming_it(ns: Namespace) -
 
 
 async def test_traces_reach_an_otlp_collector(ns: Namespace) -> None:
-    """With OTEL_EXPORTER_OTLP_ENDPOINT set, the worker exports its batch and saga spans over OTLP/HTTP."""
+    """With OTEL_EXPORTER_OTLP_ENDPOINT set, the worker exports its batch, saga and statement spans over OTLP/HTTP."""
     received: list[bytes] = []
 
     async def collect(request: web.Request) -> web.Response:
@@ -102,7 +102,7 @@ async def test_traces_reach_an_otlp_collector(ns: Namespace) -> None:
     finally:
         await runner.cleanup()
     body = b"".join(received)
-    for name in (b"process batch", b"saga batch", b"saga graph import", b"saga outbox applied"):
+    for name in (b"process batch", b"saga batch", b"saga graph import", b"graph statement", b"saga outbox applied"):
         assert name in body, name
     assert b"graph-postgres-manager" in body  # the service name
 

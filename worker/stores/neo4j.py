@@ -21,6 +21,7 @@ import neo4j
 import orjson
 import structlog
 from neo4j import exceptions as neo4j_errors
+from opentelemetry import trace
 
 from worker import failpoints
 from worker.config import GraphSettings
@@ -30,6 +31,7 @@ from worker.saga.plan import GraphChanges, LinkRow
 from worker.stores.protocols import GraphWriteStats
 
 log = structlog.get_logger(__name__)
+tracer = trace.get_tracer("graph_postgres_manager.graph")
 
 SCHEMA_STATEMENTS: tuple[LiteralString, ...] = (
     "CREATE CONSTRAINT gpm_ast_node_key IF NOT EXISTS FOR (n:AstNode) REQUIRE n.key IS UNIQUE",
@@ -91,9 +93,19 @@ class _BatchWriter:
         for chunk in chunks:
             if chunk is not None:
                 params["rows"] = chunk
-            result = await self._tx.run(query, params)
-            records.extend([record.data() async for record in result])
-            counters = (await result.consume()).counters
+            # A span per statement: a slow label or a lock wait shows up by itself in a trace.
+            with tracer.start_as_current_span(
+                "graph statement",
+                kind=trace.SpanKind.CLIENT,
+                attributes={
+                    "db.system.name": "neo4j",
+                    "db.query.text": query,  # parameterised: no values in it
+                    "db.operation.batch.size": len(chunk) if chunk is not None else 0,
+                },
+            ):
+                result = await self._tx.run(query, params)
+                records.extend([record.data() async for record in result])
+                counters = (await result.consume()).counters
             self.stats["statements"] += 1
             # Dies after the first statement, with the transaction open and uncommitted.
             failpoints.hit("mid-graph")
