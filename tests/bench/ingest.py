@@ -99,7 +99,7 @@ def _percentile(values: list[float], q: float) -> float:
 def main() -> None:
     """Run the benchmark and print the figures."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--files", type=int, default=60)
+    parser.add_argument("--files", type=int, default=50)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--transaction-size", type=int, default=1000)
     args = parser.parse_args()
