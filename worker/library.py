@@ -183,23 +183,25 @@ class Transaction:
         self._manager = manager
         self.events: list[Envelope] = []
         self.results: list[StoreResult] = []  # filled when the block ends
-        self._versions: dict[str, int] = {}
+        # Per kind: a source and an intent may share an id string.
+        self._versions: dict[tuple[str, str], int] = {}
 
     async def store_ast_graph(self, graph: GraphData | Mapping[str, Any], source_id: str) -> None:
         """Add a source's graph (its next version) to the transaction."""
-        version = self._versions.get(source_id)
+        version = self._versions.get(("source", source_id))
         event = await self._manager._graph_event(graph, source_id, None if version is None else version + 1)  # noqa: SLF001
         self._add(event)
 
     async def link_intent_to_ast(self, intent_id: UUID, ast_nodes: Iterable[tuple[str, str] | AstNodeRef]) -> None:
         """Add an intent's links (its next version) to the transaction."""
-        version = self._versions.get(str(intent_id))
+        version = self._versions.get(("intent", str(intent_id)))
         event = await self._manager._intent_event(intent_id, ast_nodes, None if version is None else version + 1)  # noqa: SLF001
         self._add(event)
 
     def _add(self, event: AstGraphUpserted | IntentLinkUpserted) -> None:
         # A second write of the same source in one transaction is its next version, so it wins.
-        self._versions[event.source_id] = event.source_version
+        kind = "intent" if isinstance(event, IntentLinkUpserted) else "source"
+        self._versions[kind, event.source_id] = event.source_version
         self.events.append(event)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, LiteralString, cast
 
 import neo4j
@@ -74,6 +75,18 @@ def _map_error(exc: Exception) -> Exception:
     if isinstance(exc, neo4j_errors.Neo4jError) and not exc.is_retryable():
         return StoreRejected(f"graph store rejected the write: {exc.code}: {exc.message}")
     return StoreUnavailable(f"graph store unavailable: {type(exc).__name__}: {exc}")
+
+
+_DRIVER_ERRORS = (neo4j_errors.Neo4jError, neo4j_errors.DriverError, OSError)
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """Driver errors become the project's (StoreUnavailable, StoreRejected, DatabaseMissing)."""
+    try:
+        yield
+    except _DRIVER_ERRORS as exc:
+        raise _map_error(exc) from exc
 
 
 class _BatchWriter:
@@ -226,12 +239,10 @@ class Neo4jGraphStore:
 
     async def migrate(self) -> None:
         """Constraints and indexes; schema statements run in auto-commit transactions."""
-        try:
+        with _translated():
             async with self._driver.session(database=self._settings.database) as session:
                 for statement in SCHEMA_STATEMENTS:
                     await (await session.run(statement)).consume()
-        except (neo4j_errors.Neo4jError, neo4j_errors.DriverError, OSError) as exc:
-            raise _map_error(exc) from exc
 
     async def apply(self, changes: GraphChanges) -> GraphWriteStats:
         """One managed write transaction; the driver retries transient errors itself."""
@@ -247,7 +258,7 @@ class Neo4jGraphStore:
         try:
             async with self._driver.session(database=self._settings.database) as session:
                 return await session.execute_write(work)
-        except (neo4j_errors.Neo4jError, neo4j_errors.DriverError, OSError) as exc:
+        except _DRIVER_ERRORS as exc:
             raise _map_error(exc) from exc
         except (ValueError, TypeError, OverflowError) as exc:
             # Raised by the driver while packing parameters (e.g. an integer beyond 64 bits):
@@ -256,12 +267,10 @@ class Neo4jGraphStore:
 
     async def query(self, cypher: LiteralString, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run a read query and return plain dicts."""
-        try:
+        with _translated():
             async with self._driver.session(database=self._settings.database) as session:
                 result = await session.run(cypher, params or {})
                 return [record.data() async for record in result]
-        except (neo4j_errors.Neo4jError, neo4j_errors.DriverError, OSError) as exc:
-            raise _map_error(exc) from exc
 
     # Snapshots (backup, restore, export). Node kinds are the service's own labels with
     # their unique property; pages follow that property's order, so dumps are repeatable.
@@ -277,7 +286,7 @@ class Neo4jGraphStore:
         query: LiteralString = (
             "MATCH (n:" + label + ") RETURN labels(n) AS labels, properties(n) AS props ORDER BY n." + key
         )
-        try:
+        with _translated():
             async with self._driver.session(database=self._settings.database, fetch_size=page_size) as session:
                 result = await session.run(query)
                 page: list[dict[str, Any]] = []
@@ -288,8 +297,6 @@ class Neo4jGraphStore:
                         page = []
                 if page:
                     yield page
-        except (neo4j_errors.Neo4jError, neo4j_errors.DriverError, OSError) as exc:
-            raise _map_error(exc) from exc
 
     async def edges_from(self, label: str, key: str, ids: list[str]) -> list[dict[str, Any]]:
         """Relationships from these nodes to AST nodes: start id, type, end key, properties."""
@@ -330,11 +337,9 @@ class Neo4jGraphStore:
         async def work(tx: neo4j.AsyncManagedTransaction) -> neo4j.SummaryCounters:
             return (await (await tx.run(query, {"rows": rows})).consume()).counters
 
-        try:
+        with _translated():
             async with self._driver.session(database=self._settings.database) as session:
                 return await session.execute_write(work)
-        except (neo4j_errors.Neo4jError, neo4j_errors.DriverError, OSError) as exc:
-            raise _map_error(exc) from exc
 
     async def ping(self) -> None:
         """A trivial query on the configured database."""
@@ -342,22 +347,18 @@ class Neo4jGraphStore:
 
     async def probe_write(self) -> None:
         """Create an AST node in a transaction that is rolled back: raise unless writes are allowed."""
-        try:
+        with _translated():
             async with self._driver.session(database=self._settings.database) as session:
                 tx = await session.begin_transaction()
                 try:
                     await (await tx.run("CREATE (n:AstNode {key: 'gpm-preflight'}) RETURN 1")).consume()
                 finally:
                     await tx.rollback()
-        except (neo4j_errors.Neo4jError, neo4j_errors.DriverError, OSError) as exc:
-            raise _map_error(exc) from exc
 
     async def server_agent(self) -> str:
         """The server's self-description, e.g. 'Neo4j/5.26.0'."""
-        try:
+        with _translated():
             info = await self._driver.get_server_info()
-        except (neo4j_errors.Neo4jError, neo4j_errors.DriverError, OSError) as exc:
-            raise _map_error(exc) from exc
         return info.agent
 
     async def close(self) -> None:

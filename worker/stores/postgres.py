@@ -31,9 +31,9 @@ T = TypeVar("T")
 _TRANSIENT_SQLSTATE_PREFIXES = ("08", "53", "57")
 _TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})
 # The write fence: every batch takes it shared when it starts (begin_batch); a backup holds
-# it exclusively, so that no batch starts while both stores are read. Any constant works.
+# it exclusively (worker/saga/fence.py), so no batch starts while both stores are read. Any constant works.
 WRITE_FENCE_KEY = 0x67706D5F66656E  # "gpm_fen"
-FENCED = "a backup is taking a consistent snapshot (write fence held); writes resume when it ends"
+FENCED = "a backup or repair holds the write fence (one consistent point of both stores); writes resume after it"
 
 
 def _map_error(exc: BaseException) -> Exception:
