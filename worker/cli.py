@@ -176,14 +176,20 @@ def replay(
     force: Annotated[bool, typer.Option(help="Reset even while workers are in the group.")] = False,
     dry_run: Annotated[bool, typer.Option(help="Show the new offsets, change nothing.")] = False,
     wait: Annotated[bool, typer.Option(help="Afterwards, show the lag until the workers caught up.")] = False,
+    into_empty_stores: Annotated[
+        bool,
+        typer.Option(help="Reprocess into fresh stores: refuse unless the configured databases are empty."),
+    ] = False,
 ) -> None:
     """Move the group's committed offsets so the workers reprocess (idempotently) from there."""
-    from worker.ops.replay import plan_reset, watch_lag  # noqa: PLC0415
+    from worker.ops.replay import plan_reset, require_empty_stores, watch_lag  # noqa: PLC0415
 
     settings = _settings()
     if to not in {"earliest", "latest", "time"}:
         console.print("[red]--to must be earliest, latest or time[/red]")
         raise typer.Exit(2)
+    if into_empty_stores:
+        _ops(require_empty_stores(settings))
     moves = _ops(
         plan_reset(
             settings,

@@ -173,3 +173,32 @@ async def test_backup_restore_and_export_commands(ns: Namespace, stack: DevStack
     code, out, err = await gpm(target, "export", str(tmp_path / "graph.json"), "--format", "node-link")
     assert code == 0, err
     assert json.loads((tmp_path / "graph.json").read_text())["nodes"][0]["properties"]["source_id"] == "c.py"
+
+
+async def test_replay_into_empty_stores(ns: Namespace, stack: DevStack) -> None:
+    """A new group over fresh databases reprocesses the topic from the start; stores with data are refused."""
+    await ns.publish(ns.graph_topic, [upsert(f"r{i}.py", 1, graph([("m", "Module")])) for i in range(3)])
+    target = await make_namespace(stack)
+    kafka = ns.settings.kafka.model_copy(update={"group_id": f"rebuild-{ns.name}"})
+    fresh = Namespace(stack, target.name, target.settings.model_copy(update={"kafka": kafka}))
+
+    code, out, err = await gpm(fresh, "replay", "--to", "earliest", "--topic", ns.graph_topic, "--into-empty-stores")
+    assert code == 0, err
+    assert f"moved group rebuild-{ns.name}" in out
+    worker = fresh.worker()
+    running = asyncio.create_task(worker.run())
+    try:
+        await asyncio.wait_for(worker.started.wait(), 60)  # migrated by then
+
+        async def rebuilt() -> bool:
+            return len(await fresh.sql("SELECT 1 FROM gpm_sources")) == 3
+
+        await eventually(rebuilt, what="the fresh stores rebuilt from the topic")
+    finally:
+        worker.stop()
+        await asyncio.wait_for(running, 60)
+
+    code, _, err = await gpm(fresh, "replay", "--to", "earliest", "--topic", ns.graph_topic, "--into-empty-stores")
+    assert code == 1
+    assert "not empty: PostgreSQL table gpm_sources" in err
+    assert "graph database" in err

@@ -2,8 +2,9 @@
 
 Reprocessing is safe by construction: every event id already applied is a no-op (the
 processed-event ledger) and versions never go backwards, so a replay converges to the
-same state. To rebuild into fresh stores instead, point a worker with a new group id
-(``GPM_KAFKA__GROUP_ID``) and ``auto_offset_reset=earliest`` at empty databases.
+same state. To reprocess into fresh stores instead, point the settings at empty
+databases and a new group id (``GPM_KAFKA__GROUP_ID``) and pass ``--into-empty-stores``:
+the command checks that both stores are empty before it moves anything.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from aiokafka import TopicPartition
 from worker.config import Settings
 from worker.errors import GpmError
 from worker.ops.offsets import GroupOffsets
+from worker.stores.neo4j import Neo4jGraphStore
+from worker.stores.postgres import PostgresRelationalStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +78,26 @@ async def plan_reset(
         if apply and targets:
             await group.reset(targets, force=force)
     return moves
+
+
+async def require_empty_stores(settings: Settings) -> None:
+    """Raise GpmError unless the configured stores hold nothing yet (a reprocess would else merge into them)."""
+    relational = await PostgresRelationalStore.connect(settings.postgres)
+    graph = Neo4jGraphStore.connect(settings.graph)
+    try:
+        held = []
+        for table in ("gpm_sources", "gpm_intents", "gpm_processed_events"):
+            exists = await relational.fetch("SELECT to_regclass($1) IS NOT NULL AS found", table)
+            if exists[0]["found"] and await relational.fetch(f"SELECT 1 FROM {table} LIMIT 1"):  # noqa: S608 - fixed names
+                held.append(f"PostgreSQL table {table}")
+        if not await graph.is_empty():
+            held.append(f"graph database {settings.graph.database}")
+    finally:
+        await graph.close()
+        await relational.close()
+    if held:
+        msg = f"not empty: {', '.join(held)}; --into-empty-stores needs fresh databases (and a new group id)"
+        raise GpmError(msg)
 
 
 async def watch_lag(
