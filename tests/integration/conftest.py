@@ -236,7 +236,20 @@ async def stop_workers(*processes: asyncio.subprocess.Process) -> list[str]:
     """SIGTERM worker processes together and wait for each; return their outputs (exit codes unchecked)."""
     for process in processes:
         process.terminate()
-    return [(await asyncio.wait_for(process.communicate(), 60))[0].decode() for process in processes]
+    return [await _output_after_exit(process) for process in processes]
+
+
+async def _output_after_exit(process: asyncio.subprocess.Process, timeout_s: float = 60) -> str:
+    """The process's output once it exited; if it does not within the timeout, kill it and fail showing its end."""
+    try:
+        return (await asyncio.wait_for(process.communicate(), timeout_s))[0].decode()
+    except TimeoutError:
+        process.kill()
+        assert process.stdout is not None
+        tail = (await process.stdout.read()).decode(errors="replace")
+        pytest.fail(
+            f"worker {process.pid} did not exit within {timeout_s}s of SIGTERM; its output ends:\n{tail[-4000:]}"
+        )
 
 
 def assert_clean_exits(processes: list[asyncio.subprocess.Process], outputs: list[str]) -> None:
