@@ -29,8 +29,9 @@ from worker.errors import ConfigError, DatabaseMissing, StoreError, StoreUnavail
 from worker.health import HealthServer, Probes, configure_metrics
 from worker.preflight import run_preflight
 from worker.saga.coordinator import SagaCoordinator
-from worker.stores.neo4j import Neo4jGraphStore
+from worker.stores.graph import connect_graph
 from worker.stores.postgres import PostgresRelationalStore
+from worker.stores.protocols import GraphBackend
 from worker.telemetry import configure_tracing, metrics
 
 log = structlog.get_logger(__name__)
@@ -39,7 +40,7 @@ log = structlog.get_logger(__name__)
 async def migrate(settings: Settings) -> None:
     """Apply PostgreSQL migrations and the graph schema."""
     relational = await PostgresRelationalStore.connect(settings.postgres)
-    graph = Neo4jGraphStore.connect(settings.graph, settings.worker.transaction_size)
+    graph = connect_graph(settings.graph, settings.worker.transaction_size)
     try:
         await relational.migrate()
         await graph.migrate()
@@ -77,7 +78,7 @@ class Worker:
         self.started = asyncio.Event()
         self._stop_requested = asyncio.Event()
         self._relational: PostgresRelationalStore | None = None
-        self._graph: Neo4jGraphStore | None = None
+        self._graph: GraphBackend | None = None
 
     def stop(self) -> None:
         """Ask the worker to stop (idempotent), also while it is still waiting for its stores."""
@@ -146,7 +147,12 @@ class Worker:
             stack.push_async_callback(_bounded_close, "consumer", consumer.stop)
             if self._stop_requested.is_set():
                 runner.stopping.set()
-            log.info("worker started", group_id=s.kafka.group_id, topic_pattern=s.kafka.topic_pattern)
+            log.info(
+                "worker started",
+                group_id=s.kafka.group_id,
+                topic_pattern=s.kafka.topic_pattern,
+                graph_backend=s.graph.backend,
+            )
             self.started.set()
             report = asyncio.create_task(self._report_parked_links(relational), name="parked-links-report")
             stack.callback(report.cancel)
@@ -161,7 +167,7 @@ class Worker:
         Returns False if the worker was asked to stop first.
         """
         s = self.settings
-        self._graph = Neo4jGraphStore.connect(s.graph, s.worker.transaction_size)
+        self._graph = connect_graph(s.graph, s.worker.transaction_size)
         stack.push_async_callback(_bounded_close, "graph driver", self._graph.close)
         started = time.monotonic()
 

@@ -291,14 +291,14 @@ def _with_manager(work: Callable[[GraphPostgresManager, _StageBars], Awaitable[T
 def preflight() -> None:
     """Check the servers' versions and the users' rights; exit 1 if anything is missing."""
     from worker.preflight import run_preflight  # noqa: PLC0415
-    from worker.stores.neo4j import Neo4jGraphStore  # noqa: PLC0415
+    from worker.stores.graph import connect_graph  # noqa: PLC0415
     from worker.stores.postgres import PostgresRelationalStore  # noqa: PLC0415
 
     settings = _settings()
 
     async def check() -> PreflightReport:
         relational = await PostgresRelationalStore.connect(settings.postgres)
-        graph = Neo4jGraphStore.connect(settings.graph)
+        graph = connect_graph(settings.graph)
         try:
             return await run_preflight(relational, graph)
         finally:
@@ -328,10 +328,17 @@ def restore(
     path: Annotated[Path, typer.Argument(help="A snapshot written by `gpm backup`.")],
     *,
     verify: Annotated[bool, typer.Option(help="Read both stores back and compare with the checksums.")] = True,
+    graph_only: Annotated[
+        bool,
+        typer.Option(
+            help="Load only the graph, into the configured (empty) graph backend: move a graph between backends."
+        ),
+    ] = False,
 ) -> None:
     """Load a snapshot into empty stores (the configured ones), then verify counts and checksums."""
-    snapshot = _with_manager(lambda gpm, bars: gpm.restore(path, verify=verify, progress=bars))
-    Console().print(f"restored {path}: {snapshot.nodes} nodes" + (", verified" if verify else ""))
+    snapshot = _with_manager(lambda gpm, bars: gpm.restore(path, verify=verify, graph_only=graph_only, progress=bars))
+    where = f"the {_settings().graph.backend} graph" if graph_only else "PostgreSQL and the graph"
+    Console().print(f"restored {path} into {where}: {snapshot.nodes} nodes" + (", verified" if verify else ""))
 
 
 @app.command()
@@ -452,7 +459,7 @@ def dev(
 
 async def _dev(stack: DevStack, settings: Settings, files: int) -> None:
     from worker.devjob import corpus, ingest_corpus  # noqa: PLC0415
-    from worker.stores.neo4j import Neo4jGraphStore  # noqa: PLC0415
+    from worker.stores.graph import connect_graph  # noqa: PLC0415
 
     with _progress() as progress:
         parsing = progress.add_task("parsing files", total=files)
@@ -460,7 +467,7 @@ async def _dev(stack: DevStack, settings: Settings, files: int) -> None:
         ingesting = progress.add_task("ingesting", total=len(events))
         report = await ingest_corpus(stack, settings, events, lambda done: progress.update(ingesting, completed=done))
         progress.update(ingesting, completed=len(events))
-    graph = Neo4jGraphStore.connect(settings.graph)
+    graph = connect_graph(settings.graph)
     try:
         in_graph = await graph.query("MATCH (n:AstNode) RETURN count(n) AS nodes")
         functions = await graph.query(

@@ -114,31 +114,52 @@ class PostgresSettings(BaseModel):
 
 
 class GraphSettings(BaseModel):
-    """The graph store, reached over Bolt with the official Neo4j driver."""
+    """The graph store: Neo4j 5 over Bolt (official driver), or FalkorDB (native protocol).
 
-    uri: str = "bolt://127.0.0.1:7687"
-    user: str = "neo4j"
+    ``uri``, ``user`` and ``database`` default per backend: ``bolt://127.0.0.1:7687``,
+    ``neo4j``, ``neo4j`` for Neo4j; ``redis://127.0.0.1:6379``, ``default``, ``gpm`` (the
+    graph's key) for FalkorDB.
+    """
+
+    backend: Literal["neo4j", "falkordb"] = "neo4j"
+    uri: str = ""
+    user: str = ""
     password: SecretStr = SecretStr("")
-    database: str = "neo4j"
+    database: str = ""
     max_connection_pool_size: int = Field(20, ge=1)
-    # Connections older than this are closed when returned to the pool (recycling).
+    # Connections older than this are closed when returned to the pool (recycling; Neo4j).
     max_connection_lifetime_s: float = Field(3600.0, gt=0)
     connection_acquisition_timeout_s: float = Field(60.0, gt=0)
     connection_timeout_s: float = Field(10.0, gt=0)
     # How long the driver itself retries a transient failure of a managed transaction
-    # before the saga's own retry (and rewind) takes over.
+    # before the saga's own retry (and rewind) takes over (Neo4j).
     max_transaction_retry_time_s: float = Field(15.0, ge=0)
-    # Upper bound for one batch's write transaction, server-side.
+    # Upper bound for one batch's write transaction (FalkorDB: its one query), server-side.
     transaction_timeout_s: float = Field(120.0, gt=0)
 
-    @field_validator("uri")
-    @classmethod
-    def _is_bolt_url(cls, value: str) -> str:
-        scheme = urlsplit(value).scheme
-        if scheme not in {"bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc"}:
-            msg = "must be a bolt:// or neo4j:// URL"
+    @model_validator(mode="after")
+    def _backend_defaults(self) -> GraphSettings:
+        defaults = _GRAPH_DEFAULTS[self.backend]
+        self.uri = self.uri or defaults["uri"]
+        self.user = self.user or defaults["user"]
+        self.database = self.database or defaults["database"]
+        scheme = urlsplit(self.uri).scheme
+        if scheme not in _GRAPH_SCHEMES[self.backend]:
+            schemes = ", ".join(f"{s}://" for s in sorted(_GRAPH_SCHEMES[self.backend]))
+            msg = f"uri: backend {self.backend} needs one of {schemes}"
             raise ValueError(msg)
-        return value
+        return self
+
+
+_GRAPH_DEFAULTS = {
+    "neo4j": {"uri": "bolt://127.0.0.1:7687", "user": "neo4j", "database": "neo4j"},
+    "falkordb": {"uri": "redis://127.0.0.1:6379", "user": "default", "database": "gpm"},
+}
+_GRAPH_SCHEMES = {
+    "neo4j": {"bolt", "bolt+s", "bolt+ssc", "neo4j", "neo4j+s", "neo4j+ssc"},
+    # rediss:// and falkors:// are TLS; unix:// a local socket.
+    "falkordb": {"redis", "rediss", "falkor", "falkors", "unix"},
+}
 
 
 class HealthSettings(BaseModel):

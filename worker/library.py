@@ -46,8 +46,9 @@ from worker.snapshot.backup import take_backup
 from worker.snapshot.dump import ProgressFn, no_progress
 from worker.snapshot.export import ExportFormat, export_graph
 from worker.snapshot.restore import restore_backup
-from worker.stores.neo4j import Neo4jGraphStore
+from worker.stores.graph import connect_graph
 from worker.stores.postgres import PostgresRelationalStore
+from worker.stores.protocols import GraphBackend
 from worker.telemetry import metrics, percentile
 
 log = structlog.get_logger(__name__)
@@ -218,7 +219,7 @@ class GraphPostgresManager:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or load_settings()
         self._relational: PostgresRelationalStore | None = None
-        self._graph: Neo4jGraphStore | None = None
+        self._graph: GraphBackend | None = None
         self._saga: SagaCoordinator | None = None
 
     async def __aenter__(self) -> Self:
@@ -228,7 +229,7 @@ class GraphPostgresManager:
     async def _open(self) -> None:
         s = self.settings
         self._relational = await PostgresRelationalStore.connect(s.postgres)
-        self._graph = Neo4jGraphStore.connect(s.graph, s.worker.transaction_size)
+        self._graph = connect_graph(s.graph, s.worker.transaction_size)
         try:
             if s.worker.preflight:
                 (await run_preflight(self._relational, self._graph)).raise_for_failures()
@@ -262,7 +263,7 @@ class GraphPostgresManager:
             await self._relational.close()
         self._graph = self._relational = self._saga = None
 
-    def _stores(self) -> tuple[PostgresRelationalStore, Neo4jGraphStore, SagaCoordinator]:
+    def _stores(self) -> tuple[PostgresRelationalStore, GraphBackend, SagaCoordinator]:
         if self._relational is None or self._graph is None or self._saga is None:
             msg = "GraphPostgresManager is not open: use `async with GraphPostgresManager(...) as gpm:`"
             raise GpmError(msg)
@@ -501,8 +502,14 @@ class GraphPostgresManager:
         )
         return Snapshot(Path(path), manifest)
 
-    async def restore(self, path: Path | str, *, verify: bool = True, progress: ProgressFn | None = None) -> Snapshot:
-        """Load a snapshot into empty stores; with ``verify``, read both back and compare checksums."""
+    async def restore(
+        self, path: Path | str, *, verify: bool = True, graph_only: bool = False, progress: ProgressFn | None = None
+    ) -> Snapshot:
+        """Load a snapshot into empty stores; with ``verify``, read both back and compare checksums.
+
+        ``graph_only`` loads only the graph (into this manager's, empty, graph backend) and
+        leaves PostgreSQL as it is: a graph moving to another backend or server.
+        """
         relational, graph, _ = self._stores()
         manifest = await restore_backup(
             relational,
@@ -510,6 +517,7 @@ class GraphPostgresManager:
             Path(path),
             chunk_size=self.settings.worker.transaction_size,
             verify=verify,
+            graph_only=graph_only,
             progress=progress or no_progress,
         )
         return Snapshot(Path(path), manifest)

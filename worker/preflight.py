@@ -12,12 +12,14 @@ from dataclasses import dataclass
 
 from worker.errors import PreflightError, StoreRejected
 from worker.snapshot.dump import TABLES
-from worker.stores.neo4j import Neo4jGraphStore
 from worker.stores.postgres import PostgresRelationalStore
 from worker.stores.postgres_migrations import bundled_migrations
+from worker.stores.protocols import GraphBackend
 
 POSTGRES_MIN_VERSION_NUM = 150000
 _NEO4J_VERSION = re.compile(r"Neo4j/(\d+)\.(\d+)")
+_FALKORDB_VERSION = re.compile(r"^FalkorDB/(\d+)\.")
+FALKORDB_MIN_MAJOR = 4  # range indexes and unique constraints as the adapter uses them
 # Neo4j numbers its releases by year since 5.26 (2025.01, ...): those speak the 5.x protocol and Cypher.
 _CALVER_FROM = 2025
 
@@ -50,7 +52,12 @@ class PreflightReport:
 
 
 def graph_version_ok(agent: str) -> bool:
-    """Neo4j 5.x, or a calendar-versioned successor; other servers must say they are Neo4j 5 compatible."""
+    """Neo4j 5.x or a calendar-versioned successor, or FalkorDB 4 and newer.
+
+    Other Bolt servers must say they are Neo4j 5 compatible.
+    """
+    if falkordb := _FALKORDB_VERSION.match(agent):
+        return int(falkordb.group(1)) >= FALKORDB_MIN_MAJOR
     match = _NEO4J_VERSION.search(agent)
     if match is None:
         return False
@@ -58,7 +65,7 @@ def graph_version_ok(agent: str) -> bool:
     return major == 5 or major >= _CALVER_FROM  # noqa: PLR2004 - the supported major
 
 
-async def run_preflight(relational: PostgresRelationalStore, graph: Neo4jGraphStore) -> PreflightReport:
+async def run_preflight(relational: PostgresRelationalStore, graph: GraphBackend) -> PreflightReport:
     """Check both stores; a store that cannot be reached raises StoreUnavailable (retried at start)."""
     facts = await relational.preflight_facts([t for t, _ in TABLES], [m.version for m in bundled_migrations()])
     checks = [
@@ -81,11 +88,11 @@ async def run_preflight(relational: PostgresRelationalStore, graph: Neo4jGraphSt
         ),
     ]
     agent = await graph.server_agent()
-    checks.append(Check("graph server version", graph_version_ok(agent), f"{agent} (Neo4j 5.x needed)"))
+    checks.append(Check("graph server version", graph_version_ok(agent), f"{agent} (Neo4j 5.x or FalkorDB 4+ needed)"))
     try:
         await graph.probe_write()
     except StoreRejected as exc:
         checks.append(Check("graph write rights", ok=False, detail=str(exc)))
     else:
-        checks.append(Check("graph write rights", ok=True, detail="a write transaction was opened and rolled back"))
+        checks.append(Check("graph write rights", ok=True, detail="a write was made and undone"))
     return PreflightReport(checks)

@@ -27,7 +27,8 @@ from worker.devjob import IngestReport, corpus, ingest_corpus
 from worker.devstack import DevStack
 from worker.events import AstGraphUpserted
 from worker.saga.plan import GraphChanges
-from worker.stores.neo4j import Neo4jGraphStore, node_key
+from worker.stores.cypher import node_key
+from worker.stores.neo4j import Neo4jGraphStore
 from worker.telemetry import configure_logging
 
 LOOKUP = "MATCH (n:AstNode {key: $key}) RETURN n.node_id AS id"

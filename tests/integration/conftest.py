@@ -1,7 +1,7 @@
 """Real services for integration tests: one embedded stack per session, fresh namespaces per test.
 
-The stack (tansu broker, PostgreSQL, ArcadeDB over Bolt) comes from PyPI wheels and is
-always started; if it cannot start, the session fails loudly instead of skipping. Each
+The stack (tansu broker, PostgreSQL, ArcadeDB over Bolt; FalkorDB when a test asks for
+it) comes from PyPI wheels and is always started; if it cannot start, the session fails loudly instead of skipping. Each
 test gets its own PostgreSQL database, ArcadeDB database, topics and consumer group.
 """
 
@@ -24,13 +24,15 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import SecretStr
 
 from worker.app import Worker
-from worker.config import Settings
+from worker.config import GraphSettings, Settings
 from worker.devstack import DevStack
 from worker.devstack.arcadedb import ArcadeDBServer
+from worker.devstack.falkordb import FalkorDBServer
 from worker.events import Envelope
 from worker.publish import publish_events
-from worker.stores.neo4j import Neo4jGraphStore
+from worker.stores.graph import connect_graph
 from worker.stores.postgres import PostgresRelationalStore
+from worker.stores.protocols import GraphBackend
 
 _counter = itertools.count()
 
@@ -40,6 +42,15 @@ def stack() -> Iterator[DevStack]:
     """The embedded services, started once for the whole session."""
     with DevStack() as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def falkordb_server(stack: DevStack) -> Iterator[FalkorDBServer]:
+    """FalkorDB (the second graph backend) beside the stack, started once; a graph per test."""
+    server = FalkorDBServer(stack.workdir)
+    server.start()
+    yield server
+    server.stop()
 
 
 @dataclass
@@ -88,6 +99,7 @@ class Namespace:
             GPM_KAFKA__SESSION_TIMEOUT_MS=str(s.kafka.session_timeout_ms),
             GPM_KAFKA__HEARTBEAT_INTERVAL_MS=str(s.kafka.heartbeat_interval_ms),
             GPM_POSTGRES__DSN=s.postgres.dsn.get_secret_value(),
+            GPM_GRAPH__BACKEND=s.graph.backend,
             GPM_GRAPH__URI=s.graph.uri,
             GPM_GRAPH__USER=s.graph.user,
             GPM_GRAPH__PASSWORD=s.graph.password.get_secret_value(),
@@ -170,9 +182,14 @@ class Namespace:
         """A connected PostgreSQL store on this test's database."""
         return await PostgresRelationalStore.connect(self.settings.postgres)
 
-    def graph(self) -> Neo4jGraphStore:
+    def graph(self) -> GraphBackend:
         """A graph store on this test's database."""
-        return Neo4jGraphStore.connect(self.settings.graph)
+        return connect_graph(self.settings.graph)
+
+    def use_falkordb(self, server: FalkorDBServer) -> None:
+        """From now on the namespace's graph is a FalkorDB graph of its own name."""
+        graph = GraphSettings(backend="falkordb", uri=server.uri, database=self.name)
+        self.settings = self.settings.model_copy(update={"graph": graph})
 
     async def read_topic(self, topic: str, expected: int, timeout_s: float = 30) -> list[Any]:
         """Read ``expected`` records from the beginning of a topic."""

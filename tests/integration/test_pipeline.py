@@ -12,9 +12,10 @@ import pytest
 from pydantic import SecretStr
 
 from tests.factories import delete, graph, link, upsert
-from tests.integration.conftest import Namespace, eventually, probe
+from tests.integration.conftest import Namespace, assert_clean_exits, eventually, probe, stop_workers
 from worker.app import Worker
 from worker.devstack.arcadedb import ArcadeDBServer
+from worker.devstack.falkordb import FalkorDBServer
 
 pytestmark = pytest.mark.integration
 
@@ -78,6 +79,31 @@ async def test_events_are_applied_to_both_stores_and_offsets_committed(ns: Names
         return sum((await ns.committed(ns.graph_topic)).values()) == 12
 
     await eventually(all_committed, what="offsets of all 12 events committed")
+
+
+async def test_a_worker_process_on_falkordb_applies_events_and_links(
+    ns: Namespace, falkordb_server: FalkorDBServer
+) -> None:
+    """`gpm run` with GPM_GRAPH__BACKEND=falkordb: sources, a replacing version, a delete and links all land."""
+    ns.use_falkordb(falkordb_server)
+    intent = uuid.uuid4()
+    v2 = graph([("m", "Module"), ("g", "ClassDef")], [("m", "BODY", "g")])
+    await ns.publish(ns.graph_topic, [upsert(f"pkg/m{i}.py", 1, MOD) for i in range(12)])
+    await ns.publish(ns.graph_topic, [upsert("pkg/m0.py", 2, v2), delete("pkg/m1.py", 2)])
+    await ns.publish(ns.intent_topic, [link(intent, 1, [("pkg/m2.py", "f"), ("pkg/m0.py", "g")])])
+    process = await ns.spawn_worker()
+    await ns.wait_committed(15)
+    output = await stop_workers(process)
+    assert_clean_exits([process], output)
+    assert await _graph(ns, "MATCH (n:AstNode) RETURN count(n) AS n") == [{"n": 10 * 3 + 2}]
+    assert await _graph(ns, "MATCH (n:AstNode {source_id: 'pkg/m0.py'}) RETURN n.type AS t ORDER BY t") == [
+        {"t": "ClassDef"},
+        {"t": "Module"},
+    ]
+    linked = "MATCH (:Intent {id: $i})-[:IMPLEMENTED_BY]->(n) RETURN n.node_id AS id ORDER BY id"
+    assert await _graph(ns, linked, {"i": str(intent)}) == [{"id": "f"}, {"id": "g"}]
+    assert await _count(ns, "SELECT count(*) AS n FROM gpm_outbox WHERE state <> 'applied'") == 0
+    assert "FalkorDB/" in output[0]  # the preflight logged the server it checked
 
 
 async def _has(ns: Namespace, sql: str, expected: int) -> bool:

@@ -16,6 +16,7 @@ import pytest
 from tests.factories import graph, upsert
 from tests.integration.conftest import Namespace, eventually, make_namespace
 from worker.devstack import DevStack
+from worker.devstack.falkordb import FalkorDBServer
 from worker.errors import SnapshotError, StoreRejected
 from worker.library import GraphPostgresManager
 from worker.saga.plan import Outcome
@@ -83,6 +84,40 @@ async def test_backup_restore_round_trip_reproduces_an_identical_snapshot(
         assert (await gpm.store_ast_graph(FUNCTION, "pkg/m0.py")).version == 3
     assert again.members == snapshot.members
     assert _members(second) == _members(first)
+
+
+async def test_a_graph_moves_between_backends_unchanged(
+    ns: Namespace, stack: DevStack, falkordb_server: FalkorDBServer, tmp_path: Path
+) -> None:
+    """Neo4j (Bolt) → FalkorDB → Neo4j with `restore --graph-only`: every snapshot member stays byte-identical."""
+    on_bolt, on_falkordb, back = (tmp_path / f"{n}.gpmsnap" for n in ("bolt", "falkordb", "back"))
+    async with GraphPostgresManager(ns.settings) as gpm:
+        intent = await _populate(gpm)
+        first = await gpm.backup(on_bolt)
+    falkordb = ns.settings.graph.model_validate(
+        {"backend": "falkordb", "uri": falkordb_server.uri, "database": ns.name}
+    )
+    stages: set[str] = set()
+    async with GraphPostgresManager(ns.settings.model_copy(update={"graph": falkordb})) as gpm:
+        moved = await gpm.restore(on_bolt, graph_only=True, progress=lambda stage, _d, _t: stages.add(stage))
+        assert moved.nodes == first.nodes
+        assert (await gpm.check_data_consistency()).consistent
+        linked = await gpm.query_neo4j(
+            "MATCH (:Intent {id: $i})-[:IMPLEMENTED_BY]->(n) RETURN n.source_id AS s ORDER BY s", {"i": str(intent)}
+        )
+        assert linked == [{"s": "pkg/m1.py"}, {"s": "pkg/m2.py"}]
+        await gpm.backup(on_falkordb)
+    assert "graph nodes" in stages
+    assert "postgres tables" not in stages  # PostgreSQL was left alone
+    assert _members(on_falkordb) == _members(on_bolt)
+
+    bolt_again = (await make_namespace(stack)).settings.graph  # a fresh, empty Bolt database
+    async with GraphPostgresManager(ns.settings.model_copy(update={"graph": bolt_again})) as gpm:
+        await gpm.restore(on_falkordb, graph_only=True)
+        await gpm.backup(back)
+        # The moved graph takes the next version of a source like the original would.
+        assert (await gpm.store_ast_graph(FUNCTION, "pkg/m3.py")).version == 2
+    assert _members(back) == _members(on_bolt)
 
 
 async def test_restore_refuses_non_empty_stores_and_corrupt_files(ns: Namespace, tmp_path: Path) -> None:

@@ -90,3 +90,31 @@ def test_plaintext_has_no_tls_context(monkeypatch: pytest.MonkeyPatch, tmp_path)
         "bootstrap_servers": "127.0.0.1:9092",
         "security_protocol": "PLAINTEXT",
     }
+
+
+def test_graph_defaults_follow_the_backend(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """GPM_GRAPH__BACKEND picks the URI, user and database defaults of that backend."""
+    monkeypatch.chdir(tmp_path)
+    neo4j = load_settings().graph
+    assert (neo4j.backend, neo4j.uri, neo4j.user, neo4j.database) == (
+        "neo4j",
+        "bolt://127.0.0.1:7687",
+        "neo4j",
+        "neo4j",
+    )
+    monkeypatch.setenv("GPM_GRAPH__BACKEND", "falkordb")
+    falkordb = load_settings().graph
+    assert (falkordb.uri, falkordb.user, falkordb.database) == ("redis://127.0.0.1:6379", "default", "gpm")
+
+
+def test_graph_uri_must_suit_the_backend(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A Bolt URL for FalkorDB (or an unknown backend) fails at start, naming the setting, never the password in it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GPM_GRAPH__BACKEND", "falkordb")
+    monkeypatch.setenv("GPM_GRAPH__URI", "bolt://user:hunter2@graph:7687")
+    with pytest.raises(ConfigError, match=r"GPM_GRAPH.*redis://") as caught:
+        load_settings()
+    assert "hunter2" not in str(caught.value)
+    monkeypatch.setenv("GPM_GRAPH__BACKEND", "memgraph")
+    with pytest.raises(ConfigError, match="GPM_GRAPH__BACKEND"):
+        load_settings()

@@ -17,11 +17,13 @@ from worker.preflight import Check, PreflightReport, graph_version_ok
         ("Neo4j/5.26.0 compatible (ArcadeDB 26.10.2)", True),
         ("Neo4j/4.4.30", False),
         ("Memgraph/2.19", False),
+        ("FalkorDB/4.16.3", True),
+        ("FalkorDB/3.2.0", False),
         ("", False),
     ],
 )
 def test_graph_server_versions(agent: str, ok: bool) -> None:
-    """Neo4j 5.x and its calendar-versioned successors pass; 4.x and unknown servers do not."""
+    """Neo4j 5.x (and its calendar-versioned successors) and FalkorDB 4+ pass; older and unknown servers do not."""
     assert graph_version_ok(agent) is ok
 
 

@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -18,21 +18,34 @@ from pydantic import SecretStr
 from worker.config import GraphSettings, HealthSettings, KafkaSettings, PostgresSettings, Settings, WorkerSettings
 from worker.devstack.arcadedb import ArcadeDBServer
 from worker.devstack.broker import TansuBroker
+from worker.devstack.falkordb import FalkorDBServer
 from worker.devstack.postgres import EmbeddedPostgres
 
 log = structlog.get_logger(__name__)
 
 
-class DevStack:
-    """Broker + PostgreSQL + ArcadeDB (Bolt) on 127.0.0.1; a context manager."""
+GraphBackendName = Literal["neo4j", "falkordb"]
 
-    def __init__(self, workdir: Path | None = None, *, keep: bool = False) -> None:
+
+class DevStack:
+    """Broker + PostgreSQL + a graph store on 127.0.0.1; a context manager.
+
+    The graph store serves the chosen backend: ArcadeDB's Bolt server for the Neo4j
+    adapter (Neo4j itself is not on PyPI), or FalkorDB.
+    """
+
+    def __init__(
+        self, workdir: Path | None = None, *, keep: bool = False, graph_backend: GraphBackendName = "neo4j"
+    ) -> None:
         self._own_dir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="gpm-devstack-"))
         self._keep = keep
         self.broker = TansuBroker(self.workdir)
         self.postgres = EmbeddedPostgres(self.workdir)
-        self.graph = ArcadeDBServer(self.workdir)
+        self.graph_backend = graph_backend
+        self.graph: ArcadeDBServer | FalkorDBServer = (
+            FalkorDBServer(self.workdir) if graph_backend == "falkordb" else ArcadeDBServer(self.workdir)
+        )
 
     def start(self) -> Self:
         """Start all three; the slowest (the JVM) starts first so the others overlap it."""
@@ -48,7 +61,7 @@ class DevStack:
             "local stack started",
             seconds=round(time.monotonic() - started, 1),
             kafka=self.broker.bootstrap_servers,
-            bolt=self.graph.uri,
+            graph=self.graph.uri,
             workdir=str(self.workdir),
         )
         return self
@@ -58,12 +71,16 @@ class DevStack:
         return Settings(
             kafka=KafkaSettings(bootstrap_servers=self.broker.bootstrap_servers),
             postgres=PostgresSettings(dsn=SecretStr(self.postgres.dsn)),
-            graph=GraphSettings(
-                uri=self.graph.uri, user="root", password=SecretStr(self.graph.password), database="graph"
-            ),
+            graph=self.graph_settings(),
             worker=WorkerSettings.model_validate(worker),
             health=HealthSettings(host="127.0.0.1", port=0),
         )
+
+    def graph_settings(self) -> GraphSettings:
+        """Settings for this stack's graph store, on its default database (graph)."""
+        if isinstance(self.graph, FalkorDBServer):
+            return GraphSettings(backend="falkordb", uri=self.graph.uri, database="graph")
+        return GraphSettings(uri=self.graph.uri, user="root", password=SecretStr(self.graph.password), database="graph")
 
     def namespace(self, name: str, **worker: object) -> Settings:
         """Settings on fresh databases named ``name`` (PostgreSQL and graph) and group ``gpm-<name>``.
@@ -82,7 +99,8 @@ class DevStack:
                 await conn.close()
 
         asyncio.run(create_database())
-        self.graph.create_database(name)
+        if isinstance(self.graph, ArcadeDBServer):
+            self.graph.create_database(name)  # a FalkorDB graph is created by its first write
         base = self.settings(**worker)
         parts = urlsplit(self.postgres.dsn)
         dsn = urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))

@@ -19,7 +19,7 @@ from aiokafka import TopicPartition
 from worker.config import Settings
 from worker.errors import GpmError
 from worker.ops.offsets import GroupOffsets
-from worker.stores.neo4j import Neo4jGraphStore
+from worker.stores.graph import connect_graph
 from worker.stores.postgres import PostgresRelationalStore
 
 
@@ -83,7 +83,7 @@ async def plan_reset(
 async def require_empty_stores(settings: Settings) -> None:
     """Raise GpmError unless the configured stores hold nothing yet (a reprocess would else merge into them)."""
     relational = await PostgresRelationalStore.connect(settings.postgres)
-    graph = Neo4jGraphStore.connect(settings.graph)
+    graph = connect_graph(settings.graph)
     try:
         held = []
         for table in ("gpm_sources", "gpm_intents", "gpm_processed_events"):

@@ -5,7 +5,9 @@ nothing); then PostgreSQL is migrated to the snapshot's schema version, its tabl
 loaded in one transaction and migrated forward to this release; then the graph is loaded
 in transactions of ``chunk_size`` rows; finally both stores are read back and compared
 with the manifest. Restoring into another graph backend or server is the same call with
-other settings: that is how a graph moves between backends.
+other settings. With ``graph_only`` PostgreSQL is left as it is and only the graph is
+loaded and verified: that is how a graph moves between backends (stop the workers, back
+up, restore the graph into the new backend, start the workers on it).
 """
 
 from __future__ import annotations
@@ -45,9 +47,10 @@ async def restore_backup(
     *,
     chunk_size: int = 5000,
     verify: bool = True,
+    graph_only: bool = False,
     progress: ProgressFn = no_progress,
 ) -> dict[str, Any]:
-    """Load the snapshot ``source`` into empty stores; return its manifest."""
+    """Load the snapshot ``source`` into empty stores (or only an empty graph); return its manifest."""
     started = time.perf_counter()
     reader = SnapshotReader(source)
     try:
@@ -56,25 +59,16 @@ async def restore_backup(
         for done, name in enumerate(names, start=1):
             reader.verify(name)
             progress("checking the snapshot", done, len(names))
-        schema = manifest["postgres"]["schema_version"]
-        newest = max(m.version for m in bundled_migrations())
-        if schema > newest:
-            msg = f"the snapshot has schema version {schema}, newer than this release's {newest}: upgrade first"
-            raise SnapshotError(msg)
         if not await graph.is_empty():
             msg = "the graph database is not empty: restore needs empty stores"
             raise SnapshotError(msg)
-        columns: dict[str, list[str]] = manifest["postgres"]["columns"]
-        await relational.migrate(upto=schema)
-        await relational.restore_tables(
-            [TableCopy(table, columns[table], _lines(reader.chunks(table_member(table)))) for table, _ in TABLES]
-        )
-        await relational.migrate()
-        progress("postgres tables", len(TABLES), len(TABLES))
+        if not graph_only:
+            await _load_tables(relational, reader, manifest)
+            progress("postgres tables", len(TABLES), len(TABLES))
         await graph.migrate()
         await _load_graph(graph, reader, chunk_size, progress)
         if verify:
-            await _verify(relational, graph, manifest, chunk_size, progress)
+            await _verify(None if graph_only else relational, graph, manifest, chunk_size, progress)
     finally:
         reader.close()
     log.info(
@@ -85,6 +79,20 @@ async def restore_backup(
         seconds=round(time.perf_counter() - started, 3),
     )
     return manifest
+
+
+async def _load_tables(relational: PostgresRelationalStore, reader: SnapshotReader, manifest: dict[str, Any]) -> None:
+    schema = manifest["postgres"]["schema_version"]
+    newest = max(m.version for m in bundled_migrations())
+    if schema > newest:
+        msg = f"the snapshot has schema version {schema}, newer than this release's {newest}: upgrade first"
+        raise SnapshotError(msg)
+    columns: dict[str, list[str]] = manifest["postgres"]["columns"]
+    await relational.migrate(upto=schema)
+    await relational.restore_tables(
+        [TableCopy(table, columns[table], _lines(reader.chunks(table_member(table)))) for table, _ in TABLES]
+    )
+    await relational.migrate()
 
 
 async def _lines(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
@@ -139,18 +147,19 @@ async def _load_edges(
 
 
 async def _verify(
-    relational: PostgresRelationalStore,
+    relational: PostgresRelationalStore | None,
     graph: SnapshotGraph,
     manifest: dict[str, Any],
     page_size: int,
     progress: ProgressFn,
 ) -> None:
-    """Read both stores back; their members must match the manifest's checksums exactly."""
+    """Read the stores back (the graph only without ``relational``): members must match the manifest exactly."""
     found = Fingerprint()
-    async with relational.snapshot() as tables:
-        await dump_tables(
-            tables, found, lambda _s, d, t: progress("verifying postgres", d, t), manifest["postgres"]["columns"]
-        )
+    if relational is not None:
+        async with relational.snapshot() as tables:
+            await dump_tables(
+                tables, found, lambda _s, d, t: progress("verifying postgres", d, t), manifest["postgres"]["columns"]
+            )
     await dump_graph(graph, found, page_size, lambda s, d, t: progress(f"verifying {s}", d, t))
     expected = manifest["members"]
     wrong = [

@@ -121,3 +121,17 @@ class SnapshotGraph(Protocol):
 
     async def migrate(self) -> None:
         """Create constraints and indexes (idempotent)."""
+
+
+@runtime_checkable
+class GraphBackend(GraphStore, SnapshotGraph, Protocol):
+    """A whole graph backend: what the worker, the library, the CLI and snapshots use of it."""
+
+    async def query(self, cypher: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run a Cypher query; rows as plain dicts."""
+
+    async def delete_sources(self, source_ids: list[str]) -> int:
+        """Delete these sources' AST nodes with their relationships; return how many nodes."""
+
+    async def probe_write(self) -> None:
+        """Make a write and undo it: raise StoreRejected unless writes are allowed."""
