@@ -44,8 +44,9 @@ test: install
 # Lint, types, schema drift and the whole test suite: what CI runs.
 check: lint test
 
+# e.g. make bench BENCH_ARGS="--backend falkordb --files 300"
 bench: install
-	$(BIN)/python -m tests.bench.ingest
+	$(BIN)/python -m tests.bench.ingest $(BENCH_ARGS)
 
 run: install
 	$(BIN)/gpm run

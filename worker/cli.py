@@ -17,6 +17,7 @@ from rich.table import Table
 
 from worker.config import Settings, load_settings
 from worker.devstack import DevStack
+from worker.devstack.stack import GraphBackendName
 from worker.errors import ConfigError, EventError, GpmError
 from worker.events import decode_event, json_schemas
 from worker.snapshot.export import ExportFormat
@@ -445,14 +446,18 @@ def schemas(
 def dev(
     files: Annotated[int, typer.Option(help="How many standard-library files to ingest.")] = 100,
     transaction_size: Annotated[int, typer.Option(help="Graph rows per batch.")] = 1000,
+    graph_backend: Annotated[
+        GraphBackendName, typer.Option(help="neo4j: the Neo4j adapter over Bolt, on ArcadeDB; or falkordb.")
+    ] = "neo4j",
 ) -> None:
     """Start the embedded stack, run the worker, ingest real AST graphs, and show the result."""
     from worker.devstack import DevStack  # noqa: PLC0415
     from worker.telemetry import configure_logging  # noqa: PLC0415
 
     configure_logging("WARNING", "console")
-    console.print("starting the local stack (Kafka-protocol broker, PostgreSQL, ArcadeDB over Bolt)...")
-    with DevStack() as stack:
+    graph_server = "FalkorDB" if graph_backend == "falkordb" else "ArcadeDB over Bolt"
+    console.print(f"starting the local stack (Kafka-protocol broker, PostgreSQL, {graph_server})...")
+    with DevStack(graph_backend=graph_backend) as stack:
         settings = stack.settings(transaction_size=transaction_size, linger_ms=100)
         asyncio.run(_dev(stack, settings, files))
 

@@ -28,7 +28,7 @@ from worker.devstack import DevStack
 from worker.events import AstGraphUpserted
 from worker.saga.plan import GraphChanges
 from worker.stores.cypher import node_key
-from worker.stores.neo4j import Neo4jGraphStore
+from worker.stores.graph import connect_graph
 from worker.telemetry import configure_logging
 
 LOOKUP = "MATCH (n:AstNode {key: $key}) RETURN n.node_id AS id"
@@ -43,7 +43,7 @@ def _namespace(stack: DevStack, name: str, transaction_size: int) -> Settings:
 
 async def _probe_lookups(settings: Settings, events: list[AstGraphUpserted], stop: asyncio.Event) -> list[float]:
     """Time a key lookup every 50 ms (keys of the corpus, whether written yet or not)."""
-    store = Neo4jGraphStore.connect(settings.graph)
+    store = connect_graph(settings.graph)
     keys = [node_key(e.source_id, e.graph.nodes[-1].id) for e in events]
     latencies: list[float] = []
     try:
@@ -71,7 +71,7 @@ async def _end_to_end(
 
 async def _raw(settings: Settings, events: list[AstGraphUpserted], transaction_size: int) -> tuple[int, float]:
     """Graph rows written per second by the store alone, in batches the worker would make."""
-    store = Neo4jGraphStore.connect(settings.graph, transaction_size)
+    store = connect_graph(settings.graph, transaction_size)
     await store.migrate()
     batches: list[list[AstGraphUpserted]] = [[]]
     rows = 0
@@ -103,6 +103,12 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=50)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--transaction-size", type=int, default=1000)
+    parser.add_argument(
+        "--backend",
+        choices=["neo4j", "falkordb"],
+        default="neo4j",
+        help="neo4j: the Neo4j adapter over Bolt on ArcadeDB (Neo4j is not on PyPI); falkordb: FalkorDB",
+    )
     args = parser.parse_args()
     configure_logging("WARNING", "console")
     started = time.monotonic()
@@ -110,7 +116,7 @@ def main() -> None:
     reports: list[IngestReport] = []
     lookups: list[float] = []
     raw_rates: list[float] = []
-    with DevStack() as stack:
+    with DevStack(graph_backend=args.backend) as stack:
         for run in range(args.runs):
             name = f"bench{run}"
             settings = _namespace(stack, name, args.transaction_size)
@@ -135,7 +141,7 @@ def main() -> None:
     result = {
         "date": datetime.now(UTC).date().isoformat(),
         "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}",
-        "backend": "arcadedb-bolt",
+        "backend": "arcadedb-bolt" if args.backend == "neo4j" else "falkordb",
         "files": last.files,
         "nodes": last.nodes,
         "edges": last.edges,
