@@ -86,28 +86,43 @@ async def _committed_total(settings: Settings, topics: tuple[str, ...]) -> int:
     return sum(meta.offset for meta in offsets.values() if meta is not None and meta.offset > 0)
 
 
+async def _publish(settings: Settings, topics: tuple[str, str], events: list[AstGraphUpserted]) -> None:
+    await publish_events(settings.kafka, topics[0], events)
+    await publish_events(settings.kafka, topics[1], [sample_intent(events[0])])
+
+
 async def ingest_corpus(
     stack: DevStack,
     settings: Settings,
     events: list[AstGraphUpserted],
     on_progress: Callable[[int], None] | None = None,
     topics: tuple[str, str] = (GRAPH_TOPIC, INTENT_TOPIC),
+    *,
+    backlog: bool = False,
 ) -> IngestReport:
     """Run a worker, publish ``events`` plus one intent link, wait until all is committed.
 
-    ``topics`` are the graph and intent topics; the worker's pattern must match both.
+    ``topics`` are the graph and intent topics; the worker's pattern must match both. With
+    ``backlog`` everything is published first and the clock runs from the moment the worker
+    holds its partitions: the worker's own drain rate, without the producer's CPU (which
+    shares this process) or the group join in it.
     """
-    graph_topic, intent_topic = topics
     await stack.broker.create_topics([*topics, *(f"{t}{settings.kafka.dlq_suffix}" for t in topics)], PARTITIONS)
+    before = await _committed_total(settings, topics)
+    if backlog:
+        await _publish(settings, topics, events)
     worker = Worker(settings, handle_signals=False)
     running = asyncio.create_task(worker.run())
     await worker.started.wait()
+    if backlog:
+        # A flag the rebalance listener sets; there is no event to wait on.
+        while not (worker.runner is not None and worker.runner.joined):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
     relational = await PostgresRelationalStore.connect(settings.postgres)
     try:
-        before = await _committed_total(settings, topics)
         started = time.monotonic()
-        await publish_events(settings.kafka, graph_topic, events)
-        await publish_events(settings.kafka, intent_topic, [sample_intent(events[0])])
+        if not backlog:
+            await _publish(settings, topics, events)
         expected = before + len(events) + 1
         while (committed := await _committed_total(settings, topics)) < expected:
             if running.done():

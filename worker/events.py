@@ -26,6 +26,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    ValidationInfo,
     model_validator,
 )
 
@@ -108,12 +109,12 @@ PropertyValue = Scalar | list[str] | list[int] | list[float] | list[bool] | None
 Properties = dict[Annotated[str, Field(min_length=1, max_length=128)], PropertyValue]
 
 
-def _check_properties(properties: Properties, where: str) -> None:
+def _check_properties(properties: Properties, where: str, *, int64: bool = True) -> None:
     clash = RESERVED_PROPERTIES.intersection(properties)
     if clash:
         msg = f"{where}: property names {sorted(clash)} are reserved"
         raise ValueError(msg)
-    if problem := _int64_problem(properties):
+    if int64 and (problem := _int64_problem(properties)):
         msg = f"{where}: {problem}"
         raise ValueError(msg)
 
@@ -149,14 +150,17 @@ class GraphData(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _consistent(self) -> GraphData:
+    def _consistent(self, info: ValidationInfo) -> GraphData:
+        # decode_event knows from the raw bytes whether any number is long enough to
+        # exceed 64 bits; the per-value check was half of decoding (py-spy).
+        int64 = not (info.context and info.context.get(NO_LONG_NUMBERS))
         ids: set[str] = set()
         for node in self.nodes:
             if node.id in ids:
                 msg = f"duplicate node id {node.id!r}"
                 raise ValueError(msg)
             ids.add(node.id)
-            _check_properties(node.properties, f"node {node.id!r}")
+            _check_properties(node.properties, f"node {node.id!r}", int64=int64)
         for node_id in ids:
             _no_control_chars_in(node_id, f"node id {node_id!r}")
         for label in {node.type for node in self.nodes}:
@@ -172,7 +176,7 @@ class GraphData(BaseModel):
                 msg = f"duplicate edge {edge.source!r}-[{edge.type}]->{edge.target!r}"
                 raise ValueError(msg)
             seen.add(identity)
-            _check_properties(edge.properties, f"edge {edge.source!r}->{edge.target!r}")
+            _check_properties(edge.properties, f"edge {edge.source!r}->{edge.target!r}", int64=int64)
         for rel_type in {edge.type for edge in self.edges}:
             _check_relationship_type(rel_type)
         return self
@@ -286,6 +290,10 @@ EVENT_MODELS: dict[EventType, type[Envelope]] = {
 _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 
+NO_LONG_NUMBERS = "gpm.no-long-numbers"
+_LONG_NUMBER = re.compile(rb"\d{19}")
+
+
 def decode_event(raw: bytes | None, *, max_bytes: int, max_nodes: int) -> Event:
     """Parse and validate one record value, or raise EventError with a clear reason."""
     if raw is None:
@@ -307,8 +315,11 @@ def decode_event(raw: bytes | None, *, max_bytes: int, max_nodes: int) -> Event:
     graph = document.get("graph")
     if isinstance(graph, dict) and isinstance(graph.get("nodes"), list) and len(graph["nodes"]) > max_nodes:
         raise EventError("oversized", f"{len(graph['nodes'])} nodes exceeds the limit of {max_nodes}")
+    # An integer beyond 64 bits has at least 19 digits; without such a run in the bytes
+    # (strings included, so this errs on the side of checking), none can be present.
+    context = None if _LONG_NUMBER.search(raw) else {NO_LONG_NUMBERS: True}
     try:
-        return _EVENT_ADAPTER.validate_python(document)
+        return _EVENT_ADAPTER.validate_python(document, context=context)
     except ValidationError as exc:
         raise EventError("invalid", _describe(exc)) from None
 

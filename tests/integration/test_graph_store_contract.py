@@ -22,6 +22,7 @@ from tests.integration.conftest import Namespace
 from worker.config import GraphSettings
 from worker.devstack.falkordb import FalkorDBServer
 from worker.errors import StoreRejected, StoreUnavailable
+from worker.events import GraphData
 from worker.saga.plan import GraphChanges, LinkRow
 from worker.stores.cypher import node_key
 from worker.stores.graph import connect_graph
@@ -152,6 +153,44 @@ async def test_upsert_writes_exact_nodes_labels_and_edges(store: GraphBackend) -
         "line": 1,
     }
     assert await _edges(store, "a.py") == {("m", "BODY", "f", 0), ("f", "BODY", "x", 1)}
+
+
+TRICKY = {
+    "quotes": 'say "hi" \\ `tick` $p {x: 1}',
+    "lines": "a\nb\r\n\ttab \x01\x1f",
+    "escape_like": "\\u0041 null 1234567890123456789012",
+    "unicode": "é😀\u2028",
+    "empty": "",
+    "int64": [-(2**63), 2**63 - 1],
+    "floats": [0.1, 1e-300, -0.0],
+    "flags": [True, False],
+    "words": ["x", "y"],
+}
+
+
+async def test_property_values_round_trip_exactly(store: GraphBackend) -> None:
+    """Strings with quotes, escapes and control characters, int64 bounds, floats and lists come back unchanged."""
+    data = GraphData.model_validate(
+        {
+            "nodes": [
+                {"id": "m", "type": "Module", "properties": TRICKY},
+                {"id": "f", "type": "FunctionDef", "properties": {"odd name-with.dots": 1}},
+                {"id": "g", "type": "FunctionDef"},
+            ],
+            "edges": [
+                {"source": "m", "target": "f", "type": "BODY", "properties": TRICKY},
+                {"source": "m", "target": "g", "type": "BODY"},
+            ],
+        }
+    )
+    await store.apply(GraphChanges(upserts=(upsert("t.py", 1, data),)))
+    nodes = await _nodes(store, "t.py")
+    assert {k: nodes["m"][1][k] for k in TRICKY} == TRICKY
+    assert nodes["f"][1]["odd name-with.dots"] == 1
+    rows = await store.query(
+        "MATCH (a:AstNode {source_id: 't.py'})-[e]->(b) RETURN b.node_id AS b, properties(e) AS p ORDER BY b"
+    )
+    assert rows == [{"b": "f", "p": TRICKY}, {"b": "g", "p": {}}]
 
 
 async def test_reapplying_a_batch_changes_nothing(store: GraphBackend) -> None:

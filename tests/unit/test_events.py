@@ -51,6 +51,13 @@ def test_rows_count_nodes_and_edges() -> None:
         ({"nodes": [{"id": "a", "type": "X", "properties": {"p": {"nested": 1}}}]}, "properties.p"),
         ({"nodes": [{"id": "a\x00b", "type": "X"}]}, "control characters"),
         ({"nodes": [{"id": "a", "type": "X", "properties": {"big": 2**63}}]}, "properties.big"),
+        (
+            {
+                "nodes": [{"id": "a", "type": "X"}],
+                "edges": [{"source": "a", "target": "a", "type": "R", "properties": {"w": [1, 2**64 - 1]}}],
+            },
+            "properties.w: integers must fit in 64 bits",
+        ),
     ],
 )
 def test_invalid_graphs_are_refused_with_a_clear_reason(graph_doc: dict[str, object], message: str) -> None:

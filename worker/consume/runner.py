@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 
 import structlog
@@ -21,9 +22,10 @@ from opentelemetry import propagate, trace
 from worker import failpoints
 from worker.config import Settings
 from worker.consume.batcher import Batch, Batcher
+from worker.consume.decoding import DecodeAhead
 from worker.deadletter import DeadLetter, DeadLetterSink
 from worker.errors import EventError, StoreUnavailable
-from worker.events import decode_event
+from worker.events import Event, decode_event
 from worker.saga.coordinator import SagaCoordinator
 from worker.saga.plan import InboundEvent, Position
 from worker.telemetry import metrics
@@ -33,6 +35,11 @@ tracer = trace.get_tracer("graph_postgres_manager.consume")
 
 
 MAX_LINKS = 128  # spans keep at most 128 links by default; more would be dropped anyway
+
+
+def _value(record: ConsumerRecord[bytes, bytes]) -> bytes:
+    value: bytes = record.value
+    return value
 
 
 def _producer_links(batch: Batch) -> list[trace.Link]:
@@ -97,6 +104,10 @@ class IngestRunner:
         self.generation = 0  # bumped by every revoke
         self.stopping = asyncio.Event()
         self.last_heartbeat = time.monotonic()
+        limits = settings.worker
+        self._decoder = DecodeAhead(
+            functools.partial(decode_event, max_bytes=limits.max_event_bytes, max_nodes=limits.max_nodes_per_graph)
+        )
 
     def paused(self) -> set[TopicPartition]:
         """Partitions whose fetching is paused (while waiting out a store outage)."""
@@ -109,16 +120,19 @@ class IngestRunner:
     async def run(self) -> None:
         """Consume until :attr:`stopping` is set; the batch in flight is finished first."""
         limits = self._settings
-        while not self.stopping.is_set():
-            self.last_heartbeat = time.monotonic()
-            timeout_ms = max(10, int(self.batcher.seconds_left() * 1000))
-            fetched = await self._consumer.getmany(
-                timeout_ms=min(timeout_ms, 1000), max_records=limits.kafka.max_poll_records
-            )
-            await self._accept_all(list(fetched.items()))
-            self._record_lag(fetched)
-            if self.batcher.due:
-                await self._flush()
+        try:
+            while not self.stopping.is_set():
+                self.last_heartbeat = time.monotonic()
+                timeout_ms = max(10, int(self.batcher.seconds_left() * 1000))
+                fetched = await self._consumer.getmany(
+                    timeout_ms=min(timeout_ms, 1000), max_records=limits.kafka.max_poll_records
+                )
+                await self._accept_all(list(fetched.items()))
+                self._record_lag(fetched)
+                if self.batcher.due:
+                    await self._flush()
+        finally:
+            self._decoder.close()
 
     def _record_lag(self, fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
         """Records between the last fetched offset and the partition's end (the fetch response's high watermark)."""
@@ -130,16 +144,20 @@ class IngestRunner:
     async def _accept_all(self, fetched: list[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]) -> None:
         generation = self.generation
         for n, (tp, records) in enumerate(fetched):
-            for index, record in enumerate(records):
-                if self.generation != generation:
-                    # A rebalance happened during a flush: the rest of this fetch is stale, and
-                    # accepting it after the revoke dropped its predecessors would commit past them.
-                    log.info("dropping records fetched before a rebalance", records=len(records) - index)
-                    return
-                if not await self._accept(tp, record):
-                    # A batch was rewound: nothing fetched after it may be applied ahead of it.
-                    self._seek_back([(tp, records[index:]), *fetched[n + 1 :]])
-                    return
+            decoded = self._decoder.decoded(records, _value)
+            async with contextlib.aclosing(decoded):
+                index = 0
+                async for record, outcome in decoded:
+                    if self.generation != generation:
+                        # A rebalance happened during a flush: the rest of this fetch is stale, and
+                        # accepting it after the revoke dropped its predecessors would commit past them.
+                        log.info("dropping records fetched before a rebalance", records=len(records) - index)
+                        return
+                    if not await self._accept(tp, record, outcome):
+                        # A batch was rewound: nothing fetched after it may be applied ahead of it.
+                        self._seek_back([(tp, records[index:]), *fetched[n + 1 :]])
+                        return
+                    index += 1
 
     def _seek_back(self, unaccepted: list[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]) -> None:
         """Re-read what was fetched but not accepted (partitions the rewind already moved stay)."""
@@ -147,22 +165,18 @@ class IngestRunner:
             if records and tp not in self._rewound and tp in self._consumer.assignment():
                 self._consumer.seek(tp, records[0].offset)
 
-    async def _accept(self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> bool:
-        """Validate and batch one record; False if a flush it caused was rewound."""
+    async def _accept(
+        self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], event: Event | EventError
+    ) -> bool:
+        """Batch one decoded record (or its dead letter); False if a flush it caused was rewound."""
         metrics.events_consumed.add(1, {"topic": tp.topic})
         position = Position(tp.topic, tp.partition, record.offset)
         headers = tuple((k, v) for k, v in (record.headers or ()))
-        try:
-            event = decode_event(
-                record.value,
-                max_bytes=self._settings.worker.max_event_bytes,
-                max_nodes=self._settings.worker.max_nodes_per_graph,
-            )
-        except EventError as exc:
+        if isinstance(event, EventError):
             log.warning(
-                "invalid event", topic=tp.topic, partition=tp.partition, offset=record.offset, reason=exc.reason
+                "invalid event", topic=tp.topic, partition=tp.partition, offset=record.offset, reason=event.reason
             )
-            self.batcher.reject(DeadLetter(position, record.key, record.value, headers, exc.reason, exc.detail))
+            self.batcher.reject(DeadLetter(position, record.key, record.value, headers, event.reason, event.detail))
             return True
         item = InboundEvent(event=event, position=position, raw=record.value, key=record.key, headers=headers)
         if self.batcher.would_overflow(item) and not await self._flush():
