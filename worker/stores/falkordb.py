@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -34,7 +33,7 @@ from worker import failpoints
 from worker.config import GraphSettings
 from worker.errors import StoreRejected, StoreUnavailable
 from worker.saga.plan import GraphChanges
-from worker.stores.cypher import BatchRows, batch_rows, cypher_name
+from worker.stores.cypher import NODE_FIELDS, BatchRows, batch_rows, cypher_name
 from worker.stores.falkordb_params import UnstorableValue, cypher_key, with_parameters
 from worker.stores.protocols import GraphWriteStats
 
@@ -104,37 +103,23 @@ class _BatchQuery:
         return " ".join([*chained, last])
 
 
-def _by_columns(maps: list[dict[str, Any]], *lead: list[Any]) -> dict[tuple[str, ...], list[list[Any]]]:
-    """Property maps grouped by their names, each as a list of values after the ``lead`` columns.
-
-    Lists without maps are written fast (see falkordb_params); the names go into the query
-    text once per group as ``{`name`: v[i]}``.
-    """
-    groups: dict[tuple[str, ...], list[list[Any]]] = defaultdict(list)
-    for n, props in enumerate(maps):
-        groups[tuple(props)].append([*(column[n] for column in lead), *props.values()])
-    return groups
-
-
 def _properties(names: tuple[str, ...], offset: int = 0) -> str:
+    """``{`name`: v[i], ...}``: a row's values named in the query text, once per group."""
     return "{" + ", ".join(f"{cypher_key(name)}: v[{offset + i}]" for i, name in enumerate(names)) + "}"
 
 
 def _batch_query(rows: BatchRows) -> _BatchQuery:
     query = _BatchQuery()
     query.add("UNWIND $rows AS id MATCH (n:AstNode {source_id: id}) DETACH DELETE n", rows.rewritten)
-    for label, nodes in rows.nodes.items():
-        for names, values in _by_columns(nodes).items():
-            query.add(f"UNWIND $rows AS v CREATE (n:AstNode:{cypher_name(label)} {_properties(names)})", values)
-    for rel_type, edges in rows.edges.items():
-        starts, ends = [e["s"] for e in edges], [e["t"] for e in edges]
-        for names, values in _by_columns([e["props"] for e in edges], starts, ends).items():
-            props = _properties(names, offset=2)
-            query.add(
-                "UNWIND $rows AS v MATCH (a:AstNode {key: v[0]}) MATCH (b:AstNode {key: v[1]}) "
-                f"CREATE (a)-[e:{cypher_name(rel_type)} {props}]->(b)",
-                values,
-            )
+    for (label, names), nodes in rows.nodes.items():
+        properties = _properties((*NODE_FIELDS, *names))
+        query.add(f"UNWIND $rows AS v CREATE (n:AstNode:{cypher_name(label)} {properties})", nodes)
+    for (rel_type, names), edges in rows.edges.items():
+        query.add(
+            "UNWIND $rows AS v MATCH (a:AstNode {key: v[0]}) MATCH (b:AstNode {key: v[1]}) "
+            f"CREATE (a)-[e:{cypher_name(rel_type)} {_properties(names, offset=2)}]->(b)",
+            edges,
+        )
     query.add("UNWIND $rows AS id MATCH (i:Intent {id: id}) DETACH DELETE i", rows.gone_intents)
     query.add(
         "UNWIND $rows AS r MERGE (i:Intent {id: r.id}) SET i.source_version = r.v "

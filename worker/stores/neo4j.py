@@ -24,7 +24,7 @@ from worker import failpoints
 from worker.config import GraphSettings
 from worker.errors import DatabaseMissing, StoreRejected, StoreUnavailable
 from worker.saga.plan import GraphChanges, LinkRow
-from worker.stores.cypher import batch_rows, cypher_name
+from worker.stores.cypher import NODE_FIELDS, batch_rows, cypher_name
 from worker.stores.protocols import GraphWriteStats
 
 log = structlog.get_logger(__name__)
@@ -120,19 +120,24 @@ class _BatchWriter:
         # Every edge joins two nodes created just below, in this transaction: their element
         # ids find them directly, where a key lookup would go through the unique index
         # (measured on ArcadeDB: edge statements 3x faster, the whole batch about 20%).
+        # Property names stay out of the query text: each row becomes a map again.
         element_ids: dict[str, str] = {}
-        for label, nodes in rows.nodes.items():
+        for (label, names), nodes in rows.nodes.items():
+            fields = (*NODE_FIELDS, *names)
             created = await self.run(
                 "UNWIND $rows AS r CREATE (n:AstNode:" + cypher_name(label) + ") SET n = r "
                 "RETURN r.key AS key, elementId(n) AS id",
-                nodes,
+                [dict(zip(fields, values, strict=True)) for values in nodes],
             )
             element_ids.update((r["key"], r["id"]) for r in created)
-        for rel_type, edges in rows.edges.items():
+        for (rel_type, names), edges in rows.edges.items():
             await self.run(
                 "UNWIND $rows AS r MATCH (a) WHERE elementId(a) = r.s MATCH (b) WHERE elementId(b) = r.t "
                 "CREATE (a)-[e:" + cypher_name(rel_type) + "]->(b) SET e = r.props",
-                [{"s": element_ids[e["s"]], "t": element_ids[e["t"]], "props": e["props"]} for e in edges],
+                [
+                    {"s": element_ids[s], "t": element_ids[t], "props": dict(zip(names, props, strict=True))}
+                    for s, t, *props in edges
+                ],
             )
         if rows.gone_intents:
             await self.run("UNWIND $rows AS id MATCH (i:Intent {id: id}) DETACH DELETE i", _scalars(rows.gone_intents))
