@@ -17,6 +17,7 @@ import pytest
 from tests.factories import delete, graph, link, upsert
 from tests.faults.snapshots import reference_state, run_to_completion, snapshot
 from tests.integration.conftest import Namespace
+from worker.devstack.falkordb import FalkorDBServer
 from worker.events import Envelope
 from worker.failpoints import CrashPoint
 
@@ -80,3 +81,27 @@ async def test_crash_at_each_step_converges_to_the_crash_free_state(
     assert "pending" not in states  # every interrupted batch was driven to an end
     if point in {"after-outbox", "mid-graph", "after-graph"}:
         assert states.get("abandoned") == 1
+
+
+@pytest.mark.parametrize("point", ["mid-graph", "after-graph"])
+async def test_crash_on_falkordb_converges_to_the_crash_free_state(
+    point: str,
+    events: tuple[list[Envelope], list[Envelope]],
+    ns: Namespace,
+    stack: object,
+    falkordb_server: FalkorDBServer,
+) -> None:
+    """On FalkorDB a crash before or after a batch's one graph query converges to the Bolt reference.
+
+    There is no transaction to roll back there: the query is atomic and idempotent.
+    """
+    graphs, intents = events
+    reference = await reference_state(stack, events)
+    ns.use_falkordb(falkordb_server)
+    await ns.publish(ns.graph_topic, graphs)
+    await ns.publish(ns.intent_topic, intents)
+    crashing = await ns.spawn_worker(crash_at=point, transaction_size="20")
+    output, _ = await asyncio.wait_for(crashing.communicate(), 90)
+    assert crashing.returncode == -9, output.decode()[-2000:]
+    await run_to_completion(ns, len(graphs) + len(intents))
+    assert await snapshot(ns) == reference
