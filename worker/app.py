@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -56,6 +57,14 @@ async def migrate(settings: Settings) -> None:
 CLOSE_TIMEOUT_S = 10.0
 
 
+def _log_task_stacks() -> None:
+    """SIGUSR1: log where every asyncio task is waiting (for a worker that seems stuck)."""
+    for task in asyncio.all_tasks():
+        frames = io.StringIO()
+        task.print_stack(file=frames)
+        log.warning("task stack", task=task.get_name(), stack=frames.getvalue())
+
+
 async def _bounded_close(what: str, close: Callable[[], Awaitable[None]]) -> None:
     started = time.monotonic()
     try:
@@ -96,6 +105,7 @@ class Worker:
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(sig, self.stop)
                     stack.callback(loop.remove_signal_handler, sig)
+                loop.add_signal_handler(signal.SIGUSR1, _log_task_stacks)
             configure_tracing()
             if s.health.enabled:
                 configure_metrics()

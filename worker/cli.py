@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import faulthandler
 import json
+import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
@@ -55,6 +57,9 @@ def run() -> None:
     from worker.app import Worker  # noqa: PLC0415 - keep `gpm --help` fast
 
     settings = _settings(logging=True)
+    # `kill -USR2 <pid>` prints every thread's stack to stderr, even with the event loop
+    # stuck (SIGUSR1, handled by the running worker, logs every asyncio task's stack).
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     try:
         asyncio.run(Worker(settings).run())
     except GpmError as exc:

@@ -20,6 +20,9 @@ error stays attached for logs, while callers only ever match on these classes.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 
 class GpmError(Exception):
     """Base of every error this project raises on purpose."""
@@ -65,3 +68,12 @@ class SnapshotError(GpmError):
 
 class PreflightError(ConfigError):
     """The servers or the users' rights do not meet the requirements; the message lists each failure."""
+
+
+@contextmanager
+def translated(driver_errors: tuple[type[Exception], ...], to_own: Callable[[Exception], Exception]) -> Iterator[None]:
+    """Re-raise a driver's errors as this project's (``raise ... from``), as an adapter's block."""
+    try:
+        yield
+    except driver_errors as exc:
+        raise to_own(exc) from exc

@@ -8,8 +8,10 @@ test gets its own PostgreSQL database, ArcadeDB database, topics and consumer gr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
+import signal
 import sys
 import time
 import uuid
@@ -256,17 +258,36 @@ async def stop_workers(*processes: asyncio.subprocess.Process) -> list[str]:
     return [await _output_after_exit(process) for process in processes]
 
 
-async def _output_after_exit(process: asyncio.subprocess.Process, timeout_s: float = 60) -> str:
-    """The process's output once it exited; if it does not within the timeout, kill it and fail showing its end."""
+async def _output_after_exit(process: asyncio.subprocess.Process, timeout_s: float = 90) -> str:
+    """The process's output once it exited; if it does not within the timeout, kill it and fail showing its end.
+
+    The timeout is above the worker's own bound (30 s grace + 10 s per resource closed). A
+    worker that overstays is asked for its task and thread stacks (SIGUSR1, SIGUSR2) first.
+    """
+    assert process.stdout is not None
+    stdout, chunks = process.stdout, []
+
+    async def drain() -> None:
+        while chunk := await stdout.read(65536):
+            chunks.append(chunk)
+
+    reader = asyncio.create_task(drain())
     try:
-        return (await asyncio.wait_for(process.communicate(), timeout_s))[0].decode()
+        await asyncio.wait_for(asyncio.shield(process.wait()), timeout_s)
     except TimeoutError:
+        for sig in (signal.SIGUSR1, signal.SIGUSR2):
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(sig)
+            await asyncio.sleep(1)
         process.kill()
-        assert process.stdout is not None
-        tail = (await process.stdout.read()).decode(errors="replace")
+        await process.wait()
+        await reader
+        tail = b"".join(chunks).decode(errors="replace")
         pytest.fail(
-            f"worker {process.pid} did not exit within {timeout_s}s of SIGTERM; its output ends:\n{tail[-4000:]}"
+            f"worker {process.pid} did not exit within {timeout_s}s of SIGTERM; its output ends:\n{tail[-12000:]}"
         )
+    await reader
+    return b"".join(chunks).decode(errors="replace")
 
 
 def assert_clean_exits(processes: list[asyncio.subprocess.Process], outputs: list[str]) -> None:

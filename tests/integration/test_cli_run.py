@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 async def test_sigterm_drains_and_exits_zero_without_leaking_secrets(ns: Namespace) -> None:
-    """The worker process applies events, exits 0 on SIGTERM, and its logs hold no secret."""
+    """The worker process applies events, dumps its stacks on SIGUSR1/2, exits 0 on SIGTERM, leaks no secret."""
     proc = await ns.spawn_worker()
     try:
         await ns.publish(ns.graph_topic, [upsert(f"p{i}.py", 1, graph([("m", "Module")])) for i in range(3)])
@@ -32,6 +32,10 @@ async def test_sigterm_drains_and_exits_zero_without_leaking_secrets(ns: Namespa
                 await store.close()
 
         await eventually(applied, what="events applied by the worker process")
+        # An operator's stack dumps of a live worker: tasks (SIGUSR1) and threads (SIGUSR2).
+        proc.send_signal(signal.SIGUSR1)
+        proc.send_signal(signal.SIGUSR2)
+        await asyncio.sleep(1)
         proc.send_signal(signal.SIGTERM)
         output, _ = await asyncio.wait_for(proc.communicate(), 60)
     finally:
@@ -42,6 +46,8 @@ async def test_sigterm_drains_and_exits_zero_without_leaking_secrets(ns: Namespa
     assert proc.returncode == 0, text
     assert '"event": "worker stopped"' in text
     assert ns.settings.graph.password.get_secret_value() not in text
+    assert '"task": "ingest"' in text  # SIGUSR1 logged the consume loop's stack
+    assert "Current thread" in text  # SIGUSR2: faulthandler's dump of every thread
 
 
 async def test_bad_setting_fails_at_start_naming_it(ns: Namespace) -> None:

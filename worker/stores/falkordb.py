@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 from typing import Any
 
 import structlog
@@ -31,7 +31,7 @@ from redis import exceptions as redis_errors
 
 from worker import failpoints
 from worker.config import GraphSettings
-from worker.errors import StoreRejected, StoreUnavailable
+from worker.errors import StoreRejected, StoreUnavailable, translated
 from worker.saga.plan import GraphChanges
 from worker.stores.cypher import NODE_FIELDS, BatchRows, batch_rows, cypher_name
 from worker.stores.falkordb_params import UnstorableValue, cypher_key, with_parameters
@@ -60,13 +60,9 @@ def _map_error(exc: Exception) -> Exception:
 _CLIENT_ERRORS = (redis_errors.RedisError, SchemaVersionMismatchException, UnstorableValue, OSError)
 
 
-@contextmanager
-def _translated() -> Iterator[None]:
+def _translated() -> AbstractContextManager[None]:
     """Client errors become the project's (StoreUnavailable, StoreRejected)."""
-    try:
-        yield
-    except _CLIENT_ERRORS as exc:
-        raise _map_error(exc) from exc
+    return translated(_CLIENT_ERRORS, _map_error)
 
 
 def _plain(value: Any) -> Any:  # noqa: ANN401 - whatever a result cell holds

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any, LiteralString, cast
 
 import neo4j
@@ -22,7 +22,7 @@ from opentelemetry import trace
 
 from worker import failpoints
 from worker.config import GraphSettings
-from worker.errors import DatabaseMissing, StoreRejected, StoreUnavailable
+from worker.errors import DatabaseMissing, StoreRejected, StoreUnavailable, translated
 from worker.saga.plan import GraphChanges, LinkRow
 from worker.stores.cypher import NODE_FIELDS, batch_rows, cypher_name
 from worker.stores.protocols import GraphWriteStats
@@ -58,13 +58,9 @@ def _map_error(exc: Exception) -> Exception:
 _DRIVER_ERRORS = (neo4j_errors.Neo4jError, neo4j_errors.DriverError, OSError)
 
 
-@contextmanager
-def _translated() -> Iterator[None]:
+def _translated() -> AbstractContextManager[None]:
     """Driver errors become the project's (StoreUnavailable, StoreRejected, DatabaseMissing)."""
-    try:
-        yield
-    except _DRIVER_ERRORS as exc:
-        raise _map_error(exc) from exc
+    return translated(_DRIVER_ERRORS, _map_error)
 
 
 class _BatchWriter:
