@@ -174,7 +174,7 @@ async def test_property_values_round_trip_exactly(store: GraphBackend) -> None:
         {
             "nodes": [
                 {"id": "m", "type": "Module", "properties": TRICKY},
-                {"id": "f", "type": "FunctionDef", "properties": {"odd name-with.dots": 1}},
+                {"id": "f", "type": "FunctionDef", "properties": {"odd name-with.dots": 1, "$rows $p0": 2}},
                 {"id": "g", "type": "FunctionDef"},
             ],
             "edges": [
@@ -186,7 +186,7 @@ async def test_property_values_round_trip_exactly(store: GraphBackend) -> None:
     await store.apply(GraphChanges(upserts=(upsert("t.py", 1, data),)))
     nodes = await _nodes(store, "t.py")
     assert {k: nodes["m"][1][k] for k in TRICKY} == TRICKY
-    assert nodes["f"][1]["odd name-with.dots"] == 1
+    assert (nodes["f"][1]["odd name-with.dots"], nodes["f"][1]["$rows $p0"]) == (1, 2)
     rows = await store.query(
         "MATCH (a:AstNode {source_id: 't.py'})-[e]->(b) RETURN b.node_id AS b, properties(e) AS p ORDER BY b"
     )

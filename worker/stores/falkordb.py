@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractContextManager
 from typing import Any
 
-import structlog
 from falkordb.asyncio.graph import AsyncGraph
 from falkordb.edge import Edge
 from falkordb.exceptions import SchemaVersionMismatchException
@@ -37,7 +36,6 @@ from worker.stores.cypher import NODE_FIELDS, BatchRows, batch_rows, cypher_name
 from worker.stores.falkordb_params import UnstorableValue, cypher_key, with_parameters
 from worker.stores.protocols import GraphWriteStats
 
-log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("graph_postgres_manager.graph")
 
 # (label, property, unique): range indexes back every MATCH on these; unique ones also
@@ -85,13 +83,17 @@ class _BatchQuery:
         self.steps: list[str] = []
         self.params: dict[str, Any] = {}
 
-    def add(self, statement: str, rows: list[Any]) -> None:
-        """A step over ``rows`` (``$rows`` in ``statement``); nothing when there are none."""
+    def add(self, row: str, rows: list[Any], clause: str) -> None:
+        """``UNWIND <rows> AS <row> <clause>`` as a step; nothing when there are no rows.
+
+        The clause is never searched or rewritten: property names written into it may hold
+        any character but a backtick.
+        """
         if not rows:
             return
         name = f"p{len(self.params)}"
         self.params[name] = rows
-        self.steps.append(statement.replace("$rows", f"${name}"))
+        self.steps.append(f"UNWIND ${name} AS {row} {clause}")
 
     def text(self, last: str) -> str:
         """The chained query ending with ``last``."""
@@ -106,26 +108,28 @@ def _properties(names: tuple[str, ...], offset: int = 0) -> str:
 
 def _batch_query(rows: BatchRows) -> _BatchQuery:
     query = _BatchQuery()
-    query.add("UNWIND $rows AS id MATCH (n:AstNode {source_id: id}) DETACH DELETE n", rows.rewritten)
+    query.add("id", rows.rewritten, "MATCH (n:AstNode {source_id: id}) DETACH DELETE n")
     for (label, names), nodes in rows.nodes.items():
         properties = _properties((*NODE_FIELDS, *names))
-        query.add(f"UNWIND $rows AS v CREATE (n:AstNode:{cypher_name(label)} {properties})", nodes)
+        query.add("v", nodes, f"CREATE (n:AstNode:{cypher_name(label)} {properties})")
     for (rel_type, names), edges in rows.edges.items():
         query.add(
-            "UNWIND $rows AS v MATCH (a:AstNode {key: v[0]}) MATCH (b:AstNode {key: v[1]}) "
-            f"CREATE (a)-[e:{cypher_name(rel_type)} {_properties(names, offset=2)}]->(b)",
+            "v",
             edges,
+            "MATCH (a:AstNode {key: v[0]}) MATCH (b:AstNode {key: v[1]}) "
+            f"CREATE (a)-[e:{cypher_name(rel_type)} {_properties(names, offset=2)}]->(b)",
         )
-    query.add("UNWIND $rows AS id MATCH (i:Intent {id: id}) DETACH DELETE i", rows.gone_intents)
+    query.add("id", rows.gone_intents, "MATCH (i:Intent {id: id}) DETACH DELETE i")
     query.add(
-        "UNWIND $rows AS r MERGE (i:Intent {id: r.id}) SET i.source_version = r.v "
-        "WITH i OPTIONAL MATCH (i)-[e:IMPLEMENTED_BY]->() DELETE e",
+        "r",
         rows.intents,
+        "MERGE (i:Intent {id: r.id}) SET i.source_version = r.v "
+        "WITH i OPTIONAL MATCH (i)-[e:IMPLEMENTED_BY]->() DELETE e",
     )
     query.add(
-        "UNWIND $rows AS r MATCH (i:Intent {id: r.intent}) MATCH (n:AstNode {key: r.key}) "
-        "MERGE (i)-[:IMPLEMENTED_BY]->(n)",
+        "r",
         rows.links,
+        "MATCH (i:Intent {id: r.intent}) MATCH (n:AstNode {key: r.key}) MERGE (i)-[:IMPLEMENTED_BY]->(n)",
     )
     return query
 
