@@ -10,14 +10,31 @@ relationships to AST nodes.
 from __future__ import annotations
 
 from collections import defaultdict
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
 import orjson
+from opentelemetry import trace
 
 from worker.errors import StoreRejected
 from worker.events import CYPHER_NAME
 from worker.saga.plan import GraphChanges, LinkRow
+
+_tracer = trace.get_tracer("graph_postgres_manager.graph")
+
+
+def statement_span(system: str, query: str, rows: int) -> AbstractContextManager[trace.Span]:
+    """A client span per graph statement: a slow label or a lock wait shows up by itself in a trace."""
+    return _tracer.start_as_current_span(
+        "graph statement",
+        kind=trace.SpanKind.CLIENT,
+        attributes={
+            "db.system.name": system,
+            "db.query.text": query,  # parameterised: no values in it
+            "db.operation.batch.size": rows,
+        },
+    )
 
 
 def node_key(source_id: str, node_id: str) -> str:

@@ -24,7 +24,6 @@ from falkordb.edge import Edge
 from falkordb.exceptions import SchemaVersionMismatchException
 from falkordb.node import Node
 from falkordb.path import Path
-from opentelemetry import trace
 from redis import asyncio as redis
 from redis import exceptions as redis_errors
 
@@ -32,11 +31,9 @@ from worker import failpoints
 from worker.config import GraphSettings
 from worker.errors import StoreRejected, StoreUnavailable, translated
 from worker.saga.plan import GraphChanges
-from worker.stores.cypher import NODE_FIELDS, BatchRows, batch_rows, cypher_name
+from worker.stores.cypher import NODE_FIELDS, BatchRows, batch_rows, cypher_name, statement_span
 from worker.stores.falkordb_params import UnstorableValue, cypher_key, with_parameters
 from worker.stores.protocols import GraphWriteStats
-
-tracer = trace.get_tracer("graph_postgres_manager.graph")
 
 # (label, property, unique): range indexes back every MATCH on these; unique ones also
 # get a constraint, which FalkorDB builds on top of the index.
@@ -221,15 +218,7 @@ class FalkorDBGraphStore:
         )
         # The query has not reached the server: the batch is not applied at all.
         failpoints.hit("mid-graph")
-        with tracer.start_as_current_span(
-            "graph statement",
-            kind=trace.SpanKind.CLIENT,
-            attributes={
-                "db.system.name": "falkordb",
-                "db.query.text": text,  # parameterised: no values in it
-                "db.operation.batch.size": sum(len(v) for v in query.params.values()),
-            },
-        ):
+        with statement_span("falkordb", text, sum(len(v) for v in query.params.values())):
             result = await self._run(text, query.params)
         missing = result.result_set[0][0] if result.result_set else []
         return GraphWriteStats(

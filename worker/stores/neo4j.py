@@ -18,17 +18,15 @@ from typing import Any, LiteralString, cast
 import neo4j
 import structlog
 from neo4j import exceptions as neo4j_errors
-from opentelemetry import trace
 
 from worker import failpoints
 from worker.config import GraphSettings
 from worker.errors import DatabaseMissing, StoreRejected, StoreUnavailable, translated
 from worker.saga.plan import GraphChanges, LinkRow
-from worker.stores.cypher import NODE_FIELDS, batch_rows, cypher_name
+from worker.stores.cypher import NODE_FIELDS, batch_rows, cypher_name, statement_span
 from worker.stores.protocols import GraphWriteStats
 
 log = structlog.get_logger(__name__)
-tracer = trace.get_tracer("graph_postgres_manager.graph")
 
 SCHEMA_STATEMENTS: tuple[LiteralString, ...] = (
     "CREATE CONSTRAINT gpm_ast_node_key IF NOT EXISTS FOR (n:AstNode) REQUIRE n.key IS UNIQUE",
@@ -80,16 +78,7 @@ class _BatchWriter:
         for chunk in chunks:
             if chunk is not None:
                 params["rows"] = chunk
-            # A span per statement: a slow label or a lock wait shows up by itself in a trace.
-            with tracer.start_as_current_span(
-                "graph statement",
-                kind=trace.SpanKind.CLIENT,
-                attributes={
-                    "db.system.name": "neo4j",
-                    "db.query.text": query,  # parameterised: no values in it
-                    "db.operation.batch.size": len(chunk) if chunk is not None else 0,
-                },
-            ):
+            with statement_span("neo4j", query, len(chunk) if chunk is not None else 0):
                 result = await self._tx.run(query, params)
                 records.extend([record.data() async for record in result])
                 counters = (await result.consume()).counters
