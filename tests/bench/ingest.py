@@ -71,7 +71,7 @@ async def _end_to_end(
 ) -> tuple[IngestReport, list[float]]:
     spawn = multiprocessing.get_context("spawn")
     stop, out = spawn.Event(), spawn.Queue()
-    keys = [node_key(e.source_id, e.graph.nodes[-1].id) for e in events]
+    keys = [node_key(e.source_id, e.graph.nodes[-1]["id"]) for e in events]
     prober = spawn.Process(target=_lookup_process, args=(settings.graph, keys, stop, out))
     prober.start()
     try:
@@ -111,7 +111,7 @@ def _has_nul(event: AstGraphUpserted) -> bool:
     return any(
         isinstance(v, str) and "\x00" in v
         for item in (*event.graph.nodes, *event.graph.edges)
-        for v in item.properties.values()
+        for v in item["properties"].values()
     )
 
 

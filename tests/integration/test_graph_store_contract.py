@@ -253,7 +253,7 @@ async def test_a_failing_batch_leaves_nothing(store: GraphBackend) -> None:
 async def test_data_the_driver_cannot_pack_is_rejected_not_retried(store: GraphBackend) -> None:
     """A value beyond Bolt's 64-bit integers (validation bypassed) is StoreRejected; nothing is written."""
     poison = upsert("p.py", 1, MOD)
-    bad_node = poison.graph.nodes[0].model_copy(update={"properties": {"big": 2**63}})
+    bad_node = {**poison.graph.nodes[0], "properties": {"big": 2**63}}
     bad_graph = poison.graph.model_copy(update={"nodes": [bad_node, *poison.graph.nodes[1:]]})
     changes = GraphChanges(upserts=(upsert("ok.py", 1, MOD), poison.model_copy(update={"graph": bad_graph})))
     # The pure-Python packer says "out of range", the Rust one "too large".

@@ -68,6 +68,23 @@ def test_invalid_graphs_are_refused_with_a_clear_reason(graph_doc: dict[str, obj
     assert message in caught.value.detail
 
 
+@pytest.mark.parametrize("big", [2**64, -(2**63) - 1, 10**30])
+def test_integers_past_64_bits_are_refused_not_rounded(big: int) -> None:
+    """2**64 and beyond (which orjson reads as a float) are refused as integers, never stored rounded."""
+    raw = _raw(graph={"nodes": [{"id": "a", "type": "X", "properties": {"big": 1}}]}).replace(
+        b'"big":1', b'"big":%d' % big
+    )
+    with pytest.raises(EventError, match=r"properties\.big: integers must fit in 64 bits"):
+        decode_event(raw, **LIMITS)
+
+
+def test_nodes_and_edges_decode_to_plain_dicts_with_properties() -> None:
+    """Nodes and edges are plain dicts; 'properties' is there even when the event left it out."""
+    event = decode_event(_raw(graph={"nodes": [{"id": "a", "type": "X"}]}), **LIMITS)
+    assert isinstance(event, AstGraphUpserted)
+    assert event.graph.nodes == [{"id": "a", "type": "X", "properties": {}}]
+
+
 def test_unsupported_schema_version_is_named() -> None:
     """A future schema version is refused, naming the supported one."""
     with pytest.raises(EventError, match="schema_version 2 is not supported"):

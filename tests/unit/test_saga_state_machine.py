@@ -45,7 +45,7 @@ class Graph:
             # many retries fit in the retry window: hypothesis needs deterministic steps.
             raise StoreUnavailable("graph down")
         for event in changes.upserts:
-            self.sources[event.source_id] = (event.source_version, frozenset(n.id for n in event.graph.nodes))
+            self.sources[event.source_id] = (event.source_version, frozenset(n["id"] for n in event.graph.nodes))
         for event in changes.deletes:
             self.sources.pop(event.source_id, None)
         return GraphWriteStats(nodes_written=sum(len(e.graph.nodes) for e in changes.upserts))
@@ -182,7 +182,7 @@ class SagaMachine(RuleBasedStateMachine):
         state = {}
         for source, item in newest.items():
             if isinstance(item.event, AstGraphUpserted):
-                state[source] = (item.event.source_version, frozenset(n.id for n in item.event.graph.nodes))
+                state[source] = (item.event.source_version, frozenset(n["id"] for n in item.event.graph.nodes))
         return state
 
     @invariant()

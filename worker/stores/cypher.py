@@ -103,12 +103,13 @@ def batch_rows(changes: GraphChanges) -> BatchRows:
         prefix = "[" + orjson.dumps(source_id).decode() + ","
         keys: dict[str, str] = {}
         for node in event.graph.nodes:
-            key = keys[node.id] = prefix + orjson.dumps(node.id).decode() + "]"
-            props = _present(node.properties)
-            rows.nodes[node.type, tuple(props)].append([key, source_id, node.id, node.type, version, *props.values()])
+            node_id, label = node["id"], node["type"]
+            key = keys[node_id] = prefix + orjson.dumps(node_id).decode() + "]"
+            props = _present(node["properties"])
+            rows.nodes[label, tuple(props)].append([key, source_id, node_id, label, version, *props.values()])
         for edge in event.graph.edges:
-            props = _present(edge.properties)
-            rows.edges[edge.type, tuple(props)].append([keys[edge.source], keys[edge.target], *props.values()])
+            props = _present(edge["properties"])
+            rows.edges[edge["type"], tuple(props)].append([keys[edge["source"]], keys[edge["target"]], *props.values()])
     rows.gone_intents = [str(e.intent_id) for e in changes.intent_deletes]
     rows.intents = [{"id": str(e.intent_id), "v": e.source_version} for e in changes.intent_upserts]
     # Links to nodes not (yet) in the graph match nothing; PostgreSQL keeps them and the
