@@ -61,7 +61,7 @@ def corpus(files: int, on_parsed: Callable[[], None] | None = None) -> list[AstG
 
 def sample_intent(event: AstGraphUpserted) -> IntentLinkUpserted:
     """An intent linked to the first function of a graph (or its root)."""
-    node = next((n for n in event.graph.nodes if n.type == "FunctionDef"), event.graph.nodes[0])
+    node = next((n for n in event.graph.nodes if n["type"] == "FunctionDef"), event.graph.nodes[0])
     return IntentLinkUpserted.model_validate(
         {
             "event_id": uuid.uuid4(),
@@ -70,7 +70,7 @@ def sample_intent(event: AstGraphUpserted) -> IntentLinkUpserted:
             "source_version": 1,
             "occurred_at": datetime.now(UTC),
             "producer": "gpm-dev",
-            "ast_nodes": [{"source_id": event.source_id, "node_id": node.id}],
+            "ast_nodes": [{"source_id": event.source_id, "node_id": node["id"]}],
         }
     )
 
@@ -129,7 +129,7 @@ async def ingest_corpus(
                 running.result()  # surface a crashed worker instead of waiting forever
             if on_progress is not None:
                 on_progress(min(committed - before, len(events)))
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.05)
         seconds = time.monotonic() - started
         totals = (
             await relational.fetch(

@@ -40,6 +40,10 @@ class EventError(GpmError):
         self.reason = reason
         self.detail = detail
 
+    def __reduce__(self) -> tuple[type[EventError], tuple[str, str]]:
+        # Pickled back from the decoder process: rebuild from both fields, not from str().
+        return (type(self), (self.reason, self.detail))
+
 
 class StoreError(GpmError):
     """A store call failed."""

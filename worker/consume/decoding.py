@@ -1,39 +1,96 @@
-"""Decode fetched records in a worker thread, a bounded window ahead of the consume loop.
+"""Decode fetched records off the event loop, a bounded window ahead of the consume loop.
 
-Decoding (JSON parse + validation) is CPU work in this process; applying a batch is mostly
-waiting on the stores. Decoding the next records while the loop awaits the current
-batch's saga overlaps the two (measured on FalkorDB, where decoding was a third of the
-end-to-end time). Results come back strictly in record order, and at most ``window``
-records are decoded ahead, so memory stays bounded by the fetch the loop already holds.
+Decoding (JSON parse + validation) is the worker's largest CPU cost; applying a batch is
+mostly waiting on the stores. Decoding the next records while the loop awaits the
+current batch's saga overlaps the two. In a thread the decoding still holds the GIL the
+loop needs to lay out and send the batch (py-spy on FalkorDB: the GIL was the limit), so
+by default it runs in a child process, and only the decoded event (plain lists and dicts,
+about a seventh of the decoding's cost to unpickle) comes back.
+
+Results come back strictly in record order, and at most ``window`` records are decoded
+ahead, so memory stays bounded by the fetch the loop already holds. A decoder process
+that dies (killed for memory, say) is replaced; a record that kills a decoder of its own
+too is refused with the reason ``decoder-crashed`` instead of stopping its partition.
 """
 
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
+
+import structlog
 
 from worker.errors import EventError
 from worker.events import Event
 
+log = structlog.get_logger(__name__)
+
 R = TypeVar("R")
+Decode = Callable[[bytes], Event]
+
+
+def _outcome(decode: Decode, value: bytes) -> Event | EventError:
+    """Module-level, so a child process can run it: the event or why it is invalid."""
+    try:
+        return decode(value)
+    except EventError as exc:
+        return exc
+
+
+def _ready() -> None:
+    """Run once in a new decoder process so it imports the decoder before the first record."""
 
 
 class DecodeAhead:
-    """One decoding thread per worker; ``decoded(records)`` yields ``(record, event or EventError)``."""
+    """``decoded(records)`` yields ``(record, event or EventError)``; ``processes=0`` decodes in a thread."""
 
-    def __init__(self, decode: Callable[[bytes], Event], window: int = 8) -> None:
+    def __init__(self, decode: Decode, window: int = 8, processes: int = 1) -> None:
         self._decode = decode
         self._window = window
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpm-decode")
+        self._processes = processes
+        self._executor = self._new_executor()
 
-    def _outcome(self, value: bytes) -> Event | EventError:
+    def _new_executor(self) -> Executor:
+        if self._processes == 0:
+            return ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpm-decode")
+        # spawn, not fork: the worker has threads (the driver's, this module's), and a
+        # forked child would inherit their locks in whatever state they were.
+        executor = ProcessPoolExecutor(max_workers=self._processes, mp_context=multiprocessing.get_context("spawn"))
+        # Start and import now, in the background: a process spawned on the first record
+        # held the first batch up for about a second (measured on the bench).
+        for _ in range(self._processes):
+            executor.submit(_ready)
+        return executor
+
+    def _submit(self, value: bytes, executor: Executor | None = None) -> asyncio.Future[Event | EventError]:
+        return asyncio.get_running_loop().run_in_executor(executor or self._executor, _outcome, self._decode, value)
+
+    async def _result(
+        self, future: asyncio.Future[Event | EventError], executor: Executor, value: bytes
+    ) -> Event | EventError:
         try:
-            return self._decode(value)
-        except EventError as exc:
-            return exc
+            return await future
+        except BrokenProcessPool:
+            pass
+        # The decoder process died, and every decoding in flight with it: the culprit is one
+        # of them. Replace the pool once, then retry each lost record in a process of its
+        # own, so a crash is only ever blamed on the record that causes it.
+        if executor is self._executor:
+            log.error("decoder process died; starting a new one")
+            broken, self._executor = self._executor, self._new_executor()
+            broken.shutdown(wait=False, cancel_futures=True)
+        alone = self._new_executor()
+        try:
+            return await self._submit(value, alone)
+        except BrokenProcessPool:
+            return EventError("decoder-crashed", "decoding this record killed the decoder process")
+        finally:
+            alone.shutdown(wait=False, cancel_futures=True)
 
     async def decoded(
         self, records: Sequence[R], value: Callable[[R], bytes]
@@ -42,27 +99,26 @@ class DecodeAhead:
 
         Stopping early (a rebalance, a rewind) cancels the decodings not yet started.
         """
-        loop = asyncio.get_running_loop()
-        pending: deque[tuple[R, asyncio.Future[Event | EventError]]] = deque()
+        pending: deque[tuple[R, Executor, asyncio.Future[Event | EventError]]] = deque()
         upcoming = iter(records)
 
         def submit() -> None:
             for record in upcoming:
-                pending.append((record, loop.run_in_executor(self._executor, self._outcome, value(record))))
+                pending.append((record, self._executor, self._submit(value(record))))
                 return
 
         for _ in range(self._window):
             submit()
         try:
             while pending:
-                record, future = pending.popleft()
-                outcome = await future
+                record, executor, future = pending.popleft()
+                outcome = await self._result(future, executor, value(record))
                 submit()
                 yield record, outcome
         finally:
-            for _, future in pending:
+            for _, _, future in pending:
                 future.cancel()
 
     def close(self) -> None:
-        """Stop the thread once the decoding under way (if any) ends; never blocks the loop."""
+        """Stop the thread or process once the decoding under way (if any) ends; never blocks the loop."""
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -106,7 +106,8 @@ class IngestRunner:
         self.last_heartbeat = time.monotonic()
         limits = settings.worker
         self._decoder = DecodeAhead(
-            functools.partial(decode_event, max_bytes=limits.max_event_bytes, max_nodes=limits.max_nodes_per_graph)
+            functools.partial(decode_event, max_bytes=limits.max_event_bytes, max_nodes=limits.max_nodes_per_graph),
+            processes=limits.decode_processes,
         )
 
     def paused(self) -> set[TopicPartition]:
