@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -58,3 +63,40 @@ async def test_a_record_that_kills_the_decoder_is_refused_and_the_rest_decode() 
     assert crashed.reason == "decoder-crashed"
     decoded = [o.source_id for n, o in enumerate(outcomes) if n != 2 and not isinstance(o, EventError)]
     assert decoded == ["before.py", "with-it.py", "in-flight.py", "after.py"]
+
+
+_ORPHAN_CHECK = """
+import asyncio, os, signal
+from worker.consume.decoding import DecodeAhead
+from tests.unit.test_decoding import _fragile_decode, _raw
+
+async def main():
+    decoder = DecodeAhead(_fragile_decode, processes=1)
+    [_ async for _ in decoder.decoded([_raw("a.py")], lambda v: v)]
+    print(*(p.pid for p in decoder._executor._processes.values()), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+asyncio.run(main())
+"""
+
+
+def test_the_decoder_process_exits_when_the_worker_is_killed() -> None:
+    """A kill -9 of the worker takes its decoder process with it (no orphan holding the worker's output open)."""
+    command = [sys.executable, "-c", _ORPHAN_CHECK]
+    done = subprocess.run(command, capture_output=True, timeout=60, check=False)  # noqa: S603 - our own script
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+    children = [int(pid) for pid in done.stdout.split()]
+    assert children
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in children), f"decoder processes {children} outlived the worker"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by init) is gone for this purpose.
+    return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"

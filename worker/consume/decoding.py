@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import multiprocessing.connection
+import os
+import threading
 from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -42,6 +45,24 @@ def _outcome(decode: Decode, value: bytes) -> Event | EventError:
         return exc
 
 
+def _exit_with_parent() -> None:
+    """Initializer of a decoder process: exit as soon as the worker is gone, kill -9 included.
+
+    Otherwise the child outlives a killed worker (it holds both ends of its call queue, so
+    it never reads EOF) and keeps the worker's stdout and stderr open.
+    """
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    sentinel = parent.sentinel
+
+    def watch() -> None:
+        multiprocessing.connection.wait([sentinel])
+        os._exit(0)
+
+    threading.Thread(target=watch, name="gpm-parent-watch", daemon=True).start()
+
+
 def _ready() -> None:
     """Run once in a new decoder process so it imports the decoder before the first record."""
 
@@ -60,7 +81,9 @@ class DecodeAhead:
             return ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpm-decode")
         # spawn, not fork: the worker has threads (the driver's, this module's), and a
         # forked child would inherit their locks in whatever state they were.
-        executor = ProcessPoolExecutor(max_workers=self._processes, mp_context=multiprocessing.get_context("spawn"))
+        executor = ProcessPoolExecutor(
+            max_workers=self._processes, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_parent
+        )
         # Start and import now, in the background: a process spawned on the first record
         # held the first batch up for about a second (measured on the bench).
         for _ in range(self._processes):
