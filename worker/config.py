@@ -183,7 +183,7 @@ class WorkerSettings(BaseModel):
     max_event_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_nodes_per_graph: int = Field(1_000_000, ge=1)
     # Child processes that decode and validate events (0: a thread of the worker's own).
-    # One takes decoding off the GIL the event loop needs: +N% on FalkorDB (make bench).
+    # One takes decoding off the GIL the event loop needs (see docs/architecture.md).
     decode_processes: int = Field(1, ge=0, le=16)
     retry_initial_s: float = Field(0.5, gt=0)
     retry_max_s: float = Field(30.0, gt=0)
