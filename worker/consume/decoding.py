@@ -91,7 +91,15 @@ class DecodeAhead:
         return executor
 
     def _submit(self, value: bytes, executor: Executor | None = None) -> asyncio.Future[Event | EventError]:
-        return asyncio.get_running_loop().run_in_executor(executor or self._executor, _outcome, self._decode, value)
+        loop = asyncio.get_running_loop()
+        try:
+            return loop.run_in_executor(executor or self._executor, _outcome, self._decode, value)
+        except BrokenProcessPool as exc:
+            # A pool that broke before its loss was noticed refuses new work at once: hand
+            # that back as the record's outcome, so _result recovers it like the others.
+            future: asyncio.Future[Event | EventError] = loop.create_future()
+            future.set_exception(exc)
+            return future
 
     async def _result(
         self, future: asyncio.Future[Event | EventError], executor: Executor, value: bytes
