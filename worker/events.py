@@ -321,7 +321,15 @@ _EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
 
 NO_LONG_NUMBERS = "gpm.no-long-numbers"
-_LONG_NUMBER = re.compile(rb"\d{19}")
+# Every digit becomes "0" and every other byte a space, so a run of 19 digits is a plain
+# substring search: about ten times cheaper than the regex ``\d{19}`` on graph-sized bytes.
+_DIGITS_AS_ZEROS = bytes(ord("0") if chr(b) in "0123456789" else ord(" ") for b in range(256))
+_NINETEEN_DIGITS = b"0" * 19
+
+
+def has_long_number(data: bytes) -> bool:
+    """Whether ``data`` holds a run of 19 or more ASCII digits: a number that may not fit in int64."""
+    return _NINETEEN_DIGITS in data.translate(_DIGITS_AS_ZEROS)
 
 
 def decode_event(raw: bytes | None, *, max_bytes: int, max_nodes: int) -> Event:
@@ -348,7 +356,7 @@ def decode_event(raw: bytes | None, *, max_bytes: int, max_nodes: int) -> Event:
     # An integer beyond 64 bits has at least 19 digits; without such a run in the bytes
     # (strings included, so this errs on the side of checking), none can be present.
     context: dict[str, bool] | None = {NO_LONG_NUMBERS: True}
-    if _LONG_NUMBER.search(raw):
+    if has_long_number(raw):
         context = None
         # orjson turns an integer past 64 bits into a float without a word (2**64 becomes
         # 1.8446744073709552e+19): the stdlib parser keeps it exact, so the int64 check

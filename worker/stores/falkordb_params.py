@@ -17,11 +17,12 @@ containing one of these only costs the slower path.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
+
+from worker.events import has_long_number
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
@@ -81,7 +82,9 @@ def literal(value: Any) -> str:  # noqa: ANN401 - any JSON-like value
     return _scalar(value)
 
 
-_NOT_PLAIN_JSON = re.compile(rb'\\u|null|\d{19}|":')
+def _plain_json(encoded: bytes) -> bool:
+    # Substring searches, not one regex: the regex was two thirds of this function's time.
+    return not (b"\\u" in encoded or b"null" in encoded or b'":' in encoded or has_long_number(encoded))
 
 
 def fast_literal(value: Any) -> str:  # noqa: ANN401 - any JSON-like value
@@ -90,7 +93,7 @@ def fast_literal(value: Any) -> str:  # noqa: ANN401 - any JSON-like value
         encoded = orjson.dumps(value)
     except TypeError:  # beyond 64 bits, or not JSON at all: the exact path says why
         return literal(value)
-    if _NOT_PLAIN_JSON.search(encoded):
+    if not _plain_json(encoded):
         return literal(value)
     return encoded.decode()
 
