@@ -55,8 +55,10 @@ def _settings(*, logging: bool = False) -> Settings:
 def run() -> None:
     """Run the worker until SIGTERM/SIGINT (settings from GPM_* variables and .env)."""
     from worker.app import Worker  # noqa: PLC0415 - keep `gpm --help` fast
+    from worker.runtime import tune_gc  # noqa: PLC0415
 
     settings = _settings(logging=True)
+    tune_gc()
     # `kill -USR2 <pid>` prints every thread's stack to stderr, even with the event loop
     # stuck (SIGUSR1, handled by the running worker, logs every asyncio task's stack).
     faulthandler.register(signal.SIGUSR2, all_threads=True)

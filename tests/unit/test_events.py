@@ -6,7 +6,7 @@ import pytest
 
 from tests.factories import graph, link, upsert
 from worker.errors import EventError
-from worker.events import AstGraphUpserted, decode_event, encode_event
+from worker.events import AstGraphUpserted, decode_event, encode_event, has_long_number
 
 LIMITS = {"max_bytes": 1_000_000, "max_nodes": 1000}
 
@@ -124,3 +124,18 @@ def test_intent_events_need_a_uuid_source_id() -> None:
 
     with pytest.raises(EventError):
         decode_event(orjson.dumps(document), **LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"1234567890123456789", True),
+        (b'{"n":-12345678901234567890}', True),
+        (b"123456789012345678", False),
+        (b"123456789 123456789 123456789", False),
+        ("١٢٣٤٥٦٧٨٩٠١٢٣٤٥٦٧٨٩".encode(), False),  # Arabic-Indic digits are not JSON numbers
+    ],
+)
+def test_has_long_number_finds_runs_of_19_ascii_digits(data: bytes, expected: bool) -> None:
+    """Only a run of 19 or more ASCII digits can be an integer past 64 bits."""
+    assert has_long_number(data) is expected

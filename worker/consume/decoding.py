@@ -30,6 +30,7 @@ import structlog
 
 from worker.errors import EventError
 from worker.events import Event
+from worker.runtime import tune_gc
 
 log = structlog.get_logger(__name__)
 
@@ -45,8 +46,14 @@ def _outcome(decode: Decode, value: bytes) -> Event | EventError:
         return exc
 
 
+def _start_decoder() -> None:
+    """Initializer of a decoder process: the worker's GC tuning, and exit with the worker."""
+    tune_gc()
+    _exit_with_parent()
+
+
 def _exit_with_parent() -> None:
-    """Initializer of a decoder process: exit as soon as the worker is gone, kill -9 included.
+    """Exit as soon as the worker is gone, kill -9 included.
 
     Otherwise the child outlives a killed worker (it holds both ends of its call queue, so
     it never reads EOF) and keeps the worker's stdout and stderr open.
@@ -82,7 +89,7 @@ class DecodeAhead:
         # spawn, not fork: the worker has threads (the driver's, this module's), and a
         # forked child would inherit their locks in whatever state they were.
         executor = ProcessPoolExecutor(
-            max_workers=self._processes, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with_parent
+            max_workers=self._processes, mp_context=multiprocessing.get_context("spawn"), initializer=_start_decoder
         )
         # Start and import now, in the background: a process spawned on the first record
         # held the first batch up for about a second (measured on the bench).
