@@ -11,7 +11,7 @@ import asyncio
 import sysconfig
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +24,7 @@ from worker.config import Settings
 from worker.devstack import DevStack
 from worker.events import AstGraphUpserted, EventType, IntentLinkUpserted
 from worker.publish import publish_events
-from worker.sample import event_for_file, stdlib_files
+from worker.sample import event_for_file, python_files
 from worker.stores.postgres import PostgresRelationalStore
 
 GRAPH_TOPIC = "ast-graphs"
@@ -48,14 +48,27 @@ class IngestReport:
         return self.nodes / self.seconds
 
 
-def corpus(files: int, on_parsed: Callable[[], None] | None = None) -> list[AstGraphUpserted]:
-    """Upsert events for up to ``files`` standard-library files."""
-    root = Path(sysconfig.get_paths()["stdlib"])
+def corpus(
+    files: int,
+    on_parsed: Callable[[], None] | None = None,
+    *,
+    root: Path | None = None,
+    max_nodes: int | None = None,
+) -> list[AstGraphUpserted]:
+    """Upsert events for up to ``files`` Python files under ``root`` (the standard library).
+
+    With ``max_nodes`` it stops at the first file that brings the total to that many nodes.
+    """
+    base = root or Path(sysconfig.get_paths()["stdlib"])
     events = []
-    for path in stdlib_files(files, root):
-        events.append(event_for_file(path, root))
+    nodes = 0
+    for path in python_files(files, base):
+        events.append(event_for_file(path, base))
+        nodes += len(events[-1].graph.nodes)
         if on_parsed is not None:
             on_parsed()
+        if max_nodes is not None and nodes >= max_nodes:
+            break
     return events
 
 
@@ -86,51 +99,40 @@ async def _committed_total(settings: Settings, topics: tuple[str, ...]) -> int:
     return sum(meta.offset for meta in offsets.values() if meta is not None and meta.offset > 0)
 
 
-async def _publish(settings: Settings, topics: tuple[str, str], events: list[AstGraphUpserted]) -> None:
+async def prepare_topics(stack: DevStack, settings: Settings, topics: tuple[str, str]) -> int:
+    """Create the graph and intent topics (and their dead-letter topics); the offsets already committed there."""
+    await stack.broker.create_topics([*topics, *(f"{t}{settings.kafka.dlq_suffix}" for t in topics)], PARTITIONS)
+    return await _committed_total(settings, topics)
+
+
+async def publish_corpus(settings: Settings, topics: tuple[str, str], events: list[AstGraphUpserted]) -> int:
+    """Publish ``events`` plus one intent link into the first of them; the number of records sent."""
     await publish_events(settings.kafka, topics[0], events)
     await publish_events(settings.kafka, topics[1], [sample_intent(events[0])])
+    return len(events) + 1
 
 
-async def ingest_corpus(
-    stack: DevStack,
+async def wait_until_committed(
     settings: Settings,
-    events: list[AstGraphUpserted],
-    on_progress: Callable[[int], None] | None = None,
-    topics: tuple[str, str] = (GRAPH_TOPIC, INTENT_TOPIC),
-    *,
-    backlog: bool = False,
-) -> IngestReport:
-    """Run a worker, publish ``events`` plus one intent link, wait until all is committed.
+    topics: tuple[str, str],
+    expected: int,
+    on_progress: Callable[[int], Awaitable[None] | None],
+) -> None:
+    """Poll the group's committed offsets every 50 ms until they reach ``expected``.
 
-    ``topics`` are the graph and intent topics; the worker's pattern must match both. With
-    ``backlog`` everything is published first and the clock runs from the moment the worker
-    holds its partitions: the worker's own drain rate, without the producer's CPU (which
-    shares this process) or the group join in it.
+    ``on_progress`` gets the total each time; raising there (a worker that died) ends the wait.
     """
-    await stack.broker.create_topics([*topics, *(f"{t}{settings.kafka.dlq_suffix}" for t in topics)], PARTITIONS)
-    before = await _committed_total(settings, topics)
-    if backlog:
-        await _publish(settings, topics, events)
-    worker = Worker(settings, handle_signals=False)
-    running = asyncio.create_task(worker.run())
-    await worker.started.wait()
-    if backlog:
-        # A flag the rebalance listener sets; there is no event to wait on.
-        while not (worker.runner is not None and worker.runner.joined):  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+    while (committed := await _committed_total(settings, topics)) < expected:
+        outcome = on_progress(committed)
+        if outcome is not None:
+            await outcome
+        await asyncio.sleep(0.05)
+
+
+async def applied_totals(settings: Settings, seconds: float) -> IngestReport:
+    """What PostgreSQL records as applied: live sources with their node and edge counts, outbox states."""
     relational = await PostgresRelationalStore.connect(settings.postgres)
     try:
-        started = time.monotonic()
-        if not backlog:
-            await _publish(settings, topics, events)
-        expected = before + len(events) + 1
-        while (committed := await _committed_total(settings, topics)) < expected:
-            if running.done():
-                running.result()  # surface a crashed worker instead of waiting forever
-            if on_progress is not None:
-                on_progress(min(committed - before, len(events)))
-            await asyncio.sleep(0.05)
-        seconds = time.monotonic() - started
         totals = (
             await relational.fetch(
                 "SELECT count(*) AS files, coalesce(sum(node_count), 0) AS nodes, "
@@ -140,8 +142,6 @@ async def ingest_corpus(
         outbox = await relational.fetch("SELECT state, count(*) AS n FROM gpm_outbox GROUP BY state")
     finally:
         await relational.close()
-        worker.stop()
-        await running
     return IngestReport(
         files=int(totals["files"]),
         nodes=int(totals["nodes"]),
@@ -149,3 +149,33 @@ async def ingest_corpus(
         seconds=seconds,
         outbox={r["state"]: int(r["n"]) for r in outbox},
     )
+
+
+async def ingest_corpus(
+    stack: DevStack,
+    settings: Settings,
+    events: list[AstGraphUpserted],
+    on_progress: Callable[[int], None] | None = None,
+) -> IngestReport:
+    """Run a worker in this process, publish ``events`` plus one intent link, wait until all is committed."""
+    topics = (GRAPH_TOPIC, INTENT_TOPIC)
+    before = await prepare_topics(stack, settings, topics)
+    worker = Worker(settings, handle_signals=False)
+    running = asyncio.create_task(worker.run())
+    await worker.started.wait()
+    try:
+        started = time.monotonic()
+        expected = before + await publish_corpus(settings, topics, events)
+
+        def progress(committed: int) -> None:
+            if running.done():
+                running.result()  # surface a crashed worker instead of waiting forever
+            if on_progress is not None:
+                on_progress(min(committed - before, len(events)))
+
+        await wait_until_committed(settings, topics, expected, progress)
+        seconds = time.monotonic() - started
+    finally:
+        worker.stop()
+        await running
+    return await applied_totals(settings, seconds)

@@ -53,14 +53,15 @@ def graph_from_source(text: str, filename: str = "<source>") -> GraphData:
     return GraphData(nodes=nodes, edges=edges, metadata={"filename": filename, "language": "python"})
 
 
-def stdlib_files(limit: int, root: Path | None = None) -> Iterator[Path]:
-    """Up to ``limit`` parseable .py files of the running Python's standard library, in a stable order."""
+def python_files(limit: int, root: Path | None = None) -> Iterator[Path]:
+    """Up to ``limit`` parseable .py files under ``root`` (the standard library), tests left out, in a stable order."""
     base = root or Path(sysconfig.get_paths()["stdlib"])
     count = 0
     for path in sorted(base.rglob("*.py")):
         if count >= limit:
             return
-        if "test" in path.parts or "site-packages" in path.parts:
+        parts = path.relative_to(base).parts
+        if "test" in parts or "tests" in parts or "site-packages" in parts:
             continue
         try:
             ast.parse(path.read_bytes())

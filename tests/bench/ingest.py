@@ -1,9 +1,11 @@
 """End-to-end ingestion benchmark on the embedded stack (``make bench``).
 
-Publishes the AST graphs of real standard-library files to the real broker, then runs the
-real worker on that backlog and times from its joining the group until every offset is
-committed, while a prober (a process of its own) times a simple key lookup against the
-graph. Then the raw limit: the same rows written straight to the graph store with the
+Publishes the AST graphs of real Python files (the standard library unless ``--root``) to
+the real broker, then starts the worker as production does (``python -m worker run``, its
+own process with its own settings from the environment) on that backlog and times from its
+joining the group until every offset is committed. Meanwhile it samples the worker's
+resident memory (with its decoder processes) and a prober, a process of its own, times a
+simple key lookup against the graph. Then the raw limit: the same rows written straight to the graph store with the
 worker's own UNWIND statements and batch size (no broker, no validation, no outbox).
 Several runs, each into fresh databases; prints each run, the medians and the ratio
 end-to-end / raw, and as the very last line one JSON object. Figures only: the machine is
@@ -14,22 +16,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
+from collections import deque
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event as EventType
+from pathlib import Path
+from typing import BinaryIO
 
-from worker.config import GraphSettings, Settings
-from worker.devjob import IngestReport, corpus, ingest_corpus
+from pydantic import SecretStr
+
+from worker.config import ENV_PREFIX, GraphSettings, Settings
+from worker.devjob import IngestReport, applied_totals, corpus, prepare_topics, publish_corpus, wait_until_committed
 from worker.devstack import DevStack
 from worker.events import AstGraphUpserted
+from worker.runtime import tune_gc
 from worker.saga.plan import GraphChanges
 from worker.stores.cypher import node_key
 from worker.stores.graph import connect_graph
@@ -66,22 +75,129 @@ def _lookup_process(graph: GraphSettings, keys: list[str], stop: EventType, out:
     out.put(asyncio.run(_probe_lookups(graph, keys, stop)))
 
 
+def _environment(settings: Settings) -> dict[str, str]:
+    """``settings`` as the GPM_* variables `gpm run` loads (secrets in clear: a child's environment only)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+    for section, model in settings:
+        for name, value in model:
+            if value is None:
+                continue
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            env[f"{ENV_PREFIX}{section.upper()}__{name.upper()}"] = (
+                str(text).lower() if isinstance(text, bool) else str(text)
+            )
+    return env
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident memory of a process and its descendants (the worker and its decoders), from /proc."""
+    total = 0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{current}/status").read_text()
+            total += next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+            pending += [int(c) for c in Path(f"/proc/{current}/task/{current}/children").read_text().split()]
+    return total / 1024
+
+
+@dataclass
+class Drain:
+    """One end-to-end run: what was applied, the lookup latencies and the worker's memory."""
+
+    report: IngestReport
+    latencies: list[float]
+    # (share of the backlog committed, worker RSS in MB), sampled every 50 ms
+    memory: list[tuple[float, float]] = field(default_factory=list)
+
+    def rss_at(self, share: float) -> float:
+        """The first memory sample taken once ``share`` of the backlog was committed."""
+        return next((mb for done, mb in self.memory if done >= share), self.memory[-1][1])
+
+
+async def _worker_process(
+    settings: Settings, cwd: Path, log: BinaryIO | None
+) -> tuple[asyncio.subprocess.Process, deque[bytes]]:
+    """`python -m worker run` on ``settings``, returned once it holds its partitions; its last output lines.
+
+    ``log`` gets the whole output (JSON lines: one per batch with its timings).
+    """
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        "run",
+        env=_environment(settings),
+        cwd=cwd,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    stdout = process.stdout
+    assert stdout is not None
+    output: deque[bytes] = deque(maxlen=30)
+
+    async def keep() -> bytes:
+        line = await stdout.readline()
+        output.append(line)
+        if log is not None:
+            log.write(line)
+        return line
+
+    while b'"partitions assigned"' not in (line := await asyncio.wait_for(keep(), 120)):
+        if not line:
+            msg = "worker exited before joining its group:\n" + b"".join(output).decode(errors="replace")
+            raise RuntimeError(msg)
+
+    async def drain_output() -> None:  # keep the pipe flowing; the tail explains a crash
+        while await keep():
+            pass
+
+    _background.add(asyncio.create_task(drain_output()))
+    return process, output
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
 async def _end_to_end(
-    stack: DevStack, settings: Settings, events: list[AstGraphUpserted], name: str
-) -> tuple[IngestReport, list[float]]:
+    stack: DevStack, settings: Settings, events: list[AstGraphUpserted], name: str, log: BinaryIO | None
+) -> Drain:
+    topics = (f"ast-graphs.{name}", f"intent-links-{name}")
+    before = await prepare_topics(stack, settings, topics)
+    expected = before + await publish_corpus(settings, topics, events)
     spawn = multiprocessing.get_context("spawn")
     stop, out = spawn.Event(), spawn.Queue()
     keys = [node_key(e.source_id, e.graph.nodes[-1]["id"]) for e in events]
     prober = spawn.Process(target=_lookup_process, args=(settings.graph, keys, stop, out))
     prober.start()
+    worker, output = await _worker_process(settings, stack.workdir, log)
+    memory: list[tuple[float, float]] = []
+    shown = 0.0
+
+    def sample(committed: int) -> None:
+        nonlocal shown
+        if worker.returncode is not None:
+            msg = f"worker exited with {worker.returncode}:\n" + b"".join(output).decode(errors="replace")
+            raise RuntimeError(msg)
+        done = (committed - before) / (expected - before)
+        memory.append((done, _rss_mb(worker.pid)))
+        if done >= shown + 0.1:  # a long drain shows its progress and its memory as it goes
+            shown = done
+            print(f"  drained {done:4.0%}, worker RSS {memory[-1][1]:,.0f} MB", flush=True)
+
     try:
-        topics = (f"ast-graphs.{name}", f"intent-links-{name}")
-        report = await ingest_corpus(stack, settings, events, topics=topics, backlog=True)
+        started = time.monotonic()
+        await wait_until_committed(settings, topics, expected, sample)
+        seconds = time.monotonic() - started
+        sample(expected)
     finally:
         stop.set()
+        worker.terminate()
+        await asyncio.wait_for(worker.wait(), 60)
     latencies: list[float] = await asyncio.to_thread(out.get, timeout=60)
     prober.join()
-    return report, latencies
+    return Drain(await applied_totals(settings, seconds), latencies, memory)
 
 
 async def _raw(settings: Settings, events: list[AstGraphUpserted], transaction_size: int) -> tuple[int, float]:
@@ -120,11 +236,13 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def main() -> None:
-    """Run the benchmark and print the figures."""
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--files", type=int, default=50)
+    parser.add_argument("--files", type=int, default=50, help="files in the corpus (at most)")
+    parser.add_argument("--nodes", type=int, help="stop adding files once the corpus has this many nodes")
+    parser.add_argument("--root", type=Path, help="a tree of Python files instead of the standard library")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--worker-log", type=Path, help="a directory for each run's worker output (bench<N>.log)")
     parser.add_argument("--transaction-size", type=int, default=1000)
     parser.add_argument(
         "--backend",
@@ -132,37 +250,55 @@ def main() -> None:
         default="neo4j",
         help="neo4j: the Neo4j adapter over Bolt on ArcadeDB (Neo4j is not on PyPI); falkordb: FalkorDB",
     )
-    args = parser.parse_args()
-    configure_logging("WARNING", "console")
-    started = time.monotonic()
-    events = corpus(args.files)
+    return parser.parse_args()
+
+
+def _corpus(args: argparse.Namespace) -> list[AstGraphUpserted]:
+    files = args.files if args.nodes is None else 10**9
+    events = corpus(files, root=args.root, max_nodes=args.nodes)
+    print(f"corpus: {len(events)} files, {sum(len(e.graph.nodes) for e in events):,} nodes", flush=True)
     if args.backend == "falkordb":
         # FalkorDB cannot store a NUL character in a string (the worker dead-letters such a
         # file's graph with that reason); keep both measurements on the same rows.
         storable = [e for e in events if not _has_nul(e)]
         print(f"{len(events) - len(storable)} file(s) left out: a string with NUL, which FalkorDB cannot store")
         events = storable
-    reports: list[IngestReport] = []
-    lookups: list[float] = []
+    return events
+
+
+def main() -> None:
+    """Run the benchmark and print the figures."""
+    args = _arguments()
+    configure_logging("WARNING", "console")
+    tune_gc()  # as in `gpm run`: the raw writer in this process gets the worker's GC settings
+    started = time.monotonic()
+    events = _corpus(args)
+    drains: list[Drain] = []
     raw_rates: list[float] = []
     with DevStack(graph_backend=args.backend) as stack:
         for run in range(args.runs):
             name = f"bench{run}"
             settings = _namespace(stack, name, args.transaction_size)
-            report, latencies = asyncio.run(_end_to_end(stack, settings, events, name))
-            reports.append(report)
-            lookups.extend(latencies)
+            with contextlib.ExitStack() as files:
+                log = files.enter_context((args.worker_log / f"{name}.log").open("wb")) if args.worker_log else None
+                drain = asyncio.run(_end_to_end(stack, settings, events, name, log))
+            drains.append(drain)
             raw_rows, raw_seconds = asyncio.run(
                 _raw(_namespace(stack, f"raw{run}", args.transaction_size), events, args.transaction_size)
             )
             raw_rates.append(raw_rows / raw_seconds)
+            report = drain.report
             rows_per_s = (report.nodes + report.edges) / report.seconds
             print(
                 f"run {run + 1}/{args.runs}: {report.files} files, {report.nodes:,} nodes, {report.edges:,} edges "
                 f"in {report.seconds:.1f}s end to end = {report.nodes_per_s:,.0f} nodes/s, {rows_per_s:,.0f} rows/s; "
-                f"raw {raw_rows / raw_seconds:,.0f} rows/s; lookup p95 {_percentile(latencies, 0.95) * 1000:.1f} ms",
+                f"raw {raw_rows / raw_seconds:,.0f} rows/s; "
+                f"lookup p95 {_percentile(drain.latencies, 0.95) * 1000:.1f} ms; "
+                f"worker RSS {drain.rss_at(0.5):,.0f} MB at half, {drain.rss_at(1.0):,.0f} MB at the end",
                 flush=True,
             )
+    reports = [d.report for d in drains]
+    lookups = [latency for d in drains for latency in d.latencies]
     seconds = statistics.median(r.seconds for r in reports)
     last = reports[-1]
     rows_per_s = statistics.median((r.nodes + r.edges) / r.seconds for r in reports)
@@ -177,7 +313,7 @@ def main() -> None:
         "runs": len(reports),
         "transaction_size": args.transaction_size,
         "seconds": round(seconds, 2),
-        # Extrapolated from this run's median rate unless --files 300 was asked for.
+        # Extrapolated from this run's median rate unless the corpus had 300 files.
         "seconds_300_files": round(seconds * 300 / last.files, 2),
         "files_per_s": round(last.files / seconds, 2),
         "nodes_per_s": round(statistics.median(r.nodes_per_s for r in reports)),
@@ -187,15 +323,17 @@ def main() -> None:
         "ratio": round(rows_per_s / raw_rows_per_s, 3),
         "p95_query_ms": round(_percentile(lookups, 0.95) * 1000, 2),
         "lookups": len(lookups),
-        # The worker runs in this process, so this is the worker's peak (plus the corpus).
-        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+        # The `gpm run` process and its decoder processes, sampled every 50 ms while draining.
+        "max_rss_mb": round(max(mb for d in drains for _, mb in d.memory)),
+        "rss_mb_at_quarters": [round(statistics.median(d.rss_at(q) for d in drains)) for q in (0.25, 0.5, 0.75, 1.0)],
         "bench_seconds": round(time.monotonic() - started, 1),
     }
     print(
         f"medians of {len(reports)} runs: end to end {result['nodes_per_s']:,} nodes/s, "
         f"{result['rows_per_s']:,} rows/s, "
         f"raw {result['raw_rows_per_s']:,} rows/s, ratio {result['ratio']}, lookup p95 {result['p95_query_ms']} ms, "
-        f"{result['seconds']}s for {last.files} files (300 files: {result['seconds_300_files']}s)"
+        f"{result['seconds']}s for {last.files} files (300 files: {result['seconds_300_files']}s), "
+        f"worker RSS at 1/4, 1/2, 3/4 and all of the drain: {result['rss_mb_at_quarters']} MB"
     )
     print(json.dumps(result))
 
