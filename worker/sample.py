@@ -8,6 +8,7 @@ parent→child link an edge typed by the field that holds the child (``BODY``, `
 from __future__ import annotations
 
 import ast
+import math
 import sysconfig
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,17 @@ from worker.events import AstGraphUpserted, Edge, EventType, GraphData, Node, Sc
 PRODUCER = "gpm-sample/1"
 _LOCATION = ("lineno", "col_offset", "end_lineno", "end_col_offset")
 _NAMES = ("name", "id", "attr", "arg", "module")
+
+
+def _storable(value: str | float) -> Scalar:
+    """A constant as a property: strings cut to 200 characters; numbers JSON and int64 cannot hold as text."""
+    if isinstance(value, str):
+        return value[:200]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        return str(value)  # e.g. the 2**64 masks in the standard library's hashing code
+    return value
 
 
 def graph_from_source(text: str, filename: str = "<source>") -> GraphData:
@@ -37,7 +49,7 @@ def graph_from_source(text: str, filename: str = "<source>") -> GraphData:
             if isinstance(value, str):
                 props[attr] = value
         if isinstance(node, ast.Constant) and isinstance(node.value, str | int | float | bool):
-            props["value"] = node.value if not isinstance(node.value, str) else node.value[:200]
+            props["value"] = _storable(node.value)
         nodes.append(
             Node(id=node_id, type=type(node).__name__, properties={k: v for k, v in props.items() if v is not None})
         )
