@@ -185,6 +185,10 @@ class WorkerSettings(BaseModel):
     # Child processes that decode and validate events (0: a thread of the worker's own).
     # One takes decoding off the GIL the event loop needs (see docs/architecture.md).
     decode_processes: int = Field(1, ge=0, le=16)
+    # Batches applied at once when they write disjoint sources and hold no intent event;
+    # their offsets are still committed in order (see worker/consume/inflight.py). 1 applies
+    # one batch at a time.
+    batches_in_flight: int = Field(2, ge=1, le=8)
     retry_initial_s: float = Field(0.5, gt=0)
     retry_max_s: float = Field(30.0, gt=0)
     # How long one saga keeps retrying a transient store failure before it hands the

@@ -34,7 +34,7 @@ from typing import BinaryIO
 
 from pydantic import SecretStr
 
-from worker.config import ENV_PREFIX, GraphSettings, Settings
+from worker.config import ENV_PREFIX, GraphSettings, Settings, WorkerSettings
 from worker.devjob import IngestReport, applied_totals, corpus, prepare_topics, publish_corpus, wait_until_committed
 from worker.devstack import DevStack
 from worker.events import AstGraphUpserted
@@ -47,9 +47,9 @@ from worker.telemetry import configure_logging
 LOOKUP = "MATCH (n:AstNode {key: $key}) RETURN n.node_id AS id"
 
 
-def _namespace(stack: DevStack, name: str, transaction_size: int) -> Settings:
+def _namespace(stack: DevStack, name: str, transaction_size: int, **worker: object) -> Settings:
     # Fresh databases, topics and group per run, so every run does the same work.
-    settings = stack.namespace(name, transaction_size=transaction_size, linger_ms=50)
+    settings = stack.namespace(name, transaction_size=transaction_size, linger_ms=50, **worker)
     pattern = rf"^(ast-graphs\.{name}|intent-links-{name})$"
     return settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"topic_pattern": pattern})})
 
@@ -244,6 +244,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--worker-log", type=Path, help="a directory for each run's worker output (bench<N>.log)")
     parser.add_argument("--transaction-size", type=int, default=1000)
+    parser.add_argument("--batches-in-flight", type=int, default=WorkerSettings().batches_in_flight)
     parser.add_argument(
         "--backend",
         choices=["neo4j", "falkordb"],
@@ -278,7 +279,7 @@ def main() -> None:
     with DevStack(graph_backend=args.backend) as stack:
         for run in range(args.runs):
             name = f"bench{run}"
-            settings = _namespace(stack, name, args.transaction_size)
+            settings = _namespace(stack, name, args.transaction_size, batches_in_flight=args.batches_in_flight)
             with contextlib.ExitStack() as files:
                 log = files.enter_context((args.worker_log / f"{name}.log").open("wb")) if args.worker_log else None
                 drain = asyncio.run(_end_to_end(stack, settings, events, name, log))
@@ -312,6 +313,7 @@ def main() -> None:
         "edges": last.edges,
         "runs": len(reports),
         "transaction_size": args.transaction_size,
+        "batches_in_flight": args.batches_in_flight,
         "seconds": round(seconds, 2),
         # Extrapolated from this run's median rate unless the corpus had 300 files.
         "seconds_300_files": round(seconds * 300 / last.files, 2),

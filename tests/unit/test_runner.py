@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -13,7 +14,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from tests.factories import graph, upsert
+from tests.factories import graph, link, upsert
 from worker.config import Settings, WorkerSettings
 from worker.consume.runner import IngestRunner, _Rebalance
 from worker.errors import StoreUnavailable
@@ -102,29 +103,45 @@ class FlakyCoordinator:
         self.applied.extend(e.position.offset for e in events)
 
 
+@pytest.mark.parametrize("in_flight", [1, 2])
 @pytest.mark.parametrize(
     ("sizes", "transaction_size"),
     [([1, 1, 1, 1], 1), ([1, 2, 1, 2], 2)],  # a full batch fails; an overflowing record triggers the failing flush
     ids=["full", "overflow"],
 )
-async def test_no_offset_is_committed_past_a_rewound_batch(sizes: list[int], transaction_size: int) -> None:
-    """After a failed batch, the rest of the same fetch is not applied ahead of it."""
+async def test_no_offset_is_committed_past_a_rewound_batch(
+    sizes: list[int], transaction_size: int, in_flight: int
+) -> None:
+    """After a failed batch nothing after it commits; one batch at a time, nothing after it is even applied."""
     values = [
         encode_event(upsert(f"f{i}.py", 1, graph([(f"n{k}", "Name") for k in range(size)])))
         for i, size in enumerate(sizes)
     ]
     consumer = FakeConsumer([Record(i, v) for i, v in enumerate(values)])
     coordinator = FlakyCoordinator()
-    settings = Settings(worker=WorkerSettings(transaction_size=transaction_size, linger_ms=0, retry_max_s=0.01))
+    committed_with: list[set[int]] = []  # what was applied when each commit was made
+    commit = consumer.commit
+
+    async def checked_commit(offsets: dict[TopicPartition, object]) -> None:
+        committed_with.append(set(coordinator.applied))
+        await commit(offsets)
+
+    consumer.commit = checked_commit  # type: ignore[method-assign]
+    settings = Settings(
+        worker=WorkerSettings(
+            transaction_size=transaction_size, linger_ms=0, retry_max_s=0.01, batches_in_flight=in_flight
+        )
+    )
     runner = IngestRunner(consumer, coordinator, None, settings)  # type: ignore[arg-type]
     task = asyncio.create_task(runner.run())
-    await _until(lambda: len(coordinator.applied) >= 4, task)
+    await _until(lambda: consumer.commits[-1:] == [4], task)
     runner.stopping.set()
     await task
-    assert coordinator.applied == [0, 1, 2, 3]  # in order, the failed one first
     assert consumer.commits == sorted(consumer.commits)
-    assert consumer.commits[-1] == 4
-    assert coordinator.applied == sorted(coordinator.applied)  # never past an unapplied offset
+    for offset, applied in zip(consumer.commits, committed_with, strict=True):
+        assert set(range(offset)) <= applied  # never committed past an unapplied offset
+    if in_flight == 1:
+        assert coordinator.applied == [0, 1, 2, 3]  # in order, the failed one first, nothing ahead of it
 
 
 class RebalancingCoordinator:
@@ -203,3 +220,47 @@ async def test_batch_span_links_to_the_producers_spans() -> None:
     assert len(spans) == 1
     assert spans[0].kind is trace.SpanKind.CONSUMER
     assert [format(link.context.trace_id, "032x") for link in spans[0].links] == trace_ids
+
+
+class SlowCoordinator:
+    """Takes a while per batch and records which sources were being applied at the same time."""
+
+    def __init__(self) -> None:
+        self.active: list[str] = []
+        self.overlaps: list[tuple[str, ...]] = []
+        self.applied: list[int] = []
+
+    async def apply(self, events: list[InboundEvent]) -> None:
+        """Apply one batch slowly."""
+        sources = [e.event.source_id for e in events]
+        self.active += sources
+        self.overlaps.append(tuple(sorted(self.active)))
+        await asyncio.sleep(0.05)
+        for source in sources:
+            self.active.remove(source)
+        self.applied.extend(e.position.offset for e in events)
+
+
+async def test_batches_overlap_only_when_their_sources_and_intents_are_disjoint() -> None:
+    """Disjoint batches run side by side; a source's next version and an intent wait; offsets commit in order."""
+    events = [
+        upsert("a.py", 1, graph([("n0", "Name")])),
+        upsert("a.py", 2, graph([("n0", "Name")])),  # same source as the first: must wait for it
+        upsert("b.py", 1, graph([("n0", "Name")])),
+        link(uuid.uuid4(), 1, [("c.py", "n0")]),  # an intent: alone
+        upsert("c.py", 1, graph([("n0", "Name")])),
+    ]
+    consumer = FakeConsumer([Record(i, encode_event(e)) for i, e in enumerate(events)])
+    coordinator = SlowCoordinator()
+    settings = Settings(worker=WorkerSettings(transaction_size=1, linger_ms=0, batches_in_flight=2))
+    runner = IngestRunner(consumer, coordinator, None, settings)  # type: ignore[arg-type]
+    task = asyncio.create_task(runner.run())
+    await _until(lambda: consumer.commits[-1:] == [5], task)
+    runner.stopping.set()
+    await task
+    assert ("a.py", "b.py") in coordinator.overlaps  # a.py's second version and b.py went together
+    assert all(len(set(active)) == len(active) for active in coordinator.overlaps)  # a source never twice at once
+    intent = str(events[3].source_id)
+    assert all(active == (intent,) for active in coordinator.overlaps if intent in active)
+    assert consumer.commits == sorted(consumer.commits)
+    assert sorted(coordinator.applied) == [0, 1, 2, 3, 4]

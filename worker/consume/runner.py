@@ -23,6 +23,7 @@ from worker import failpoints
 from worker.config import Settings
 from worker.consume.batcher import Batch, Batcher
 from worker.consume.decoding import DecodeAhead
+from worker.consume.inflight import InFlight, footprint
 from worker.deadletter import DeadLetter, DeadLetterSink
 from worker.errors import EventError, StoreUnavailable
 from worker.events import Event, decode_event
@@ -64,11 +65,12 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka s
         self._runner = runner
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        # The batch in flight commits its offsets on its own; wait for it so the next
-        # owner starts after it, then forget what was buffered but not yet applied.
+        # The batches in flight commit their offsets on their own; wait for them so the
+        # next owner starts after them, then forget what was buffered but not yet applied.
         if self._runner.flush_lock.locked():
             log.info("partitions revoked: finishing the batch in flight first")
         async with self._runner.flush_lock:
+            await self._runner.settle()
             self._runner.batcher.drop_partitions({(tp.topic, tp.partition) for tp in revoked})
             # Records fetched before this point belong to the old assignment: never accept them
             # (after the new assignment, aiokafka re-reads from the committed offsets).
@@ -98,6 +100,7 @@ class IngestRunner:
         self._settings = settings
         self.batcher = Batcher(settings.worker.transaction_size, settings.worker.linger_ms / 1000, time.monotonic)
         self.flush_lock = asyncio.Lock()
+        self._flights = InFlight(settings.worker.batches_in_flight)
         self.assigned: set[TopicPartition] = set()
         self.joined = False
         self._rewound: set[TopicPartition] = set()  # partitions the last rewind moved back
@@ -124,6 +127,8 @@ class IngestRunner:
         try:
             while not self.stopping.is_set():
                 self.last_heartbeat = time.monotonic()
+                if not await self._reap():
+                    continue  # rewound: fetch again from the rewound offsets
                 timeout_ms = max(10, int(self.batcher.seconds_left() * 1000))
                 fetched = await self._consumer.getmany(
                     timeout_ms=min(timeout_ms, 1000), max_records=limits.kafka.max_poll_records
@@ -132,6 +137,8 @@ class IngestRunner:
                 self._record_lag(fetched)
                 if self.batcher.due:
                     await self._flush()
+            async with self.flush_lock:
+                await self.settle()
         finally:
             self._decoder.close()
 
@@ -188,36 +195,75 @@ class IngestRunner:
         return True
 
     async def _flush(self) -> bool:
-        """Apply and commit the pending batch; False if it was rewound instead."""
+        """Start applying the pending batch; False if an earlier batch failed and all were rewound instead."""
         async with self.flush_lock:
+            if not await self._reap():
+                return False
             batch = self.batcher.take()
             if not batch:
                 return True
-            with tracer.start_as_current_span(
-                "process batch",
-                kind=trace.SpanKind.CONSUMER,
-                attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(batch)},
-                links=_producer_links(batch),
-            ):
-                try:
-                    await self.coordinator.apply(batch.events)
-                    # After the saga, so a rewind for a store outage cannot leave a letter sent
-                    # for a batch that is then re-read; a failure half-way through the letters
-                    # can re-send the earlier ones (at-least-once in the dead-letter topic).
-                    for letter in batch.rejected:
-                        with tracer.start_as_current_span("dead-letter", attributes={"gpm.reason": letter.reason}):
-                            await self._dead_letters.send(letter)
-                        metrics.dead_lettered.add(1, {"reason": letter.reason})
-                except StoreUnavailable as exc:
-                    await self._rewind(batch, exc)
+            sources = footprint(batch)
+            while not self._flights.room_for(sources):
+                if not await self._finish_oldest(batch):
                     return False
-                await self._commit(batch)
-                return True
+            self._flights.launch(batch, sources, self._apply_and_commit)
+            return True
 
-    async def _rewind(self, batch: Batch, exc: StoreUnavailable) -> None:
-        log.error("stores unavailable past the retry window; rewinding", error=str(exc), events=len(batch))
+    async def _reap(self) -> bool:
+        """Collect the batches that finished; False if one failed (then everything was rewound)."""
+        while self._flights.oldest_done():
+            if not await self._finish_oldest(None):
+                return False
+        return True
+
+    async def _finish_oldest(self, taken: Batch | None) -> bool:
+        """Wait for the oldest batch; if the stores failed it, rewind it, those after it and ``taken``."""
+        flight = self._flights.pop_oldest()
+        try:
+            await flight.task
+        except StoreUnavailable as exc:
+            later = [batch for batch, _ in await self._flights.wait_all()]
+            await self._rewind([flight.batch, *later, *([taken] if taken else []), self.batcher.take()], exc)
+            return False
+        return True
+
+    async def settle(self) -> None:
+        """Let every batch in flight finish (a failed one is re-read by whoever consumes next)."""
+        for batch, error in await self._flights.wait_all():
+            if error is not None:
+                log.warning("batch not applied; its events will be re-read", error=str(error), events=len(batch))
+
+    async def _apply_and_commit(self, batch: Batch, previous: asyncio.Task[None] | None) -> None:
+        with tracer.start_as_current_span(
+            "process batch",
+            kind=trace.SpanKind.CONSUMER,
+            attributes={"messaging.system": "kafka", "messaging.batch.message_count": len(batch)},
+            links=_producer_links(batch),
+        ):
+            await self.coordinator.apply(batch.events)
+            if previous is not None:
+                # Offsets in batch order: an earlier batch that failed fails this one too,
+                # which is then rewound with it.
+                await previous
+            # After the saga and the earlier batches, so a rewind for a store outage cannot
+            # leave a letter sent for a batch that is then re-read; a failure half-way
+            # through the letters can re-send the earlier ones (at-least-once in the
+            # dead-letter topic).
+            for letter in batch.rejected:
+                with tracer.start_as_current_span("dead-letter", attributes={"gpm.reason": letter.reason}):
+                    await self._dead_letters.send(letter)
+                metrics.dead_lettered.add(1, {"reason": letter.reason})
+            await self._commit(batch)
+
+    async def _rewind(self, batches: list[Batch], exc: StoreUnavailable) -> None:
+        events = sum(len(batch) for batch in batches)
+        log.error("stores unavailable past the retry window; rewinding", error=str(exc), events=events)
+        first: dict[tuple[str, int], int] = {}
+        for batch in batches:
+            for tp, offset in batch.first_offsets.items():
+                first[tp] = min(offset, first.get(tp, offset))
         self._rewound = set()
-        for (topic, partition), offset in batch.first_offsets.items():
+        for (topic, partition), offset in first.items():
             tp = TopicPartition(topic, partition)
             if tp in self._consumer.assignment():
                 self._consumer.seek(tp, offset)
