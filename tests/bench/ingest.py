@@ -34,7 +34,7 @@ from typing import BinaryIO
 
 from pydantic import SecretStr
 
-from worker.config import ENV_PREFIX, GraphSettings, Settings, WorkerSettings
+from worker.config import ENV_PREFIX, GraphSettings, Settings, batches_in_flight
 from worker.devjob import IngestReport, applied_totals, corpus, prepare_topics, publish_corpus, wait_until_committed
 from worker.devstack import DevStack
 from worker.events import AstGraphUpserted
@@ -244,7 +244,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--worker-log", type=Path, help="a directory for each run's worker output (bench<N>.log)")
     parser.add_argument("--transaction-size", type=int, default=1000)
-    parser.add_argument("--batches-in-flight", type=int, default=WorkerSettings().batches_in_flight)
+    parser.add_argument("--batches-in-flight", type=int, help="the worker's setting (unset: the backend's default)")
     parser.add_argument(
         "--backend",
         choices=["neo4j", "falkordb"],
@@ -313,7 +313,7 @@ def main() -> None:
         "edges": last.edges,
         "runs": len(reports),
         "transaction_size": args.transaction_size,
-        "batches_in_flight": args.batches_in_flight,
+        "batches_in_flight": batches_in_flight(settings),
         "seconds": round(seconds, 2),
         # Extrapolated from this run's median rate unless the corpus had 300 files.
         "seconds_300_files": round(seconds * 300 / last.files, 2),

@@ -20,7 +20,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from opentelemetry import propagate, trace
 
 from worker import failpoints
-from worker.config import Settings
+from worker.config import Settings, batches_in_flight
 from worker.consume.batcher import Batch, Batcher
 from worker.consume.decoding import DecodeAhead
 from worker.consume.inflight import InFlight, footprint
@@ -100,7 +100,7 @@ class IngestRunner:
         self._settings = settings
         self.batcher = Batcher(settings.worker.transaction_size, settings.worker.linger_ms / 1000, time.monotonic)
         self.flush_lock = asyncio.Lock()
-        self._flights = InFlight(settings.worker.batches_in_flight)
+        self._flights = InFlight(batches_in_flight(settings))
         self.assigned: set[TopicPartition] = set()
         self.joined = False
         self._rewound: set[TopicPartition] = set()  # partitions the last rewind moved back
