@@ -23,6 +23,7 @@ import os
 import platform
 import statistics
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -54,12 +55,14 @@ def _namespace(stack: DevStack, name: str, transaction_size: int, **worker: obje
     return settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"topic_pattern": pattern})})
 
 
-async def _probe_lookups(graph: GraphSettings, keys: list[str], stop: EventType) -> list[float]:
-    """Time a key lookup every 50 ms (keys of the corpus, whether written yet or not)."""
+async def _probe_lookups(
+    graph: GraphSettings, keys: list[str], stop: EventType | threading.Event, limit: int | None = None
+) -> list[float]:
+    """Time a key lookup every 50 ms (keys of the corpus, whether written yet or not), ``limit`` times at most."""
     store = connect_graph(graph)
     latencies: list[float] = []
     try:
-        while not stop.is_set():
+        while not stop.is_set() and len(latencies) != limit:
             started = time.perf_counter()
             await store.query(LOOKUP, {"key": keys[len(latencies) % len(keys)]})
             latencies.append(time.perf_counter() - started)
@@ -108,6 +111,7 @@ class Drain:
 
     report: IngestReport
     latencies: list[float]
+    idle_latencies: list[float]
     # (share of the backlog committed, worker RSS in MB), sampled every 50 ms
     memory: list[tuple[float, float]] = field(default_factory=list)
 
@@ -197,7 +201,9 @@ async def _end_to_end(
         await asyncio.wait_for(worker.wait(), 60)
     latencies: list[float] = await asyncio.to_thread(out.get, timeout=60)
     prober.join()
-    return Drain(await applied_totals(settings, seconds), latencies, memory)
+    # The same lookups with nothing else running: what the store and the machine give at rest.
+    idle = await _probe_lookups(settings.graph, keys, threading.Event(), limit=60)
+    return Drain(await applied_totals(settings, seconds), latencies, idle, memory)
 
 
 async def _raw(settings: Settings, events: list[AstGraphUpserted], transaction_size: int) -> tuple[int, float]:
@@ -324,6 +330,7 @@ def main() -> None:
         "raw_rows_per_s": round(raw_rows_per_s),
         "ratio": round(rows_per_s / raw_rows_per_s, 3),
         "p95_query_ms": round(_percentile(lookups, 0.95) * 1000, 2),
+        "p95_query_idle_ms": round(_percentile([x for d in drains for x in d.idle_latencies], 0.95) * 1000, 2),
         "lookups": len(lookups),
         # The `gpm run` process and its decoder processes, sampled every 50 ms while draining.
         "max_rss_mb": round(max(mb for d in drains for _, mb in d.memory)),
@@ -333,7 +340,8 @@ def main() -> None:
     print(
         f"medians of {len(reports)} runs: end to end {result['nodes_per_s']:,} nodes/s, "
         f"{result['rows_per_s']:,} rows/s, "
-        f"raw {result['raw_rows_per_s']:,} rows/s, ratio {result['ratio']}, lookup p95 {result['p95_query_ms']} ms, "
+        f"raw {result['raw_rows_per_s']:,} rows/s, ratio {result['ratio']}, lookup p95 {result['p95_query_ms']} ms "
+        f"(idle {result['p95_query_idle_ms']} ms), "
         f"{result['seconds']}s for {last.files} files (300 files: {result['seconds_300_files']}s), "
         f"worker RSS at 1/4, 1/2, 3/4 and all of the drain: {result['rss_mb_at_quarters']} MB"
     )
