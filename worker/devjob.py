@@ -11,7 +11,7 @@ import asyncio
 import sysconfig
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -116,16 +116,14 @@ async def wait_until_committed(
     settings: Settings,
     topics: tuple[str, str],
     expected: int,
-    on_progress: Callable[[int], Awaitable[None] | None],
+    on_progress: Callable[[int], None],
 ) -> None:
     """Poll the group's committed offsets every 50 ms until they reach ``expected``.
 
     ``on_progress`` gets the total each time; raising there (a worker that died) ends the wait.
     """
     while (committed := await _committed_total(settings, topics)) < expected:
-        outcome = on_progress(committed)
-        if outcome is not None:
-            await outcome
+        on_progress(committed)
         await asyncio.sleep(0.05)
 
 

@@ -120,6 +120,9 @@ class Drain:
         return next((mb for done, mb in self.memory if done >= share), self.memory[-1][1])
 
 
+_background: set[asyncio.Task[None]] = set()  # tasks that read worker output (held so they live on)
+
+
 async def _worker_process(
     settings: Settings, cwd: Path, log: BinaryIO | None
 ) -> tuple[asyncio.subprocess.Process, deque[bytes]]:
@@ -159,9 +162,6 @@ async def _worker_process(
 
     _background.add(asyncio.create_task(drain_output()))
     return process, output
-
-
-_background: set[asyncio.Task[None]] = set()
 
 
 async def _end_to_end(

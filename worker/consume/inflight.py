@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,9 +55,6 @@ class InFlight:
 
     def __len__(self) -> int:
         return len(self._flights)
-
-    def __iter__(self) -> Iterator[Flight]:
-        return iter(self._flights)
 
     def room_for(self, sources: frozenset[str] | None) -> bool:
         """Whether a batch with this footprint may start now."""

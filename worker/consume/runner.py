@@ -67,8 +67,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka s
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         # The batches in flight commit their offsets on their own; wait for them so the
         # next owner starts after them, then forget what was buffered but not yet applied.
-        if self._runner.flush_lock.locked():
-            log.info("partitions revoked: finishing the batch in flight first")
+        if self._runner.flush_lock.locked() or self._runner.in_flight:
+            log.info("partitions revoked: finishing the batches in flight first", batches=self._runner.in_flight)
         async with self._runner.flush_lock:
             await self._runner.settle()
             self._runner.batcher.drop_partitions({(tp.topic, tp.partition) for tp in revoked})
@@ -112,6 +112,11 @@ class IngestRunner:
             functools.partial(decode_event, max_bytes=limits.max_event_bytes, max_nodes=limits.max_nodes_per_graph),
             processes=limits.decode_processes,
         )
+
+    @property
+    def in_flight(self) -> int:
+        """Batches being applied or committed."""
+        return len(self._flights)
 
     def paused(self) -> set[TopicPartition]:
         """Partitions whose fetching is paused (while waiting out a store outage)."""
