@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.factories import graph, link, upsert
-from worker.config import Settings, WorkerSettings
+from worker.config import KafkaSettings, Settings, WorkerSettings
 from worker.consume.runner import IngestRunner, _Rebalance
 from worker.errors import StoreUnavailable
 from worker.events import encode_event
@@ -182,6 +182,49 @@ async def test_records_fetched_before_a_rebalance_are_not_applied_after_it() -> 
     assert runner.generation == 1
     assert coordinator.applied == [0, 1, 2, 3, 4, 5]  # nothing skipped, nothing out of order
     assert consumer.commits == [2, 4, 6]
+
+
+class SlowFetchConsumer(FakeConsumer):
+    """Each fetch takes a moment, as a broker round trip does (other tasks run meanwhile)."""
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[TopicPartition, list[Record]]:
+        """Wait, then serve as the fake does."""
+        await asyncio.sleep(0.05)
+        return await super().getmany(timeout_ms, max_records)
+
+
+class SlowRebalancingCoordinator(RebalancingCoordinator):
+    """As above, but the first batch takes long enough for the loop to hit an overflow during the revoke."""
+
+    async def apply(self, events: list[InboundEvent]) -> None:
+        """Start the rebalance once, then take a while."""
+        first = self.rebalance is None
+        await super().apply(events)
+        if first:
+            await asyncio.sleep(0.3)
+
+
+async def test_a_record_whose_flush_waited_for_a_revoke_is_not_applied() -> None:
+    """An overflow flush that waited out a revoke must not batch its now-stale record ahead of the re-read."""
+    sizes = [1, 1, 1, 2, 1, 1]  # f3 overflows the batch holding f2 while the revoke settles batch 0
+    values = [
+        encode_event(upsert(f"f{i}.py", 1, graph([(f"n{k}", "Name") for k in range(size)])))
+        for i, size in enumerate(sizes)
+    ]
+    consumer = SlowFetchConsumer([Record(i, v) for i, v in enumerate(values)])
+    coordinator = SlowRebalancingCoordinator(consumer)
+    settings = Settings(
+        kafka=KafkaSettings(max_poll_records=2),  # f0 and f1 first: the revoke starts before f2 and f3 come
+        worker=WorkerSettings(transaction_size=2, linger_ms=0, decode_processes=0),
+    )
+    runner = IngestRunner(consumer, coordinator, None, settings)  # type: ignore[arg-type]
+    coordinator.runner = runner
+    task = asyncio.create_task(runner.run())
+    await _until(lambda: bool(consumer.commits) and consumer.commits[-1] >= 6, task)
+    runner.stopping.set()
+    await task
+    assert runner.generation == 1
+    assert coordinator.applied == [0, 1, 2, 3, 4, 5]  # f3 was not applied before f2, nor twice
 
 
 def _span_exporter() -> InMemorySpanExporter:

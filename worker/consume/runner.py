@@ -68,7 +68,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka s
         # The batches in flight commit their offsets on their own; wait for them so the
         # next owner starts after them, then forget what was buffered but not yet applied.
         if self._runner.flush_lock.locked() or self._runner.in_flight:
-            log.info("partitions revoked: finishing the batches in flight first", batches=self._runner.in_flight)
+            log.info("partitions revoked: finishing the batch in flight first", batches=self._runner.in_flight)
         async with self._runner.flush_lock:
             await self._runner.settle()
             self._runner.batcher.drop_partitions({(tp.topic, tp.partition) for tp in revoked})
@@ -166,7 +166,7 @@ class IngestRunner:
                         # accepting it after the revoke dropped its predecessors would commit past them.
                         log.info("dropping records fetched before a rebalance", records=len(records) - index)
                         return
-                    if not await self._accept(tp, record, outcome):
+                    if not await self._accept(tp, record, outcome, generation):
                         # A batch was rewound: nothing fetched after it may be applied ahead of it.
                         self._seek_back([(tp, records[index:]), *fetched[n + 1 :]])
                         return
@@ -179,7 +179,7 @@ class IngestRunner:
                 self._consumer.seek(tp, records[0].offset)
 
     async def _accept(
-        self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], event: Event | EventError
+        self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], event: Event | EventError, generation: int
     ) -> bool:
         """Batch one decoded record (or its dead letter); False if a flush it caused was rewound."""
         metrics.events_consumed.add(1, {"topic": tp.topic})
@@ -194,6 +194,10 @@ class IngestRunner:
         item = InboundEvent(event=event, position=position, raw=record.value, key=record.key, headers=headers)
         if self.batcher.would_overflow(item) and not await self._flush():
             return False  # the item was not added: it is re-read with the rewound batch
+        if self.generation != generation:
+            # The flush waited for a revoke (which lets the batches in flight finish): this
+            # record belongs to the old assignment; the caller drops the rest of its fetch.
+            return True
         self.batcher.add(item)
         if self.batcher.full:
             return await self._flush()
