@@ -167,18 +167,26 @@ class RebalancingCoordinator:
         self.consumer.position = self.consumer.commits[-1] if self.consumer.commits else 0
 
 
-async def test_records_fetched_before_a_rebalance_are_not_applied_after_it() -> None:
-    """The revoke drops the buffered records; the rest of the old fetch must not be applied past them."""
-    values = [encode_event(upsert(f"f{i}.py", 1, graph([("n", "Name")]))) for i in range(6)]
-    consumer = FakeConsumer([Record(i, v) for i, v in enumerate(values)])
-    coordinator = RebalancingCoordinator(consumer)
-    settings = Settings(worker=WorkerSettings(transaction_size=2, linger_ms=0))
+async def _rebalanced_run(
+    consumer: FakeConsumer, coordinator: RebalancingCoordinator, settings: Settings
+) -> IngestRunner:
+    """Run the loop (the coordinator revokes and reassigns during the first batch) until offset 6 is committed."""
     runner = IngestRunner(consumer, coordinator, None, settings)  # type: ignore[arg-type]
     coordinator.runner = runner
     task = asyncio.create_task(runner.run())
     await _until(lambda: bool(consumer.commits) and consumer.commits[-1] >= 6, task)
     runner.stopping.set()
     await task
+    return runner
+
+
+async def test_records_fetched_before_a_rebalance_are_not_applied_after_it() -> None:
+    """The revoke drops the buffered records; the rest of the old fetch must not be applied past them."""
+    values = [encode_event(upsert(f"f{i}.py", 1, graph([("n", "Name")]))) for i in range(6)]
+    consumer = FakeConsumer([Record(i, v) for i, v in enumerate(values)])
+    coordinator = RebalancingCoordinator(consumer)
+    settings = Settings(worker=WorkerSettings(transaction_size=2, linger_ms=0))
+    runner = await _rebalanced_run(consumer, coordinator, settings)
     assert runner.generation == 1
     assert coordinator.applied == [0, 1, 2, 3, 4, 5]  # nothing skipped, nothing out of order
     assert consumer.commits == [2, 4, 6]
@@ -217,12 +225,7 @@ async def test_a_record_whose_flush_waited_for_a_revoke_is_not_applied() -> None
         kafka=KafkaSettings(max_poll_records=2),  # f0 and f1 first: the revoke starts before f2 and f3 come
         worker=WorkerSettings(transaction_size=2, linger_ms=0, decode_processes=0),
     )
-    runner = IngestRunner(consumer, coordinator, None, settings)  # type: ignore[arg-type]
-    coordinator.runner = runner
-    task = asyncio.create_task(runner.run())
-    await _until(lambda: bool(consumer.commits) and consumer.commits[-1] >= 6, task)
-    runner.stopping.set()
-    await task
+    runner = await _rebalanced_run(consumer, coordinator, settings)
     assert runner.generation == 1
     assert coordinator.applied == [0, 1, 2, 3, 4, 5]  # f3 was not applied before f2, nor twice
 
