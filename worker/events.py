@@ -96,13 +96,13 @@ GraphId = Annotated[str, Field(min_length=1, max_length=512)]
 # Property values Neo4j can store: scalars or homogeneous lists of scalars. Integers are
 # 64-bit in Bolt; a larger one would fail inside the driver, so GraphData refuses it.
 # (int before float in the union keeps a large integer an int, to be found and refused.)
-_INT64 = range(-(2**63), 2**63)
+INT64 = range(-(2**63), 2**63)  # the integers every graph store here can hold
 
 
 def _int64_problem(properties: Mapping[str, object]) -> str | None:
     for name, value in properties.items():
         values = value if isinstance(value, list) else (value,)
-        if any(type(v) is int and v not in _INT64 for v in values):
+        if any(type(v) is int and v not in INT64 for v in values):
             return f"properties.{name}: integers must fit in 64 bits"
     return None
 

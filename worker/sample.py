@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from worker.events import AstGraphUpserted, Edge, EventType, GraphData, Node, Scalar
+from worker.events import INT64, AstGraphUpserted, Edge, EventType, GraphData, Node, Scalar
 
 PRODUCER = "gpm-sample/1"
 _LOCATION = ("lineno", "col_offset", "end_lineno", "end_col_offset")
@@ -28,7 +28,7 @@ def _storable(value: str | float) -> Scalar:
         return value[:200]
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
-    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+    if isinstance(value, int) and not isinstance(value, bool) and value not in INT64:
         return str(value)  # e.g. the 2**64 masks in the standard library's hashing code
     return value
 

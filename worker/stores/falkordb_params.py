@@ -22,9 +22,7 @@ from typing import Any
 
 import orjson
 
-from worker.events import has_long_number
-
-_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+from worker.events import INT64, has_long_number
 
 
 class UnstorableValue(ValueError):  # noqa: N818 - a ValueError, named for what it says
@@ -50,7 +48,7 @@ def cypher_key(key: str) -> str:
 
 def _number(value: float) -> str:
     if isinstance(value, int):
-        if not _INT64_MIN <= value <= _INT64_MAX:
+        if value not in INT64:
             msg = f"OverflowError: integer {value} does not fit in 64 bits"
             raise UnstorableValue(msg)
         return str(value)
