@@ -176,10 +176,12 @@ async def test_property_values_round_trip_exactly(store: GraphBackend) -> None:
                 {"id": "m", "type": "Module", "properties": TRICKY},
                 {"id": "f", "type": "FunctionDef", "properties": {"odd name-with.dots": 1, "$rows $p0": 2}},
                 {"id": "g", "type": "FunctionDef"},
+                {"id": "h", "type": "FunctionDef"},
             ],
             "edges": [
                 {"source": "m", "target": "f", "type": "BODY", "properties": TRICKY},
                 {"source": "m", "target": "g", "type": "BODY"},
+                {"source": "m", "target": "h", "type": "BODY", "properties": {"odd name-with.dots": 1}},
             ],
         }
     )
@@ -190,7 +192,7 @@ async def test_property_values_round_trip_exactly(store: GraphBackend) -> None:
     rows = await store.query(
         "MATCH (a:AstNode {source_id: 't.py'})-[e]->(b) RETURN b.node_id AS b, properties(e) AS p ORDER BY b"
     )
-    assert rows == [{"b": "f", "p": TRICKY}, {"b": "g", "p": {}}]
+    assert rows == [{"b": "f", "p": TRICKY}, {"b": "g", "p": {}}, {"b": "h", "p": {"odd name-with.dots": 1}}]
 
 
 async def test_reapplying_a_batch_changes_nothing(store: GraphBackend) -> None:
