@@ -451,7 +451,9 @@ def schemas(
 
 @app.command()
 def dev(
-    files: Annotated[int, typer.Option(help="How many standard-library files to ingest.")] = 100,
+    files: Annotated[
+        int, typer.Option(help="Python files to ingest: the standard library, then installed packages.")
+    ] = 100,
     transaction_size: Annotated[int, typer.Option(help="Graph rows per batch.")] = 1000,
     graph_backend: Annotated[
         GraphBackendName, typer.Option(help="neo4j: the Neo4j adapter over Bolt, on ArcadeDB; or falkordb.")

@@ -55,20 +55,26 @@ def corpus(
     root: Path | None = None,
     max_nodes: int | None = None,
 ) -> list[AstGraphUpserted]:
-    """Upsert events for up to ``files`` Python files under ``root`` (the standard library).
+    """Upsert events for up to ``files`` Python files under ``root``.
 
-    With ``max_nodes`` it stops at the first file that brings the total to that many nodes.
+    Without ``root``: the standard library (about 750 files), then the installed packages
+    (their source ids start with ``site-packages/``), so a corpus of thousands of files is
+    real code too. With ``max_nodes`` it stops at the first file that brings the total to
+    that many nodes.
     """
-    base = root or Path(sysconfig.get_paths()["stdlib"])
-    events = []
+    packages = Path(sysconfig.get_paths()["purelib"])
+    # (tree to walk, what source ids are relative to)
+    trees = [(root, root)] if root else [(Path(sysconfig.get_paths()["stdlib"]), None), (packages, packages.parent)]
+    events: list[AstGraphUpserted] = []
     nodes = 0
-    for path in python_files(files, base):
-        events.append(event_for_file(path, base))
-        nodes += len(events[-1].graph.nodes)
-        if on_parsed is not None:
-            on_parsed()
-        if max_nodes is not None and nodes >= max_nodes:
-            break
+    for base, ids_from in trees:
+        for path in python_files(files - len(events), base):
+            events.append(event_for_file(path, ids_from or base))
+            nodes += len(events[-1].graph.nodes)
+            if on_parsed is not None:
+                on_parsed()
+            if max_nodes is not None and nodes >= max_nodes:
+                return events
     return events
 
 

@@ -1,15 +1,16 @@
 """End-to-end ingestion benchmark on the embedded stack (``make bench``).
 
-Publishes the AST graphs of real Python files (the standard library unless ``--root``) to
-the real broker, then starts the worker as production does (``python -m worker run``, its
-own process with its own settings from the environment) on that backlog and times from its
-joining the group until every offset is committed. Meanwhile it samples the worker's
-resident memory (with its decoder processes) and a prober, a process of its own, times a
-simple key lookup against the graph. Then the raw limit: the same rows written straight to the graph store with the
-worker's own UNWIND statements and batch size (no broker, no validation, no outbox).
-Several runs, each into fresh databases; prints each run, the medians and the ratio
-end-to-end / raw, and as the very last line one JSON object. Figures only: the machine is
-shared and noisy, so targets live in the issues, not here.
+Publishes the AST graphs of real Python files (the standard library, then the installed
+packages, unless ``--root``) to the real broker, then starts the worker as production does
+(``python -m worker run``, its own process with its own settings from the environment) on
+that backlog and times from its joining the group until every offset is committed.
+Meanwhile it samples the worker's resident memory (with its decoder processes) and a
+prober, a process of its own, times a simple key lookup against the graph. Then the raw
+limit: the same rows written straight to the graph store with the worker's own UNWIND
+statements and batch size (no broker, no validation, no outbox). Several runs, each into
+fresh databases; prints each run, the medians and the ratio end-to-end / raw, and as the
+very last line one JSON object. Figures only: the machine is shared and noisy, so targets
+live in the issues, not here.
 """
 
 from __future__ import annotations
@@ -246,7 +247,9 @@ def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--files", type=int, default=50, help="files in the corpus (at most)")
     parser.add_argument("--nodes", type=int, help="stop adding files once the corpus has this many nodes")
-    parser.add_argument("--root", type=Path, help="a tree of Python files instead of the standard library")
+    parser.add_argument(
+        "--root", type=Path, help="a tree of Python files to use instead (default: stdlib, then site-packages)"
+    )
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--worker-log", type=Path, help="a directory for each run's worker output (bench<N>.log)")
     parser.add_argument("--transaction-size", type=int, default=1000)
