@@ -23,9 +23,12 @@ _NAMES = ("name", "id", "attr", "arg", "module")
 
 
 def _storable(value: str | float) -> Scalar:
-    """A constant as a property: strings cut to 200 characters; numbers JSON and int64 cannot hold as text."""
+    r"""A constant as a property: strings cut to 200 characters; what JSON and int64 cannot hold as text.
+
+    A lone surrogate (``"\udc80"``, in some codec code) is not UTF-8: it stays escaped.
+    """
     if isinstance(value, str):
-        return value[:200]
+        return value[:200].encode("utf-8", "backslashreplace").decode()
     if isinstance(value, float) and not math.isfinite(value):
         return repr(value)
     if isinstance(value, int) and not isinstance(value, bool) and value not in INT64:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sysconfig
 from pathlib import Path
 
+import orjson
 import pytest
 
 from worker.devjob import corpus
@@ -12,10 +13,11 @@ from worker.sample import graph_from_source
 
 
 def test_constants_json_and_int64_cannot_hold_become_text() -> None:
-    """An integer past 64 bits or an infinite float is kept as its text, so the graph still validates."""
-    graph = graph_from_source("a = 18446744073709551616\nb = 1e999\nc = 7\nd = True\n")
+    """An integer past 64 bits, an infinite float or a lone surrogate is kept as text, so the event encodes."""
+    graph = graph_from_source('a = 18446744073709551616\nb = 1e999\nc = 7\nd = True\ne = "x\\udc80"\n')
     values = [n["properties"]["value"] for n in graph.nodes if n["type"] == "Constant"]
-    assert values == ["18446744073709551616", "inf", 7, True]
+    assert values == ["18446744073709551616", "inf", 7, True, "x\\udc80"]
+    assert orjson.loads(orjson.dumps(graph.model_dump(mode="json")))["nodes"][-1]["properties"]["value"] == "x\\udc80"
 
 
 def test_a_corpus_past_the_standard_library_goes_on_into_the_installed_packages(
