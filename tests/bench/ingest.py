@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pydantic import SecretStr
 
@@ -251,8 +251,15 @@ def _arguments() -> argparse.Namespace:
         "--root", type=Path, help="a tree of Python files to use instead (default: stdlib, then site-packages)"
     )
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--worker-log", type=Path, help="a directory for each run's worker output (bench<N>.log)")
+    parser.add_argument(
+        "--worker-log", type=Path, help="a directory for each run's worker output (bench<size>x<run>.log)"
+    )
     parser.add_argument("--transaction-size", type=int, default=1000)
+    parser.add_argument(
+        "--sweep",
+        type=lambda text: [int(size) for size in text.split(",")],
+        help="comma-separated transaction sizes: measure each and chart throughput over batch size",
+    )
     parser.add_argument("--batches-in-flight", type=int, help="the worker's setting (unset: the backend's default)")
     parser.add_argument(
         "--backend",
@@ -276,48 +283,40 @@ def _corpus(args: argparse.Namespace) -> list[AstGraphUpserted]:
     return events
 
 
-def main() -> None:
-    """Run the benchmark and print the figures."""
-    args = _arguments()
-    configure_logging("WARNING", "console")
-    tune_gc()  # as in `gpm run`: the raw writer in this process gets the worker's GC settings
-    started = time.monotonic()
-    events = _corpus(args)
+def _measure(
+    stack: DevStack, args: argparse.Namespace, events: list[AstGraphUpserted], transaction_size: int, prefix: str
+) -> dict[str, Any]:
+    """``args.runs`` end-to-end drains, each followed by a raw write; their medians as one result."""
     drains: list[Drain] = []
     raw_rates: list[float] = []
-    with DevStack(graph_backend=args.backend) as stack:
-        # A fresh JVM (ArcadeDB) compiles its hot paths during the first writes: without this,
-        # run 1 paid for that in its end-to-end figure but not in its raw one (measured after).
-        print("warming the graph store up on 20 files (not measured)", flush=True)
-        asyncio.run(_raw(_namespace(stack, "warmup", args.transaction_size), events[:20], args.transaction_size))
-        for run in range(args.runs):
-            name = f"bench{run}"
-            settings = _namespace(stack, name, args.transaction_size, batches_in_flight=args.batches_in_flight)
-            with contextlib.ExitStack() as files:
-                log = files.enter_context((args.worker_log / f"{name}.log").open("wb")) if args.worker_log else None
-                drain = asyncio.run(_end_to_end(stack, settings, events, name, log))
-            drains.append(drain)
-            raw_rows, raw_seconds = asyncio.run(
-                _raw(_namespace(stack, f"raw{run}", args.transaction_size), events, args.transaction_size)
-            )
-            raw_rates.append(raw_rows / raw_seconds)
-            report = drain.report
-            rows_per_s = (report.nodes + report.edges) / report.seconds
-            print(
-                f"run {run + 1}/{args.runs}: {report.files} files, {report.nodes:,} nodes, {report.edges:,} edges "
-                f"in {report.seconds:.1f}s end to end = {report.nodes_per_s:,.0f} nodes/s, {rows_per_s:,.0f} rows/s; "
-                f"raw {raw_rows / raw_seconds:,.0f} rows/s; "
-                f"lookup p95 {_percentile(drain.latencies, 0.95) * 1000:.1f} ms; "
-                f"worker RSS {drain.rss_at(0.5):,.0f} MB at half, {drain.rss_at(1.0):,.0f} MB at the end",
-                flush=True,
-            )
+    for run in range(args.runs):
+        name = f"{prefix}{run}"
+        settings = _namespace(stack, name, transaction_size, batches_in_flight=args.batches_in_flight)
+        with contextlib.ExitStack() as files:
+            log = files.enter_context((args.worker_log / f"{name}.log").open("wb")) if args.worker_log else None
+            drain = asyncio.run(_end_to_end(stack, settings, events, name, log))
+        drains.append(drain)
+        raw_rows, raw_seconds = asyncio.run(
+            _raw(_namespace(stack, f"raw{name}", transaction_size), events, transaction_size)
+        )
+        raw_rates.append(raw_rows / raw_seconds)
+        report = drain.report
+        rows_per_s = (report.nodes + report.edges) / report.seconds
+        print(
+            f"run {run + 1}/{args.runs}: {report.files} files, {report.nodes:,} nodes, {report.edges:,} edges "
+            f"in {report.seconds:.1f}s end to end = {report.nodes_per_s:,.0f} nodes/s, {rows_per_s:,.0f} rows/s; "
+            f"raw {raw_rows / raw_seconds:,.0f} rows/s; "
+            f"lookup p95 {_percentile(drain.latencies, 0.95) * 1000:.1f} ms; "
+            f"worker RSS {drain.rss_at(0.5):,.0f} MB at half, {drain.rss_at(1.0):,.0f} MB at the end",
+            flush=True,
+        )
     reports = [d.report for d in drains]
     lookups = [latency for d in drains for latency in d.latencies]
     seconds = statistics.median(r.seconds for r in reports)
     last = reports[-1]
     rows_per_s = statistics.median((r.nodes + r.edges) / r.seconds for r in reports)
     raw_rows_per_s = statistics.median(raw_rates)
-    result = {
+    return {
         "date": datetime.now(UTC).date().isoformat(),
         "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}",
         "backend": "arcadedb-bolt" if args.backend == "neo4j" else "falkordb",
@@ -325,7 +324,7 @@ def main() -> None:
         "nodes": last.nodes,
         "edges": last.edges,
         "runs": len(reports),
-        "transaction_size": args.transaction_size,
+        "transaction_size": transaction_size,
         "batches_in_flight": batches_in_flight(settings),
         "seconds": round(seconds, 2),
         # Extrapolated from this run's median rate unless the corpus had 300 files.
@@ -342,14 +341,52 @@ def main() -> None:
         # The `gpm run` process and its decoder processes, sampled every 50 ms while draining.
         "max_rss_mb": round(max(mb for d in drains for _, mb in d.memory)),
         "rss_mb_at_quarters": [round(statistics.median(d.rss_at(q) for d in drains)) for q in (0.25, 0.5, 0.75, 1.0)],
-        "bench_seconds": round(time.monotonic() - started, 1),
     }
+
+
+def _chart(points: list[dict[str, Any]], width: int = 50) -> str:
+    """Throughput over batch size as text bars: end to end (#) against raw (=), one pair per size."""
+    top = max(max(p["rows_per_s"], p["raw_rows_per_s"]) for p in points)
+    lines = ["rows/s by transaction_size: # end to end, = raw (the graph store alone)"]
+    for p in points:
+        size = p["transaction_size"]
+        for mark, key in (("#", "rows_per_s"), ("=", "raw_rows_per_s")):
+            bar = mark * max(1, round(width * p[key] / top))
+            label = f"{size:>7,}" if mark == "#" else " " * 7
+            lines.append(f"{label} {bar:<{width}} {p[key]:>9,}")
+        lines.append(f"{'':7} ratio {p['ratio']}, lookup p95 {p['p95_query_ms']} ms")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    """Run the benchmark and print the figures."""
+    args = _arguments()
+    configure_logging("WARNING", "console")
+    tune_gc()  # as in `gpm run`: the raw writer in this process gets the worker's GC settings
+    started = time.monotonic()
+    events = _corpus(args)
+    sizes = args.sweep or [args.transaction_size]
+    with DevStack(graph_backend=args.backend) as stack:
+        # A fresh JVM (ArcadeDB) compiles its hot paths during the first writes: without this,
+        # run 1 paid for that in its end-to-end figure but not in its raw one (measured after).
+        print("warming the graph store up on 20 files (not measured)", flush=True)
+        asyncio.run(_raw(_namespace(stack, "warmup", sizes[0]), events[:20], sizes[0]))
+        points = []
+        for size in sizes:
+            if args.sweep:
+                print(f"transaction_size {size:,}:", flush=True)
+            points.append(_measure(stack, args, events, size, f"bench{size}x"))
+    if args.sweep:
+        print(_chart(points))
+        print(json.dumps({"bench_seconds": round(time.monotonic() - started, 1), "sweep": points}))
+        return
+    result = points[0] | {"bench_seconds": round(time.monotonic() - started, 1)}
     print(
-        f"medians of {len(reports)} runs: end to end {result['nodes_per_s']:,} nodes/s, "
+        f"medians of {result['runs']} runs: end to end {result['nodes_per_s']:,} nodes/s, "
         f"{result['rows_per_s']:,} rows/s, "
         f"raw {result['raw_rows_per_s']:,} rows/s, ratio {result['ratio']}, lookup p95 {result['p95_query_ms']} ms "
         f"(idle {result['p95_query_idle_ms']} ms), "
-        f"{result['seconds']}s for {last.files} files (300 files: {result['seconds_300_files']}s), "
+        f"{result['seconds']}s for {result['files']} files (300 files: {result['seconds_300_files']}s), "
         f"worker RSS at 1/4, 1/2, 3/4 and all of the drain: {result['rss_mb_at_quarters']} MB"
     )
     print(json.dumps(result))
