@@ -135,8 +135,11 @@ class Worker:
                 max_request_size=s.worker.max_event_bytes + 64 * 1024,
                 compression_type="gzip",
             )
-            await producer.start()
+            # Closed on every way out, also after a start cut short by a stop request.
             stack.push_async_callback(_bounded_close, "dead-letter producer", producer.stop)
+            if not await self._unless_stopped(producer.start()):
+                log.info("worker stopped before the broker answered")
+                return
             consumer = AIOKafkaConsumer(
                 **s.kafka.client_options(),
                 group_id=s.kafka.group_id,
@@ -153,8 +156,13 @@ class Worker:
             coordinator = SagaCoordinator(relational, graph, dead_letters, s.worker)
             self.runner = runner = IngestRunner(consumer, coordinator, dead_letters, s)
             runner.subscribe()
-            await consumer.start()
             stack.push_async_callback(_bounded_close, "consumer", consumer.stop)
+            # start() returns once the group has assigned partitions, which takes as long as the
+            # group takes to settle (a crashed member lingers until its session times out): a
+            # stop request must not wait for that (seen: a replica deaf to SIGTERM for 90 s).
+            if not await self._unless_stopped(consumer.start()):
+                log.info("worker stopped before it joined its group")
+                return
             if self._stop_requested.is_set():
                 runner.stopping.set()
             log.info(
@@ -168,6 +176,23 @@ class Worker:
             stack.callback(report.cancel)
             await self._consume_until_stopped(runner)
         log.info("worker stopped")
+
+    async def _unless_stopped(self, starting: Awaitable[None]) -> bool:
+        """Await ``starting`` unless a stop request comes first, then cancel it; True if it finished."""
+        task = asyncio.ensure_future(starting)
+        stop = asyncio.create_task(self._stop_requested.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if task.cancelled():
+            return False
+        task.result()  # its own error, if it failed
+        return True
 
     async def _open_stores(self, stack: AsyncExitStack) -> bool:
         """Connect and migrate, waiting with backoff while a store is unreachable.

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from pydantic import SecretStr
 
 from tests.factories import graph, upsert
@@ -132,3 +133,68 @@ async def test_stop_while_waiting_for_stores_exits_promptly(ns: Namespace) -> No
 
 async def _listening(worker: Worker) -> bool:
     return worker.health is not None and worker.health.port != 0
+
+
+async def test_stop_while_the_broker_does_not_answer_at_start_exits_promptly(ns: Namespace, tmp_path: Path) -> None:
+    """SIGTERM while the Kafka clients start against a frozen broker ends the worker within seconds."""
+    broker = TansuBroker(tmp_path)
+    await asyncio.to_thread(broker.start)
+    try:
+        kafka = ns.settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap_servers})
+        worker = Worker(ns.settings.model_copy(update={"kafka": kafka}), handle_signals=False)
+        broker.pause()  # connections are accepted (by the kernel), requests never answered
+        task = asyncio.create_task(worker.run())
+        await asyncio.sleep(5)  # the stores are open by now; the Kafka client waits on the broker
+        assert not task.done()
+        stopped = time.monotonic()
+        worker.stop()
+        await asyncio.wait_for(task, 30)
+        assert time.monotonic() - stopped < 15, "the stop waited for the broker"
+        assert not worker.started.is_set()
+    finally:
+        broker.resume()
+        await asyncio.to_thread(broker.stop)
+
+
+class _StuckInRevoke(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    """A member finishing a long batch on revoke, as a worker does: the group cannot settle meanwhile."""
+
+    def __init__(self, release: asyncio.Event) -> None:
+        self.release = release
+        self.assigned = asyncio.Event()
+
+    async def on_partitions_revoked(self, revoked: object) -> None:
+        if revoked:
+            await self.release.wait()
+
+    async def on_partitions_assigned(self, assigned: object) -> None:
+        if assigned:
+            self.assigned.set()
+
+
+async def test_stop_while_the_group_cannot_settle_exits_promptly(ns: Namespace) -> None:
+    """SIGTERM while start-up waits for its first assignment (a member stuck in its revoke) ends the worker."""
+    release = asyncio.Event()
+    listener = _StuckInRevoke(release)
+    kafka = ns.settings.kafka
+    member = AIOKafkaConsumer(
+        **kafka.client_options(),
+        group_id=kafka.group_id,
+        session_timeout_ms=kafka.session_timeout_ms,
+        heartbeat_interval_ms=kafka.heartbeat_interval_ms,
+    )
+    member.subscribe(pattern=kafka.topic_pattern, listener=listener)
+    await member.start()
+    try:
+        await asyncio.wait_for(listener.assigned.wait(), 30)
+        worker = Worker(ns.settings, handle_signals=False)
+        task = asyncio.create_task(worker.run())
+        await asyncio.sleep(10)  # joined; the rebalance waits for the stuck member
+        assert not worker.started.is_set(), "the group settled: this test needs it stuck"
+        stopped = time.monotonic()
+        worker.stop()
+        await asyncio.wait_for(task, 40)
+        assert time.monotonic() - stopped < 20, "the stop waited for the group"
+    finally:
+        release.set()
+        await member.stop()
