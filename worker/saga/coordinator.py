@@ -153,9 +153,8 @@ class SagaCoordinator:
             changes = dataclasses.replace(changes, relinks=tuple(r for r in links if r.intent_id not in rewritten))
         graph_started = time.perf_counter()
         try:
-            with tracer.start_as_current_span(
-                "saga graph import", attributes={"db.system.name": "neo4j", "db.operation.batch.size": record.rows}
-            ):
+            # The adapters' statement spans below name the database system (neo4j or falkordb).
+            with tracer.start_as_current_span("saga graph import", attributes={"db.operation.batch.size": record.rows}):
                 stats = await self._graph.apply(changes)
             failpoints.hit("after-graph")
         except StoreError as exc:
