@@ -54,13 +54,14 @@ def corpus(
     *,
     root: Path | None = None,
     max_nodes: int | None = None,
+    keep: Callable[[AstGraphUpserted], bool] | None = None,
 ) -> list[AstGraphUpserted]:
     """Upsert events for up to ``files`` Python files under ``root``.
 
     Without ``root``: the standard library (about 750 files), then the installed packages
     (their source ids start with ``site-packages/``), so a corpus of thousands of files is
     real code too. With ``max_nodes`` it stops at the first file that brings the total to
-    that many nodes.
+    that many nodes. With ``keep``, only the files it keeps count (e.g. what a backend can store).
     """
     packages = Path(sysconfig.get_paths()["purelib"])
     # (tree to walk, what source ids are relative to)
@@ -68,9 +69,17 @@ def corpus(
     events: list[AstGraphUpserted] = []
     nodes = 0
     for base, ids_from in trees:
-        for path in python_files(files - len(events), base):
-            events.append(event_for_file(path, ids_from or base))
-            nodes += len(events[-1].graph.nodes)
+        for path in python_files(base):
+            if len(events) == files:
+                return events
+            try:
+                event = event_for_file(path, ids_from or base)
+            except (SyntaxError, ValueError):  # not Python this interpreter reads (e.g. 2to3 test data)
+                continue
+            if keep is not None and not keep(event):
+                continue
+            events.append(event)
+            nodes += len(event.graph.nodes)
             if on_parsed is not None:
                 on_parsed()
             if max_nodes is not None and nodes >= max_nodes:

@@ -272,14 +272,21 @@ def _arguments() -> argparse.Namespace:
 
 def _corpus(args: argparse.Namespace) -> list[AstGraphUpserted]:
     files = args.files if args.nodes is None else 10**9
-    events = corpus(files, root=args.root, max_nodes=args.nodes)
-    print(f"corpus: {len(events)} files, {sum(len(e.graph.nodes) for e in events):,} nodes", flush=True)
-    if args.backend == "falkordb":
+    left_out: list[str] = []
+
+    def storable(event: AstGraphUpserted) -> bool:
         # FalkorDB cannot store a NUL character in a string (the worker dead-letters such a
-        # file's graph with that reason); keep both measurements on the same rows.
-        storable = [e for e in events if not _has_nul(e)]
-        print(f"{len(events) - len(storable)} file(s) left out: a string with NUL, which FalkorDB cannot store")
-        events = storable
+        # file's graph with that reason): such files are skipped, so --files still counts
+        # the files measured, and both measurements write the same rows.
+        if args.backend == "falkordb" and _has_nul(event):
+            left_out.append(event.source_id)
+            return False
+        return True
+
+    events = corpus(files, root=args.root, max_nodes=args.nodes, keep=storable)
+    print(f"corpus: {len(events)} files, {sum(len(e.graph.nodes) for e in events):,} nodes", flush=True)
+    if left_out:
+        print(f"{len(left_out)} file(s) skipped on the way: a string with NUL, which FalkorDB cannot store")
     return events
 
 

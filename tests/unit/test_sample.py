@@ -23,13 +23,14 @@ def test_constants_json_and_int64_cannot_hold_become_text() -> None:
 def test_a_corpus_past_the_standard_library_goes_on_into_the_installed_packages(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Files come from the standard library first, then site-packages under ids that cannot clash."""
+    """Standard library first, then site-packages under ids that cannot clash; unparseable or unkept files skipped."""
     stdlib, packages = tmp_path / "lib", tmp_path / "venv" / "site-packages"
-    for tree, names in ((stdlib, ("a.py", "tests/t.py", "z.py")), (packages, ("a.py", "pkg/b.py"))):
+    for tree, names in ((stdlib, ("a.py", "tests/t.py", "y.py", "z.py")), (packages, ("a.py", "pkg/b.py"))):
         for name in names:
             (tree / name).parent.mkdir(parents=True, exist_ok=True)
-            (tree / name).write_text("x = 1\n")
+            (tree / name).write_text("print 'python 2'\n" if name == "y.py" else "x = 1\n")
     monkeypatch.setattr(sysconfig, "get_paths", lambda: {"stdlib": str(stdlib), "purelib": str(packages)})
     assert [e.source_id for e in corpus(3)] == ["a.py", "z.py", "site-packages/a.py"]
     assert [e.source_id for e in corpus(10)][2:] == ["site-packages/a.py", "site-packages/pkg/b.py"]
     assert [e.source_id for e in corpus(10, root=packages)] == ["a.py", "pkg/b.py"]
+    assert [e.source_id for e in corpus(2, keep=lambda e: e.source_id != "a.py")] == ["z.py", "site-packages/a.py"]
