@@ -64,7 +64,7 @@ _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 def _inline(names: tuple[str, ...], offset: int = 0) -> str | None:
-    """`` {`a`: r[0], ...}`` naming a list row's values, or None when a name is not plain."""
+    """The map `` {`a`: r[0], ...}`` naming a list row's values ("" for none), or None if a name is not plain."""
     if not all(_PLAIN_NAME.fullmatch(name) for name in names):
         return None
     if not names:
@@ -78,6 +78,9 @@ def _node_statement(label: str, names: tuple[str, ...], nodes: list[list[Any]]) 
     The properties are named in the statement when they can be: the node is then written
     once, where ``SET n = r`` creates it and updates it (measured on ArcadeDB: the whole
     import about 15% faster), and the rows travel as lists, without a key per value.
+    Both labels in the CREATE is also what ArcadeDB needs: it stores a multi-label node as
+    one compound type, and adding a label to an existing node inside a transaction trips
+    its unique index (seen on 26.10).
     """
     fields = (*NODE_FIELDS, *names)
     labels = "AstNode:" + cypher_name(label)
