@@ -6,6 +6,8 @@ import json
 from typing import Any
 from uuid import UUID
 
+import pytest
+
 from tests.integration.conftest import Namespace, assert_clean_exits, make_namespace, stop_workers
 from worker.devstack import DevStack
 from worker.events import Envelope
@@ -45,6 +47,24 @@ async def snapshot(ns: Namespace) -> dict[str, list[str]]:
     finally:
         await relational.close()
         await graph.close()
+
+
+def assert_same_state(
+    actual: dict[str, list[str]], reference: dict[str, list[str]], outputs: list[str] | None = None
+) -> None:
+    """Equal snapshots; otherwise fail naming, per table, the rows missing and extra, and the workers' warnings."""
+    if actual == reference:
+        return
+    lines = []
+    for part in sorted(reference.keys() | actual.keys()):
+        want, got = set(reference.get(part, [])), set(actual.get(part, []))
+        if want != got:
+            lines.append(f"{part}: missing {sorted(want - got)[:10]}, extra {sorted(got - want)[:10]}")
+    for index, output in enumerate(outputs or []):
+        # The workers' own account: anything at warning level or above, as logged.
+        noted = [line for line in output.splitlines() if '"level": "warning"' in line or '"level": "error"' in line]
+        lines.append(f"worker {index}: {len(noted)} warnings/errors" + "".join(f"\n  {n[:400]}" for n in noted[-15:]))
+    pytest.fail("state differs from the reference run:\n" + "\n".join(lines))
 
 
 async def run_to_completion(ns: Namespace, expected: int) -> str:

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from tests.factories import delete, graph, link, upsert
-from tests.faults.snapshots import reference_state, snapshot
+from tests.faults.snapshots import assert_same_state, reference_state, snapshot
 from tests.integration.conftest import Namespace, assert_clean_exits, stop_workers
 from worker.devstack import DevStack
 from worker.events import Envelope
@@ -68,7 +68,7 @@ async def test_join_and_crash_of_replicas_converge_to_the_single_worker_state(
     finally:
         outputs = await stop_workers(b)
     assert_clean_exits([b], outputs)
-    assert await snapshot(ns) == reference
+    assert_same_state(await snapshot(ns), reference, outputs)
 
 
 async def test_three_replicas_with_a_kill_and_an_addition_converge_to_the_single_worker_state(
@@ -93,7 +93,7 @@ async def test_three_replicas_with_a_kill_and_an_addition_converge_to_the_single
         live = [r for i, r in enumerate(replicas) if i != 1]
         outputs = await stop_workers(*live)
     assert_clean_exits(live, outputs)
-    assert await snapshot(ns) == reference
+    assert_same_state(await snapshot(ns), reference, outputs)
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +119,7 @@ async def test_partitions_revoked_mid_batch_are_finished_before_they_move(
     assert_clean_exits([a, b], outputs)
     assert "finishing the batch in flight first" in outputs[0], outputs[0][-3000:]
     assert '"partitions assigned"' in outputs[1]
-    assert await snapshot(ns) == reference
+    assert_same_state(await snapshot(ns), reference, outputs)
     # Each graph was written exactly once, by whichever worker held its partition: no
     # zombie writes from the old owner, no batch cut off by the handover. (A write conflict
     # between the two workers' transactions may roll one back: 'compensated', then retried.)

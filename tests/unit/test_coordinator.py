@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from uuid import UUID
 
 import pytest
@@ -60,17 +61,28 @@ class FakeRelational:
 class FakeGraph:
     """Rejects any batch containing a poison source; can be made unavailable for N calls."""
 
-    def __init__(self, poison: set[str] = frozenset(), unavailable_calls: int = 0) -> None:  # type: ignore[assignment]
+    def __init__(
+        self,
+        poison: set[str] = frozenset(),  # type: ignore[assignment]
+        unavailable_calls: int = 0,
+        rejected_calls: int = 0,
+    ) -> None:
         self.poison = poison
         self.unavailable_calls = unavailable_calls
+        self.rejected_calls = rejected_calls  # refusals that a retry does not meet (a lost race)
         self.applied: list[str] = []
+        self.attempts: Counter[tuple[str, ...]] = Counter()
 
     async def apply(self, changes: GraphChanges) -> GraphWriteStats:
         """All or nothing, like the real store."""
+        sources = [e.source_id for e in changes.upserts]
+        self.attempts[tuple(sources)] += 1
         if self.unavailable_calls > 0:
             self.unavailable_calls -= 1
             raise StoreUnavailable("graph down")
-        sources = [e.source_id for e in changes.upserts]
+        if self.rejected_calls > 0:
+            self.rejected_calls -= 1
+            raise StoreRejected("type already exists")
         if self.poison.intersection(sources):
             raise StoreRejected("constraint violated")
         self.applied.extend(sources)
@@ -113,6 +125,19 @@ async def test_a_rejected_event_is_isolated_and_the_rest_applied_in_order() -> N
     assert result.outcomes[Outcome.APPLIED] == 4
     assert result.outcomes[Outcome.DEAD_LETTERED] == 1
     assert any(states[-1] == "compensated" for states in relational.outbox.values())
+    # Alone, the poison event was tried three times before the rejection was taken as final.
+    assert graph_store.attempts[("bad.py",)] == 3
+
+
+async def test_a_rejection_that_does_not_repeat_dead_letters_nothing() -> None:
+    """A lone event refused once (a concurrent writer's race) is tried again and applied."""
+    relational, graph_store, letters = FakeRelational(), FakeGraph(rejected_calls=2), FakeDeadLetters()
+    coordinator = SagaCoordinator(relational, graph_store, letters, SETTINGS)
+    result = await coordinator.apply([inbound(upsert("a.py", 1, G))])
+    assert letters.letters == []
+    assert graph_store.applied == ["a.py"]
+    assert result.outcomes == Counter({Outcome.APPLIED: 1})
+    assert sorted(states[-1] for states in relational.outbox.values()) == ["applied", "compensated", "compensated"]
 
 
 async def test_transient_failures_are_retried_under_one_outbox_row() -> None:

@@ -9,7 +9,8 @@ The caller commits Kafka offsets only after :meth:`SagaCoordinator.apply` return
 Failures: a transient one (StoreUnavailable) is retried with bounded, jittered backoff
 under the same outbox row, then re-raised so the consumer rewinds and tries later. A
 permanent one (StoreRejected) splits the batch in halves until the offending event is
-alone; that event is dead-lettered with the store's error and the rest is applied.
+alone; once the event is refused again when tried alone, it is dead-lettered with the
+store's error and the rest is applied.
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ from uuid import UUID, uuid4
 
 import structlog
 from opentelemetry import trace
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
 
 from worker import failpoints
 from worker.config import WorkerSettings
@@ -35,6 +42,9 @@ from worker.telemetry import metrics
 
 log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("graph_postgres_manager.saga")
+
+# Tries of a lone event before a rejection is taken as final and the event dead-lettered.
+REJECTION_ATTEMPTS = 3
 
 
 @dataclass(slots=True)
@@ -82,7 +92,7 @@ class SagaCoordinator:
                 if isolate:
                     await self._apply_isolating(events, result)
                 else:
-                    result.add(*await self._apply_with_retries(events))
+                    result.add(*await self._apply_confirming_rejection(events))
         return result
 
     async def recover(self, partitions: tuple[tuple[str, int], ...]) -> None:
@@ -102,7 +112,10 @@ class SagaCoordinator:
 
     async def _apply_isolating(self, events: list[InboundEvent], result: BatchResult) -> None:
         try:
-            plan, stats = await self._apply_with_retries(events)
+            if len(events) == 1:
+                plan, stats = await self._apply_confirming_rejection(events)
+            else:
+                plan, stats = await self._apply_with_retries(events)
         except StoreRejected as exc:
             if len(events) == 1:
                 await self._dead_letter(events[0], exc)
@@ -117,11 +130,39 @@ class SagaCoordinator:
             return
         result.add(plan, stats)
 
+    def _backoff(self) -> wait_exponential_jitter:
+        return wait_exponential_jitter(multiplier=self._settings.retry_initial_s, max=self._settings.retry_max_s)
+
+    async def _apply_confirming_rejection(self, events: list[InboundEvent]) -> tuple[BatchPlan, GraphWriteStats]:
+        """Apply one event, or an all-or-nothing batch; a rejection counts only once it repeats.
+
+        A concurrent writer can make a store refuse a write that succeeds a moment later:
+        ArcadeDB reports losing the race to create a label combination's type as a
+        SemanticError, a client error. Dead-lettering on the first refusal would drop an
+        event that is fine. A truly bad event is refused every time, for two more tries.
+        """
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(StoreRejected),
+            wait=self._backoff(),
+            stop=stop_after_attempt(REJECTION_ATTEMPTS),
+            before_sleep=lambda state: log.warning(
+                "rejected by the store, trying again before taking the rejection as final",
+                event_ids=[str(item.event.event_id) for item in events[:20]],
+                attempt=state.attempt_number,
+                error=str(state.outcome.exception()) if state.outcome else None,
+            ),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._apply_with_retries(events)
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
     async def _apply_with_retries(self, events: list[InboundEvent]) -> tuple[BatchPlan, GraphWriteStats]:
         batch_id = uuid4()
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(StoreUnavailable),
-            wait=wait_exponential_jitter(multiplier=self._settings.retry_initial_s, max=self._settings.retry_max_s),
+            wait=self._backoff(),
             stop=stop_after_delay(self._settings.retry_window_s),
             before_sleep=lambda state: log.warning(
                 "store unavailable, retrying batch",
