@@ -19,7 +19,7 @@ from worker.devstack.postgres import EmbeddedPostgres
 
 pytestmark = pytest.mark.integration
 MOD = graph([("m", "Module"), ("f", "FunctionDef")], [("m", "BODY", "f")])
-OUTAGE_S = 120
+OUTAGE_S = 45
 
 
 async def test_postgres_outage_pauses_and_resumes_without_loss(ns: Namespace, tmp_path: Path) -> None:
@@ -39,7 +39,7 @@ async def test_postgres_outage_pauses_and_resumes_without_loss(ns: Namespace, tm
 
         await asyncio.to_thread(postgres.stop)
         await ns.publish(ns.graph_topic, [upsert(f"b{i}.py", 1, MOD) for i in range(3)])
-        # Two minutes down: many retry windows (3 s each in these tests) and rewinds.
+        # 45 s down: fifteen retry windows (3 s each in these tests) and rewinds.
         cpu_before, paused_seen = time.process_time(), False
         for _ in range(OUTAGE_S // 5):
             await asyncio.sleep(5)
