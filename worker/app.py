@@ -1,7 +1,7 @@
 """Assemble and run one worker process: stores, dead-letter producer, consumer, runner.
 
-Start: probes are served first; while a store is unreachable the worker waits with
-backoff (not ready), instead of crash-looping.
+Start: probes are served first; while a store or the broker is unreachable the worker
+waits with backoff (not ready), instead of crash-looping.
 
 Shutdown (SIGTERM/SIGINT), as arq does it: stop fetching, let the batch in flight finish
 within ``shutdown_grace_s`` (or cancel it: its graph transaction rolls back and its
@@ -20,7 +20,8 @@ from contextlib import AsyncExitStack
 
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from tenacity import AsyncRetrying, RetryError, retry_if_exception, wait_exponential_jitter
+from aiokafka.errors import KafkaConnectionError
+from tenacity import AsyncRetrying, RetryError, retry_if_exception, retry_if_exception_type
 
 from worker import failpoints
 from worker.config import Settings
@@ -29,7 +30,7 @@ from worker.deadletter import KafkaDeadLetterSink
 from worker.errors import ConfigError, DatabaseMissing, StoreError, StoreUnavailable
 from worker.health import HealthServer, Probes, configure_metrics
 from worker.preflight import run_preflight
-from worker.saga.coordinator import SagaCoordinator
+from worker.saga.coordinator import SagaCoordinator, backoff
 from worker.stores.graph import connect_graph
 from worker.stores.postgres import PostgresRelationalStore
 from worker.stores.protocols import GraphBackend
@@ -127,17 +128,8 @@ class Worker:
             relational, graph = self._relational, self._graph
             assert relational is not None  # noqa: S101 - set by _open_stores
             assert graph is not None  # noqa: S101 - set by _open_stores
-            producer = AIOKafkaProducer(
-                **s.kafka.client_options(),
-                client_id=f"{s.kafka.client_id}-dlq",
-                acks="all",
-                # A dead letter carries the original value, which may be as large as any event.
-                max_request_size=s.worker.max_event_bytes + 64 * 1024,
-                compression_type="gzip",
-            )
-            # Closed on every way out, also after a start cut short by a stop request.
-            stack.push_async_callback(_bounded_close, "dead-letter producer", producer.stop)
-            if not await self._unless_stopped(producer.start()):
+            producer = await self._start_producer(stack)
+            if producer is None:
                 log.info("worker stopped before the broker answered")
                 return
             consumer = AIOKafkaConsumer(
@@ -176,6 +168,49 @@ class Worker:
             stack.callback(report.cancel)
             await self._consume_until_stopped(runner)
         log.info("worker stopped")
+
+    async def _start_producer(self, stack: AsyncExitStack) -> AIOKafkaProducer | None:
+        """The dead-letter producer, started; waits with backoff while the broker is unreachable.
+
+        The first Kafka client to start, so it is where a broker that is not up yet shows:
+        the worker waits for it as for the stores. None if asked to stop first.
+        """
+        s = self.settings
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(KafkaConnectionError),
+            wait=backoff(s.worker),
+            stop=lambda _: self._stop_requested.is_set(),
+            sleep=self._sleep_unless_stopped,
+            before_sleep=lambda state: log.warning(
+                "broker not reachable at start; waiting",
+                bootstrap_servers=s.kafka.bootstrap_servers,
+                attempt=state.attempt_number,
+                error=str(state.outcome.exception()) if state.outcome else None,
+            ),
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    # A fresh client per attempt: one whose bootstrap failed is not reused.
+                    producer = AIOKafkaProducer(
+                        **s.kafka.client_options(),
+                        client_id=f"{s.kafka.client_id}-dlq",
+                        acks="all",
+                        # A dead letter carries the original value, which may be as large as any event.
+                        max_request_size=s.worker.max_event_bytes + 64 * 1024,
+                        compression_type="gzip",
+                    )
+                    try:
+                        started = await self._unless_stopped(producer.start())
+                    except BaseException:
+                        await _bounded_close("dead-letter producer", producer.stop)
+                        raise
+                    # Closed on every way out, also after a start cut short by a stop request.
+                    stack.push_async_callback(_bounded_close, "dead-letter producer", producer.stop)
+                    return producer if started else None
+        except RetryError:
+            return None
+        raise AssertionError("unreachable: tenacity re-raises or stops")  # pragma: no cover
 
     async def _unless_stopped(self, starting: Awaitable[None]) -> bool:
         """Await ``starting`` unless a stop request comes first, then cancel it; True if it finished."""
@@ -216,7 +251,7 @@ class Worker:
 
         retrying = AsyncRetrying(
             retry=retry_if_exception(worth_waiting),
-            wait=wait_exponential_jitter(multiplier=s.worker.retry_initial_s, max=s.worker.retry_max_s),
+            wait=backoff(s.worker),
             stop=lambda _: self._stop_requested.is_set(),
             sleep=self._sleep_unless_stopped,
             before_sleep=lambda state: log.warning(

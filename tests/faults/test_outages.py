@@ -121,6 +121,32 @@ async def test_worker_waits_for_an_unreachable_store_at_start(ns: Namespace, tmp
         await asyncio.to_thread(server.stop)
 
 
+async def test_worker_waits_for_a_broker_that_is_not_up_yet(ns: Namespace, tmp_path: Path) -> None:
+    """Broker down at start: the worker waits (alive, not ready) and consumes once the broker is up."""
+    broker = TansuBroker(tmp_path)  # port chosen, not started yet: connections are refused
+    kafka = ns.settings.kafka.model_copy(update={"bootstrap_servers": broker.bootstrap_servers})
+    ns.settings = ns.settings.model_copy(update={"kafka": kafka})
+    worker = Worker(ns.settings, handle_signals=False)
+    task = asyncio.create_task(worker.run())
+    try:
+        await eventually(lambda: _listening(worker), what="the health server")
+        assert worker.health is not None
+        await asyncio.sleep(5)  # the stores are open by now; several tries at the broker failed
+        assert not task.done(), "the worker must wait for the broker, not exit"
+        assert (await probe(worker.health.port, "/readyz"))[0] == 503
+        assert (await probe(worker.health.port, "/livez"))[0] == 200
+        await asyncio.to_thread(broker.start)
+        await broker.create_topics([ns.graph_topic, ns.intent_topic, ns.graph_topic + ".dlq"], partitions=3)
+        await ns.publish(ns.graph_topic, [upsert(f"k{i}.py", 1, MOD) for i in range(2)])
+        await ns.wait_committed(2, timeout_s=90)
+        assert worker.started.is_set()
+        worker.stop()
+        await asyncio.wait_for(task, 60)
+    finally:
+        worker.stop()
+        await asyncio.to_thread(broker.stop)
+
+
 async def test_stop_while_waiting_for_stores_exits_promptly(ns: Namespace) -> None:
     """SIGTERM during the wait for an unreachable store ends the worker cleanly."""
     closed = ns.settings.graph.model_copy(update={"uri": "bolt://127.0.0.1:9", "connection_timeout_s": 0.5})

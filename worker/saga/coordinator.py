@@ -47,6 +47,11 @@ tracer = trace.get_tracer("graph_postgres_manager.saga")
 REJECTION_ATTEMPTS = 3
 
 
+def backoff(settings: WorkerSettings) -> wait_exponential_jitter:
+    """The wait between tries of anything that may succeed later: exponential, jittered, capped."""
+    return wait_exponential_jitter(multiplier=settings.retry_initial_s, max=settings.retry_max_s)
+
+
 @dataclass(slots=True)
 class BatchResult:
     """What became of a batch's events."""
@@ -130,9 +135,6 @@ class SagaCoordinator:
             return
         result.add(plan, stats)
 
-    def _backoff(self) -> wait_exponential_jitter:
-        return wait_exponential_jitter(multiplier=self._settings.retry_initial_s, max=self._settings.retry_max_s)
-
     async def _apply_confirming_rejection(self, events: list[InboundEvent]) -> tuple[BatchPlan, GraphWriteStats]:
         """Apply one event, or an all-or-nothing batch; a rejection counts only once it repeats.
 
@@ -143,7 +145,7 @@ class SagaCoordinator:
         """
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(StoreRejected),
-            wait=self._backoff(),
+            wait=backoff(self._settings),
             stop=stop_after_attempt(REJECTION_ATTEMPTS),
             before_sleep=lambda state: log.warning(
                 "rejected by the store, trying again before taking the rejection as final",
@@ -162,7 +164,7 @@ class SagaCoordinator:
         batch_id = uuid4()
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(StoreUnavailable),
-            wait=self._backoff(),
+            wait=backoff(self._settings),
             stop=stop_after_delay(self._settings.retry_window_s),
             before_sleep=lambda state: log.warning(
                 "store unavailable, retrying batch",
