@@ -21,7 +21,7 @@ from contextlib import AsyncExitStack
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
-from tenacity import AsyncRetrying, RetryError, retry_if_exception, retry_if_exception_type
+from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_base, retry_if_exception, retry_if_exception_type
 
 from worker import failpoints
 from worker.config import Settings
@@ -30,7 +30,8 @@ from worker.deadletter import KafkaDeadLetterSink
 from worker.errors import ConfigError, DatabaseMissing, StoreError, StoreUnavailable
 from worker.health import HealthServer, Probes, configure_metrics
 from worker.preflight import run_preflight
-from worker.saga.coordinator import SagaCoordinator, backoff
+from worker.retrying import backoff, log_before_retry
+from worker.saga.coordinator import SagaCoordinator
 from worker.stores.graph import connect_graph
 from worker.stores.postgres import PostgresRelationalStore
 from worker.stores.protocols import GraphBackend
@@ -176,17 +177,9 @@ class Worker:
         the worker waits for it as for the stores. None if asked to stop first.
         """
         s = self.settings
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(KafkaConnectionError),
-            wait=backoff(s.worker),
-            stop=lambda _: self._stop_requested.is_set(),
-            sleep=self._sleep_unless_stopped,
-            before_sleep=lambda state: log.warning(
-                "broker not reachable at start; waiting",
-                bootstrap_servers=s.kafka.bootstrap_servers,
-                attempt=state.attempt_number,
-                error=str(state.outcome.exception()) if state.outcome else None,
-            ),
+        retrying = self._waiting_at_start(
+            retry_if_exception_type(KafkaConnectionError),
+            log_before_retry("broker not reachable at start; waiting", bootstrap_servers=s.kafka.bootstrap_servers),
         )
         try:
             async for attempt in retrying:
@@ -211,6 +204,16 @@ class Worker:
         except RetryError:
             return None
         raise AssertionError("unreachable: tenacity re-raises or stops")  # pragma: no cover
+
+    def _waiting_at_start(self, retry: retry_base, before_sleep: Callable[[RetryCallState], None]) -> AsyncRetrying:
+        """Tries until they succeed or a stop request comes (then RetryError), with the backoff."""
+        return AsyncRetrying(
+            retry=retry,
+            wait=backoff(self.settings.worker),
+            stop=lambda _: self._stop_requested.is_set(),
+            sleep=self._sleep_unless_stopped,
+            before_sleep=before_sleep,
+        )
 
     async def _unless_stopped(self, starting: Awaitable[None]) -> bool:
         """Await ``starting`` unless a stop request comes first, then cancel it; True if it finished."""
@@ -249,16 +252,8 @@ class Worker:
                 return time.monotonic() - started < s.worker.database_wait_s
             return isinstance(exc, StoreUnavailable)
 
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(worth_waiting),
-            wait=backoff(s.worker),
-            stop=lambda _: self._stop_requested.is_set(),
-            sleep=self._sleep_unless_stopped,
-            before_sleep=lambda state: log.warning(
-                "stores not reachable at start; waiting",
-                attempt=state.attempt_number,
-                error=str(state.outcome.exception()) if state.outcome else None,
-            ),
+        retrying = self._waiting_at_start(
+            retry_if_exception(worth_waiting), log_before_retry("stores not reachable at start; waiting")
         )
         try:
             async for attempt in retrying:

@@ -23,19 +23,14 @@ from uuid import UUID, uuid4
 
 import structlog
 from opentelemetry import trace
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_after_delay,
-    wait_exponential_jitter,
-)
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, stop_after_delay
 
 from worker import failpoints
 from worker.config import WorkerSettings
 from worker.deadletter import DeadLetter, DeadLetterSink
 from worker.errors import StoreError, StoreRejected, StoreUnavailable
 from worker.events import IntentLinkDeleted, IntentLinkUpserted
+from worker.retrying import backoff, log_before_retry
 from worker.saga.plan import BatchPlan, InboundEvent, Outcome, Position, plan_batch
 from worker.stores.protocols import BatchRecord, GraphStore, GraphWriteStats, RelationalStore
 from worker.telemetry import metrics
@@ -45,11 +40,6 @@ tracer = trace.get_tracer("graph_postgres_manager.saga")
 
 # Tries of a lone event before a rejection is taken as final and the event dead-lettered.
 REJECTION_ATTEMPTS = 3
-
-
-def backoff(settings: WorkerSettings) -> wait_exponential_jitter:
-    """The wait between tries of anything that may succeed later: exponential, jittered, capped."""
-    return wait_exponential_jitter(multiplier=settings.retry_initial_s, max=settings.retry_max_s)
 
 
 @dataclass(slots=True)
@@ -147,11 +137,9 @@ class SagaCoordinator:
             retry=retry_if_exception_type(StoreRejected),
             wait=backoff(self._settings),
             stop=stop_after_attempt(REJECTION_ATTEMPTS),
-            before_sleep=lambda state: log.warning(
+            before_sleep=log_before_retry(
                 "rejected by the store, trying again before taking the rejection as final",
                 event_ids=[str(item.event.event_id) for item in events[:20]],
-                attempt=state.attempt_number,
-                error=str(state.outcome.exception()) if state.outcome else None,
             ),
             reraise=True,
         )
@@ -166,12 +154,7 @@ class SagaCoordinator:
             retry=retry_if_exception_type(StoreUnavailable),
             wait=backoff(self._settings),
             stop=stop_after_delay(self._settings.retry_window_s),
-            before_sleep=lambda state: log.warning(
-                "store unavailable, retrying batch",
-                batch_id=str(batch_id),
-                attempt=state.attempt_number,
-                error=str(state.outcome.exception()) if state.outcome else None,
-            ),
+            before_sleep=log_before_retry("store unavailable, retrying batch", batch_id=str(batch_id)),
             reraise=True,
         )
         async for attempt in retrying:
