@@ -69,6 +69,7 @@ async def test_join_and_crash_of_replicas_converge_to_the_single_worker_state(
         outputs = await stop_workers(b)
     assert_clean_exits([b], outputs)
     assert_same_state(await snapshot(ns), reference, outputs)
+    assert await ns.records_in(ns.graph_topic + ".dlq") == 0, "a valid event was dead-lettered"
 
 
 async def test_three_replicas_with_a_kill_and_an_addition_converge_to_the_single_worker_state(
@@ -94,6 +95,7 @@ async def test_three_replicas_with_a_kill_and_an_addition_converge_to_the_single
         outputs = await stop_workers(*live)
     assert_clean_exits(live, outputs)
     assert_same_state(await snapshot(ns), reference, outputs)
+    assert await ns.records_in(ns.graph_topic + ".dlq") == 0, "a valid event was dead-lettered"
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +122,7 @@ async def test_partitions_revoked_mid_batch_are_finished_before_they_move(
     assert "finishing the batch in flight first" in outputs[0], outputs[0][-3000:]
     assert '"partitions assigned"' in outputs[1]
     assert_same_state(await snapshot(ns), reference, outputs)
+    assert await ns.records_in(ns.graph_topic + ".dlq") == 0, "a valid event was dead-lettered"
     # Each graph was written exactly once, by whichever worker held its partition: no
     # zombie writes from the old owner, no batch cut off by the handover. (A write conflict
     # between the two workers' transactions may roll one back: 'compensated', then retried.)

@@ -193,6 +193,16 @@ class Namespace:
         graph = GraphSettings(backend="falkordb", uri=server.uri, database=self.name)
         self.settings = self.settings.model_copy(update={"graph": graph})
 
+    async def records_in(self, topic: str, partitions: int = 3) -> int:
+        """How many records ``topic`` holds (its end offsets summed): 0 for a DLQ nothing reached."""
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap_servers, group_id=None)
+        await consumer.start()
+        try:
+            ends = await consumer.end_offsets([TopicPartition(topic, p) for p in range(partitions)])
+        finally:
+            await consumer.stop()
+        return sum(ends.values())
+
     async def read_topic(self, topic: str, expected: int, timeout_s: float = 30) -> list[Any]:
         """Read ``expected`` records from the beginning of a topic."""
         consumer = AIOKafkaConsumer(
