@@ -95,26 +95,28 @@ def _edge_statement(
     rel_type: str, names: tuple[str, ...], edges: list[list[Any]], element_ids: dict[str, str]
 ) -> tuple[LiteralString, list[Any]]:
     """Create one relationship per row, between the two nodes the row names by element id."""
-    create = "CREATE (a)-[e:" + cypher_name(rel_type)
     properties = _inline(names, offset=2)
     if properties is None:
-        query = (
-            "UNWIND $rows AS r MATCH (a) WHERE elementId(a) = r.s MATCH (b) WHERE elementId(b) = r.t "
-            + create
-            + "]->(b) SET e = r.props"
-        )
+        ends, set_properties = ("r.s", "r.t"), " SET e = r.props"
         rows: list[Any] = [
             {"s": element_ids[s], "t": element_ids[t], "props": dict(zip(names, props, strict=True))}
             for s, t, *props in edges
         ]
-        return query, rows
+    else:
+        ends, set_properties = ("r[0]", "r[1]"), ""
+        rows = [[element_ids[s], element_ids[t], *props] for s, t, *props in edges]
     query = (
-        "UNWIND $rows AS r MATCH (a) WHERE elementId(a) = r[0] MATCH (b) WHERE elementId(b) = r[1] "
-        + create
-        + properties
+        "UNWIND $rows AS r MATCH (a) WHERE elementId(a) = "
+        + ends[0]
+        + " MATCH (b) WHERE elementId(b) = "
+        + ends[1]
+        + " CREATE (a)-[e:"
+        + cypher_name(rel_type)
+        + (properties or "")
         + "]->(b)"
+        + set_properties
     )
-    return query, [[element_ids[s], element_ids[t], *props] for s, t, *props in edges]
+    return query, rows
 
 
 class _BatchWriter:
