@@ -12,22 +12,28 @@ version overwrite a higher one, so out-of-order delivery and replays are harmles
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal, NotRequired
+from typing import Annotated, Any, Literal, NotRequired, TypeVar
 from uuid import UUID
 
 import orjson
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
+    StrictBool,
+    StrictStr,
     TypeAdapter,
     ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
     with_config,
 )
@@ -35,10 +41,48 @@ from typing_extensions import TypedDict  # pydantic needs this one before Python
 
 from worker.errors import EventError
 
+T = TypeVar("T")
+
 SCHEMA_VERSION = 1
+# Validation is the contract of every store: an event that validates can be written to
+# PostgreSQL and to every graph backend. Each rule below names the store it protects; the
+# JSON Schemas in schemas/ carry the same rules (tests/unit/test_contract_agreement.py),
+# except the few a schema cannot express (listed in SCHEMA_CANNOT_EXPRESS).
+#
 # Node types become Cypher labels and edge types relationship types. Neither can be a
-# query parameter, so they are spliced into query text: this pattern is the guard.
-CYPHER_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,63}$")
+# query parameter, so they are spliced into query text: this pattern is the guard, always
+# applied with fullmatch (``$`` alone would let a trailing newline through).
+CYPHER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
+# The schemas' patterns end in (?![\s\S]), "no character follows", which means the end
+# of input in every regex dialect: a bare $ also matches before a final newline in
+# Python's re (which the jsonschema package uses), so "Module\n" would pass.
+_END = r"(?![\s\S])"
+_CYPHER_NAME_SCHEMA = "^[A-Za-z][A-Za-z0-9_]{0,63}" + _END
+# PostgreSQL's text and jsonb cannot hold NUL; the other control characters are refused in
+# identifiers because they make keys, logs and operators' tools lie.
+_NO_CONTROL_SCHEMA = r"^[^\u0000-\u001f\u007f]*" + _END
+# Property names: FalkorDB writes them backticked in query text, and cannot take a NUL.
+_PROPERTY_NAME_SCHEMA = r"^[^\u0000-\u001f\u007f`]+" + _END
+_BAD_PROPERTY_NAME = re.compile(r"[\x00-\x1f\x7f`]")
+# The canonical spelling only: one intent, one aggregate key (upper case, braces and
+# ``urn:uuid:`` spell the same UUID differently).
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_UUID_SCHEMA = "^" + _UUID + _END
+_CANONICAL_UUID = re.compile(_UUID)
+# RFC 3339 with a mandatory offset: what PostgreSQL's timestamptz and every producer agree on.
+_TIMESTAMP_FORM = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})"
+_TIMESTAMP_SCHEMA = "^" + _TIMESTAMP_FORM + _END
+_TIMESTAMP = re.compile(_TIMESTAMP_FORM)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+METADATA_MAX_DEPTH = 32  # jsonb and the decoder's pickling both have recursion limits
+# Rules of the models that a JSON Schema cannot state; the agreement test knows them.
+SCHEMA_CANNOT_EXPRESS = (
+    "node ids unique within a graph",
+    "edges name nodes of the same graph",
+    "no two edges with the same (source, type, target)",
+    "metadata at most 32 levels deep, integers within int64, no NUL in any string",
+    "occurred_at within the years 1 to 9999 in UTC",
+)
 RESERVED_LABELS = frozenset({"AstNode", "Intent"})
 RESERVED_RELATIONSHIPS = frozenset({"IMPLEMENTED_BY"})
 # Written by the stores on every node; a producer property with one of these names
@@ -73,7 +117,7 @@ def _cypher_name(kind: str, reserved: frozenset[str]) -> Callable[[str], str]:
     """A validator for names that are spliced into Cypher text as labels or relationship types."""
 
     def check(value: str) -> str:
-        if not CYPHER_NAME.match(value):
+        if not CYPHER_NAME.fullmatch(value):
             msg = f"{value!r} is not a safe Cypher {kind} (letters, digits, '_', starting with a letter, max 64)"
             raise ValueError(msg)
         if value in reserved:
@@ -84,19 +128,30 @@ def _cypher_name(kind: str, reserved: frozenset[str]) -> Callable[[str], str]:
     return check
 
 
-Identifier = Annotated[str, Field(min_length=1, max_length=512), AfterValidator(_no_control_chars)]
+Identifier = Annotated[
+    str,
+    Field(min_length=1, max_length=512, json_schema_extra={"pattern": _NO_CONTROL_SCHEMA}),
+    AfterValidator(_no_control_chars),
+]
 _check_label = _cypher_name("label", RESERVED_LABELS)
 _check_relationship_type = _cypher_name("relationship type", RESERVED_RELATIONSHIPS)
 # Inside a graph, ids, types and property values are checked once per graph by
 # GraphData._consistent, in plain Python: a per-field validator costs a Rust-to-Python
 # call per node (measured: half of decoding a 133k-node corpus, 5.5 s of 24k nodes/s).
-GraphId = Annotated[str, Field(min_length=1, max_length=512)]
+GraphId = Annotated[str, Field(min_length=1, max_length=512, json_schema_extra={"pattern": _NO_CONTROL_SCHEMA})]
+# Checked once per graph too (GraphData._consistent); the schema states the same rule.
+Label = Annotated[
+    str, Field(json_schema_extra={"pattern": _CYPHER_NAME_SCHEMA, "not": {"enum": sorted(RESERVED_LABELS)}})
+]
+RelationshipType = Annotated[
+    str, Field(json_schema_extra={"pattern": _CYPHER_NAME_SCHEMA, "not": {"enum": sorted(RESERVED_RELATIONSHIPS)}})
+]
 
 
 # Property values Neo4j can store: scalars or homogeneous lists of scalars. Integers are
 # 64-bit in Bolt; a larger one would fail inside the driver, so GraphData refuses it.
 # (int before float in the union keeps a large integer an int, to be found and refused.)
-INT64 = range(-(2**63), 2**63)  # the integers every graph store here can hold
+INT64 = range(INT64_MIN, INT64_MAX + 1)  # the integers every graph store here can hold
 
 
 def _int64_problem(properties: Mapping[str, object]) -> str | None:
@@ -108,8 +163,38 @@ def _int64_problem(properties: Mapping[str, object]) -> str | None:
 
 
 Scalar = str | int | float | bool
-PropertyValue = Scalar | list[str] | list[int] | list[float] | list[bool] | None
-Properties = dict[Annotated[str, Field(min_length=1, max_length=128)], PropertyValue]
+# Strict: "5" stays a string and true a boolean, and a list holds one type (Neo4j stores
+# homogeneous lists only): [true, 1] and [1, 2.5] are refused instead of becoming [1, 1]
+# and [1.0, 2.5]. An integer is a JSON number written without a fraction or exponent, as
+# parsers read it (JSON Schema's own "integer" would also take 1.0; schemas/ says so).
+_Int = Annotated[int, Strict(), Field(json_schema_extra={"minimum": INT64_MIN, "maximum": INT64_MAX})]
+_FLOAT_SCHEMA: dict[str, Any] = {"not": {"type": "integer"}}
+_Float = Annotated[float, Strict(), Field(allow_inf_nan=False, json_schema_extra=_FLOAT_SCHEMA)]
+
+
+def _not_int(value: object) -> object:
+    if type(value) is int:
+        msg = "a list of floats cannot hold an integer (write 1.0, or send a list of integers)"
+        raise ValueError(msg)
+    return value
+
+
+# In lists only: a scalar integer is matched as one before a float is tried.
+_ListFloat = Annotated[float, BeforeValidator(_not_int), Strict(), Field(json_schema_extra=_FLOAT_SCHEMA)]
+PropertyValue = (
+    StrictStr | _Int | _Float | StrictBool | list[StrictStr] | list[_Int] | list[_ListFloat] | list[StrictBool] | None
+)
+PropertyName = Annotated[str, Field(min_length=1, max_length=128)]
+
+
+def _property_names_schema(schema: dict[str, Any]) -> None:
+    # pydantic drops a pattern given to a dict's key type, so the rule is added here.
+    schema.setdefault("propertyNames", {}).update(
+        {"pattern": _PROPERTY_NAME_SCHEMA, "not": {"enum": sorted(RESERVED_PROPERTIES)}}
+    )
+
+
+Properties = Annotated[dict[PropertyName, PropertyValue], Field(json_schema_extra=_property_names_schema)]
 
 
 def _check_properties(properties: Properties, where: str, *, int64: bool = True) -> None:
@@ -117,6 +202,10 @@ def _check_properties(properties: Properties, where: str, *, int64: bool = True)
     if clash:
         msg = f"{where}: property names {sorted(clash)} are reserved"
         raise ValueError(msg)
+    for name in properties:
+        if _BAD_PROPERTY_NAME.search(name):
+            msg = f"{where}: property name {name!r} holds a control character or a backtick"
+            raise ValueError(msg)
     if int64 and (problem := _int64_problem(properties)):
         msg = f"{where}: {problem}"
         raise ValueError(msg)
@@ -131,7 +220,7 @@ class Node(TypedDict):
     """One graph node: an AST node of the source file."""
 
     id: GraphId
-    type: str
+    type: Label
     properties: NotRequired[Annotated[Properties, Field(default_factory=dict)]]
 
 
@@ -141,7 +230,7 @@ class Edge(TypedDict):
 
     source: GraphId
     target: GraphId
-    type: str
+    type: RelationshipType
     properties: NotRequired[Annotated[Properties, Field(default_factory=dict)]]
 
 
@@ -152,7 +241,22 @@ class GraphData(BaseModel):
 
     nodes: list[Node]
     edges: list[Edge] = Field(default_factory=list)
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: Annotated[
+        dict[str, Any],
+        Field(
+            default_factory=dict,
+            description="Free-form JSON, stored in PostgreSQL (jsonb): at most 32 levels deep, "
+            "integers within int64, no NUL character in any key or string.",
+            json_schema_extra={"propertyNames": {"pattern": r"^[^\u0000]*" + _END}},
+        ),
+    ]
+
+    @field_validator("metadata")
+    @classmethod
+    def _storable_metadata(cls, metadata: dict[str, Any]) -> dict[str, Any]:
+        if metadata and (problem := _json_problem(metadata, "metadata", METADATA_MAX_DEPTH)):
+            raise ValueError(problem)
+        return metadata
 
     @model_validator(mode="after")
     def _consistent(self, info: ValidationInfo) -> GraphData:
@@ -183,6 +287,7 @@ class GraphData(BaseModel):
             and len({(edge["source"], edge["type"], edge["target"]) for edge in edges}) == len(edges)
             and RESERVED_PROPERTIES.isdisjoint(names)
             and not _CONTROL.search("".join(ids))
+            and not _BAD_PROPERTY_NAME.search("".join(names))
         )
 
     def _raise_first_problem(self, *, int64: bool) -> None:
@@ -217,6 +322,30 @@ class GraphData(BaseModel):
         return len(self.nodes) + len(self.edges)
 
 
+def _json_problem(value: object, where: str, depth: int) -> str | None:
+    """Why a free-form JSON value cannot be stored in jsonb unchanged, or None."""
+    if depth < 0:
+        return f"{where}: nested deeper than {METADATA_MAX_DEPTH} levels"
+    if isinstance(value, list | dict):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(value, dict) and (not isinstance(key, str) or "\x00" in key):
+                return f"{where}: keys must be strings without NUL characters"
+            if inner := _json_problem(item, f"{where}.{key}", depth - 1):
+                return inner
+        return None
+    problem: str | None = None
+    if isinstance(value, str) and "\x00" in value:
+        problem = f"{where}: strings cannot contain NUL characters"
+    elif type(value) is int and value not in INT64:
+        problem = f"{where}: integers must fit in 64 bits"
+    elif isinstance(value, float) and not math.isfinite(value):
+        problem = f"{where}: numbers must be finite"
+    elif not (value is None or isinstance(value, str | int | float | bool)):
+        problem = f"{where}: {type(value).__name__} is not a JSON value"
+    return problem
+
+
 class AstNodeRef(BaseModel):
     """A reference to one AST node by its identity."""
 
@@ -226,24 +355,81 @@ class AstNodeRef(BaseModel):
     node_id: Identifier
 
 
+def _canonical_uuid(value: T) -> T:
+    if isinstance(value, str) and not _CANONICAL_UUID.fullmatch(value):
+        msg = "must be a UUID in canonical form (lower-case hexadecimal, 8-4-4-4-12)"
+        raise ValueError(msg)
+    return value
+
+
+def _rfc3339(value: object) -> object:
+    if isinstance(value, str) and not _TIMESTAMP.fullmatch(value):
+        msg = "must be an RFC 3339 timestamp with an offset, e.g. 2026-01-31T12:00:00Z"
+        raise ValueError(msg)
+    if not isinstance(value, str | datetime):
+        msg = "must be an RFC 3339 timestamp string"
+        raise ValueError(msg)  # noqa: TRY004 - pydantic reports ValueErrors; no Unix seconds (a unit mistake passes silently)
+    return value
+
+
+def _storable_instant(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        msg = "occurred_at must carry a time zone"
+        raise ValueError(msg)
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        msg = "occurred_at is out of range once in UTC (years 1 to 9999)"
+        raise ValueError(msg) from None
+    return value
+
+
+def _exact_int(value: object) -> object:
+    if type(value) is not int:  # true, 1.0 and "1" are not the integer 1
+        msg = "must be an integer"
+        raise ValueError(msg)
+    return value
+
+
+EventId = Annotated[UUID, BeforeValidator(_canonical_uuid), Field(json_schema_extra={"pattern": _UUID_SCHEMA})]
+Version = Annotated[int, Strict(), Field(ge=0, le=INT64_MAX)]  # a bigint in PostgreSQL
+Timestamp = Annotated[
+    datetime,
+    BeforeValidator(_rfc3339),
+    AfterValidator(_storable_instant),
+    Field(json_schema_extra={"pattern": _TIMESTAMP_SCHEMA}),
+]
+IntentKey = Annotated[
+    str,
+    Field(min_length=36, max_length=36, json_schema_extra={"pattern": _UUID_SCHEMA}),
+    AfterValidator(_canonical_uuid),
+]
+
+
 class Envelope(BaseModel):
     """Fields every event carries. ``source_id`` is also the Kafka key."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        json_schema_extra={
+            "$comment": "An integer is a JSON number written without a fraction or exponent, as JSON parsers "
+            "read it: 1.0 is a float here, where JSON Schema's own 'integer' would take it. Not expressed here: "
+            + "; ".join(SCHEMA_CANNOT_EXPRESS)
+            + "."
+        },
+    )
 
-    event_id: UUID
-    schema_version: Literal[1] = 1
+    event_id: EventId
+    schema_version: Annotated[Literal[1], BeforeValidator(_exact_int)] = 1
     source_id: Identifier
-    source_version: int = Field(ge=0)
-    occurred_at: datetime
-    producer: Annotated[str, Field(min_length=1, max_length=256)]
-
-    @model_validator(mode="after")
-    def _aware(self) -> Envelope:
-        if self.occurred_at.tzinfo is None:
-            msg = "occurred_at must carry a time zone"
-            raise ValueError(msg)
-        return self
+    source_version: Version
+    occurred_at: Timestamp
+    producer: Annotated[
+        str,
+        Field(min_length=1, max_length=256, json_schema_extra={"pattern": _NO_CONTROL_SCHEMA}),
+        AfterValidator(_no_control_chars),
+    ]
 
     @property
     def rows(self) -> int:
@@ -273,12 +459,8 @@ class IntentLinkUpserted(Envelope):
     """The intent ``source_id`` (a UUID) maps to exactly these AST nodes now."""
 
     event_type: Literal[EventType.INTENT_LINK_UPSERTED]
+    source_id: IntentKey
     ast_nodes: list[AstNodeRef] = Field(max_length=100_000)
-
-    @model_validator(mode="after")
-    def _intent_uuid(self) -> IntentLinkUpserted:
-        UUID(self.source_id)
-        return self
 
     @property
     def intent_id(self) -> UUID:
@@ -295,11 +477,7 @@ class IntentLinkDeleted(Envelope):
     """The intent ``source_id`` is gone, with all its links."""
 
     event_type: Literal[EventType.INTENT_LINK_DELETED]
-
-    @model_validator(mode="after")
-    def _intent_uuid(self) -> IntentLinkDeleted:
-        UUID(self.source_id)
-        return self
+    source_id: IntentKey
 
     @property
     def intent_id(self) -> UUID:
@@ -327,13 +505,32 @@ _DIGITS_AS_ZEROS = bytes(ord("0") if chr(b) in "0123456789" else ord(" ") for b 
 _NINETEEN_DIGITS = b"0" * 19
 
 
-def has_long_number(data: bytes) -> bool:
-    """Whether ``data`` holds a run of 19 or more ASCII digits: a number that may not fit in int64."""
-    return _NINETEEN_DIGITS in data.translate(_DIGITS_AS_ZEROS)
+def has_long_number(data: bytes, digits: int = 19) -> bool:
+    """Whether ``data`` holds a run of ``digits`` or more ASCII digits (19: a number that may not fit in int64)."""
+    return b"0" * digits in data.translate(_DIGITS_AS_ZEROS)
 
 
-def decode_event(raw: bytes | None, *, max_bytes: int, max_nodes: int) -> Event:
-    """Parse and validate one record value, or raise EventError with a clear reason."""
+def decode_event(raw: bytes | None, *, max_bytes: int, max_nodes: int, strings_may_hold_nul: bool = True) -> Event:
+    """Parse and validate one record value, or raise EventError with a clear reason.
+
+    ``strings_may_hold_nul=False`` is for a graph backend that cannot store a NUL in a
+    string property (FalkorDB): such an event is refused here, with the reason
+    ``unstorable``, rather than by the store later.
+    """
+    document, context = _parse(raw, max_bytes=max_bytes, max_nodes=max_nodes)
+    try:
+        event = _EVENT_ADAPTER.validate_python(document, context=context)
+    except ValidationError as exc:
+        raise EventError("invalid", _describe(exc)) from None
+    # JSON writes a NUL only as the escape \u0000: without those bytes there is none.
+    nul = not strings_may_hold_nul and b"\\u0000" in (raw or b"") and isinstance(event, AstGraphUpserted)
+    if nul and (where := _nul_string(event.graph)):  # type: ignore[union-attr]  # an upsert, checked above
+        raise EventError("unstorable", f"{where}: the graph store (FalkorDB) cannot store NUL characters")
+    return event
+
+
+def _parse(raw: bytes | None, *, max_bytes: int, max_nodes: int) -> tuple[dict[str, Any], dict[str, bool] | None]:
+    """The JSON document and the validation context, or EventError for what needs no validation."""
     if raw is None:
         raise EventError("empty", "record has no value (tombstones are not events here)")
     if len(raw) > max_bytes:
@@ -345,7 +542,7 @@ def decode_event(raw: bytes | None, *, max_bytes: int, max_nodes: int) -> Event:
     if not isinstance(document, dict):
         raise EventError("invalid", "an event must be a JSON object")
     version = document.get("schema_version", SCHEMA_VERSION)
-    if version != SCHEMA_VERSION:
+    if type(version) is not int or version != SCHEMA_VERSION:
         raise EventError(
             "unsupported-version", f"schema_version {version!r} is not supported (supported: {SCHEMA_VERSION})"
         )
@@ -363,10 +560,18 @@ def decode_event(raw: bytes | None, *, max_bytes: int, max_nodes: int) -> Event:
         # refuses it instead of the graph storing another number. orjson has already
         # vetted the bytes (UTF-8, no NaN), so the two parsers agree on everything else.
         document = json.loads(raw)
-    try:
-        return _EVENT_ADAPTER.validate_python(document, context=context)
-    except ValidationError as exc:
-        raise EventError("invalid", _describe(exc)) from None
+    return document, context
+
+
+def _nul_string(graph: GraphData) -> str | None:
+    """Where the first string property holding a NUL is, or None."""
+    for kind, items in (("node", graph.nodes), ("edge", graph.edges)):
+        for n, item in enumerate(items):
+            for name, value in item["properties"].items():
+                values = value if isinstance(value, list) else (value,)
+                if any(isinstance(v, str) and "\x00" in v for v in values):
+                    return f"graph.{kind}s.{n}.properties.{name}"
+    return None
 
 
 def _describe(exc: ValidationError, limit: int = 5) -> str:

@@ -109,7 +109,7 @@ def test_garbage_is_refused(raw: bytes | None) -> None:
 
 def test_naive_timestamps_are_refused() -> None:
     """occurred_at must carry a time zone."""
-    with pytest.raises(EventError, match="time zone"):
+    with pytest.raises(EventError, match="with an offset"):
         decode_event(_raw(occurred_at="2026-01-01T00:00:00"), **LIMITS)
 
 
@@ -139,3 +139,105 @@ def test_intent_events_need_a_uuid_source_id() -> None:
 def test_has_long_number_finds_runs_of_19_ascii_digits(data: bytes, expected: bool) -> None:
     """Only a run of 19 or more ASCII digits can be an integer past 64 bits."""
     assert has_long_number(data) is expected
+
+
+def _nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = {"d": value}
+    return value
+
+
+def _upsert_doc(**changes: object) -> dict[str, object]:
+    import orjson
+
+    document = orjson.loads(_raw())
+    document.update(changes)
+    return document
+
+
+def _without_graph(document: dict[str, object]) -> dict[str, object]:
+    document.pop("graph", None)
+    return document
+
+
+_NODE = {"id": "a", "type": "X"}
+_UUID = "9f1b7f4e-2b5a-4c3e-9d8e-1a2b3c4d5e6f"
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        # Issue 16, case 1: metadata PostgreSQL's jsonb (and orjson) cannot take.
+        (_upsert_doc(graph={"nodes": [_NODE], "metadata": {"inode": 2**70}}), "integers must fit in 64 bits"),
+        (_upsert_doc(graph={"nodes": [_NODE], "metadata": {"deep": _nested(300)}}), "nested deeper than 32"),
+        (_upsert_doc(graph={"nodes": [_NODE], "metadata": {"s": "a\x00b"}}), "NUL"),
+        (_upsert_doc(graph={"nodes": [_NODE], "metadata": {"a\x00": 1}}), "NUL"),
+        # Case 2: property names FalkorDB cannot write into query text.
+        (_upsert_doc(graph={"nodes": [{**_NODE, "properties": {"a`b": 1}}]}), "backtick"),
+        (_upsert_doc(graph={"nodes": [{**_NODE, "properties": {"a\x00b": 1}}]}), "backtick"),
+        # Case 4: values PostgreSQL refuses at step 3.
+        (_upsert_doc(producer="nul\x00producer"), "control characters"),
+        (_upsert_doc(occurred_at="0001-01-01T00:00:00+14:00"), "out of range"),
+        (_without_graph(_upsert_doc(event_type="ast-graph.deleted", source_version=2**63)), "less than or equal"),
+        # Case 5: one intent, one spelling.
+        (_without_graph(_upsert_doc(event_type="intent-link.deleted", source_id=_UUID.upper())), "canonical form"),
+        (_without_graph(_upsert_doc(event_type="intent-link.deleted", source_id="{" + _UUID + "}")), "at most 36"),
+        (_without_graph(_upsert_doc(event_type="intent-link.deleted", source_id="urn:uuid:" + _UUID)), "at most 36"),
+        (_upsert_doc(event_id=_UUID.upper()), "canonical form"),
+        # Case 6: strict types, lists of one type.
+        (_upsert_doc(source_version="5"), "source_version"),
+        (_upsert_doc(source_version=5.0), "source_version"),
+        (_upsert_doc(source_version=True), "source_version"),
+        (_upsert_doc(graph={"nodes": [{**_NODE, "properties": {"l": [True, 1]}}]}), "properties.l"),
+        (_upsert_doc(graph={"nodes": [{**_NODE, "properties": {"l": [1, 2.5]}}]}), "properties.l"),
+        # Case 7: names matched whole.
+        (_upsert_doc(graph={"nodes": [{"id": "a", "type": "Module\n"}]}), "not a safe Cypher label"),
+        (
+            _upsert_doc(graph={"nodes": [_NODE], "edges": [{"source": "a", "target": "a", "type": "BODY\n"}]}),
+            "not a safe Cypher relationship type",
+        ),
+    ],
+)
+def test_events_no_store_can_hold_are_refused_at_decode_time(document: dict[str, object], message: str) -> None:
+    """Every hostile case of issue 16 is refused by validation, naming the problem (never by a store later)."""
+    import json
+
+    with pytest.raises(EventError) as caught:
+        decode_event(json.dumps(document).encode(), **LIMITS)
+    assert caught.value.reason == "invalid"
+    assert message in caught.value.detail
+
+
+@pytest.mark.parametrize("version", [True, 1.0])
+def test_schema_version_must_be_the_integer_one(version: object) -> None:
+    """schema_version true or 1.0 is not version 1."""
+    with pytest.raises(EventError) as caught:
+        decode_event(_raw(schema_version=version), **LIMITS)
+    assert caught.value.reason == "unsupported-version"
+
+
+def test_a_thousand_levels_of_nesting_are_refused_without_crashing() -> None:
+    """Deeper than the JSON parser goes: an EventError, not a dead decoder or a RecursionError."""
+    raw = _raw().replace(b'"metadata":{}', b'"metadata":{"d":' + b"[" * 1000 + b"]" * 1000 + b"}")
+    with pytest.raises(EventError):
+        decode_event(raw, **LIMITS)
+
+
+def test_nul_in_a_string_property_is_refused_for_a_backend_that_cannot_store_it() -> None:
+    """FalkorDB cannot store NUL: the decoder refuses such a graph there ('unstorable'), and takes it elsewhere."""
+    raw = _raw(graph={"nodes": [{"id": "a", "type": "X", "properties": {"v": "a\x00b"}}]})
+    assert decode_event(raw, **LIMITS)
+    with pytest.raises(EventError) as caught:
+        decode_event(raw, **LIMITS, strings_may_hold_nul=False)
+    assert caught.value.reason == "unstorable"
+    assert "graph.nodes.0.properties.v" in caught.value.detail
+
+
+def test_a_list_of_floats_and_a_float_written_whole_are_kept_as_floats() -> None:
+    """[1.0, 2.5] and 5.0 stay floats; 5 stays an integer; "5" stays a string."""
+    raw = _raw(graph={"nodes": [{"id": "a", "type": "X", "properties": {"l": [1.0, 2.5], "f": 5.0, "i": 5, "s": "5"}}]})
+    event = decode_event(raw, **LIMITS)
+    assert isinstance(event, AstGraphUpserted)
+    props = event.graph.nodes[0]["properties"]
+    assert [type(v) for v in (props["l"][0], props["f"], props["i"], props["s"])] == [float, float, int, str]
