@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +18,7 @@ from worker.events import (
     IntentLinkUpserted,
 )
 from worker.saga.plan import InboundEvent, Position
+from worker.stores.protocols import GraphWriteStats
 
 
 def graph(nodes: list[tuple[str, str]], edges: list[tuple[str, str, str]] = (), **props: Any) -> GraphData:  # type: ignore[assignment]
@@ -68,3 +72,16 @@ def unlink(intent_id: uuid.UUID, version: int) -> IntentLinkDeleted:
 def inbound(event: Any, offset: int = 0, partition: int = 0, topic: str = "ast-graphs") -> InboundEvent:
     """Wrap an event as if it had been read from Kafka."""
     return InboundEvent(event=event, position=Position(topic, partition, offset), raw=b"{}")
+
+
+@dataclass
+class Completion:
+    """A BatchCompletion for fakes of the relational port: ``finish`` runs the callback."""
+
+    finish: Callable[[GraphWriteStats], Awaitable[None]]
+
+
+@asynccontextmanager
+async def completing_with(finish: Callable[[GraphWriteStats], Awaitable[None]]) -> AsyncIterator[Completion]:
+    """The port's ``completing`` block for a fake whose step 3 is one call at the end."""
+    yield Completion(finish)

@@ -12,7 +12,10 @@
         │   │                    switch. Retried with bounded backoff; never dead-letters.
         │   └── DatabaseMissing  the graph database does not exist (yet)
         └── StoreRejected        permanent: the store refused the data (constraint, type,
-                                 syntax). The saga isolates the event and dead-letters it.
+            │                    syntax). The saga isolates the event and dead-letters it.
+            └── UnexpectedFailure  any other exception while applying a batch: handled like
+                                 a rejection (confirmed, isolated, dead-lettered with its
+                                 class and message), so one event cannot crash-loop the worker.
 
 Adapters raise the most specific class with ``raise ... from exc`` so the driver's own
 error stays attached for logs, while callers only ever match on these classes.
@@ -55,6 +58,14 @@ class StoreUnavailable(StoreError):  # noqa: N818 - reads as a state, like httpx
 
 class StoreRejected(StoreError):  # noqa: N818 - same reason as above
     """Permanent failure caused by the data: isolate and dead-letter the offending event."""
+
+
+class UnexpectedFailure(StoreRejected):
+    """An exception outside the error tree while applying a batch (a bug, a driver surprise).
+
+    Treated as a rejection of the batch: one event that triggers it is dead-lettered with
+    the reason ``apply-failed`` instead of crashing the worker on every restart.
+    """
 
 
 class DatabaseMissing(StoreUnavailable):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
+from contextlib import AbstractAsyncContextManager
 from uuid import UUID
 
 import pytest
 
-from tests.factories import graph, inbound, upsert
+from tests.factories import Completion, completing_with, graph, inbound, upsert
 from worker.config import WorkerSettings
 from worker.deadletter import DeadLetter
 from worker.errors import StoreRejected, StoreUnavailable
@@ -21,9 +23,11 @@ G = graph([("a", "Module")])
 class FakeRelational:
     """Outbox states and applied versions in dicts."""
 
-    def __init__(self) -> None:
+    def __init__(self, refuse: frozenset[str] = frozenset(), fail_at_commit: int = 0) -> None:
         self.outbox: dict[UUID, list[str]] = {}
         self.versions: dict[str, int] = {}
+        self.refuse = refuse  # sources whose rows PostgreSQL refuses at step 3
+        self.fail_at_commit = fail_at_commit  # commits that fail (after the graph write)
 
     async def begin_batch(self, record: BatchRecord) -> AppliedState:
         """Record 'pending'."""
@@ -34,8 +38,17 @@ class FakeRelational:
         """No links."""
         return ()
 
+    def completing(self, batch_id: UUID, plan: BatchPlan) -> AbstractAsyncContextManager[Completion]:
+        """Step 3 as the port shapes it: a refusal before the graph write, finish() after it."""
+        if self.refuse.intersection(item.event.source_id for item in plan.winners):
+            raise StoreRejected("PostgreSQL rejected the write: CheckViolationError")
+        return completing_with(functools.partial(self.complete_batch, batch_id, plan))
+
     async def complete_batch(self, batch_id: UUID, plan: BatchPlan, stats: GraphWriteStats) -> None:
         """Record 'applied' and the versions."""
+        if self.fail_at_commit > 0:
+            self.fail_at_commit -= 1
+            raise StoreRejected("could not serialize access")
         self.outbox[batch_id].append("applied")
         for item in plan.winners:
             self.versions[item.event.source_id] = item.event.source_version
@@ -66,8 +79,10 @@ class FakeGraph:
         poison: set[str] = frozenset(),  # type: ignore[assignment]
         unavailable_calls: int = 0,
         rejected_calls: int = 0,
+        crash_on: frozenset[str] = frozenset(),
     ) -> None:
         self.poison = poison
+        self.crash_on = crash_on  # sources on which the adapter raises something unexpected
         self.unavailable_calls = unavailable_calls
         self.rejected_calls = rejected_calls  # refusals that a retry does not meet (a lost race)
         self.applied: list[str] = []
@@ -85,6 +100,8 @@ class FakeGraph:
             raise StoreRejected("type already exists")
         if self.poison.intersection(sources):
             raise StoreRejected("constraint violated")
+        if self.crash_on.intersection(sources):
+            raise TypeError("unexpected value in the driver")
         self.applied.extend(sources)
         return GraphWriteStats(nodes_written=len(sources))
 
@@ -159,3 +176,45 @@ async def test_a_long_outage_is_raised_never_dead_lettered() -> None:
         await coordinator.apply([inbound(upsert("a.py", 1, G)), inbound(upsert("b.py", 1, G), offset=1)])
     assert letters.letters == []
     assert relational.versions == {}
+
+
+async def test_a_postgresql_refusal_leaves_the_graph_untouched() -> None:
+    """Step 3 refused: the event is dead-lettered without the graph ever being written, outbox 'compensated'."""
+    relational, graph_store, letters = FakeRelational(refuse=frozenset({"bad.py"})), FakeGraph(), FakeDeadLetters()
+    coordinator = SagaCoordinator(relational, graph_store, letters, SETTINGS)
+    names = ["a.py", "bad.py", "c.py"]
+    result = await coordinator.apply([inbound(upsert(n, 1, G), offset=i) for i, n in enumerate(names)])
+    assert graph_store.applied == ["a.py", "c.py"]
+    assert not any("bad.py" in attempt for attempt in graph_store.attempts)
+    assert [letter.position.offset for letter in letters.letters] == [1]
+    assert "CheckViolationError" in letters.letters[0].detail
+    assert relational.versions == {"a.py": 1, "c.py": 1}
+    assert result.outcomes == Counter({Outcome.APPLIED: 2, Outcome.DEAD_LETTERED: 1})
+    assert all(states[-1] in {"applied", "compensated"} for states in relational.outbox.values())
+
+
+async def test_an_unexpected_exception_dead_letters_its_event_instead_of_crashing() -> None:
+    """A TypeError from deep inside is confirmed, isolated and dead-lettered as 'apply-failed'; the rest applies."""
+    relational, graph_store, letters = FakeRelational(), FakeGraph(crash_on=frozenset({"odd.py"})), FakeDeadLetters()
+    coordinator = SagaCoordinator(relational, graph_store, letters, SETTINGS)
+    names = ["a.py", "odd.py", "c.py"]
+    result = await coordinator.apply([inbound(upsert(n, 1, G), offset=i) for i, n in enumerate(names)])
+    assert graph_store.applied == ["a.py", "c.py"]
+    (letter,) = letters.letters
+    assert (letter.reason, letter.position.offset) == ("apply-failed", 1)
+    assert "TypeError: unexpected value in the driver" in letter.detail
+    assert graph_store.attempts[("odd.py",)] == 3
+    assert result.outcomes == Counter({Outcome.APPLIED: 2, Outcome.DEAD_LETTERED: 1})
+
+
+async def test_a_failure_after_the_graph_commit_is_retried_never_dead_lettered() -> None:
+    """Once the graph holds the batch, a PostgreSQL error is retried as an outage (graph rewritten), not refused."""
+    relational, graph_store, letters = FakeRelational(fail_at_commit=1), FakeGraph(), FakeDeadLetters()
+    coordinator = SagaCoordinator(relational, graph_store, letters, SETTINGS)
+    result = await coordinator.apply([inbound(upsert("a.py", 1, G))])
+    assert letters.letters == []
+    assert graph_store.applied == ["a.py", "a.py"]
+    assert relational.versions == {"a.py": 1}
+    assert result.outcomes == Counter({Outcome.APPLIED: 1})
+    (states,) = relational.outbox.values()
+    assert states == ["pending", "failed", "pending", "applied"]

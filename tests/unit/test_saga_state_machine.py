@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+from contextlib import AbstractAsyncContextManager
 from uuid import UUID
 
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from tests.factories import delete, graph, inbound, upsert
+from tests.factories import Completion, completing_with, delete, graph, inbound, upsert
 from worker.config import WorkerSettings
 from worker.errors import StoreUnavailable
 from worker.events import AstGraphDeleted, AstGraphUpserted
@@ -77,6 +79,10 @@ class Relational:
     async def links_for_sources(self, source_ids: tuple[str, ...]) -> tuple[LinkRow, ...]:
         """No links in this model."""
         return ()
+
+    def completing(self, batch_id: UUID, plan: BatchPlan) -> AbstractAsyncContextManager[Completion]:
+        """Step 3 as the port shapes it: finish() commits what complete_batch records."""
+        return completing_with(functools.partial(self.complete_batch, batch_id, plan))
 
     async def complete_batch(self, batch_id: UUID, plan: BatchPlan, stats: GraphWriteStats) -> None:
         """Registry with the version guard, ledger, 'applied'."""

@@ -109,7 +109,13 @@ class IngestRunner:
         self.last_heartbeat = time.monotonic()
         limits = settings.worker
         self._decoder = DecodeAhead(
-            functools.partial(decode_event, max_bytes=limits.max_event_bytes, max_nodes=limits.max_nodes_per_graph),
+            functools.partial(
+                decode_event,
+                max_bytes=limits.max_event_bytes,
+                max_nodes=limits.max_nodes_per_graph,
+                # FalkorDB cannot store a NUL in a string: refuse such a graph at decode time.
+                strings_may_hold_nul=settings.graph.backend != "falkordb",
+            ),
             processes=limits.decode_processes,
         )
 

@@ -2,15 +2,20 @@
 
 Steps per batch (see docs/architecture.md):
   1. PostgreSQL: outbox row 'pending' + read the applied versions and processed ids.
-  2. Graph store: one transaction with all of the batch's changes (rolled back on error).
-  3. PostgreSQL: registry, links, processed ledger and outbox 'applied', one transaction.
-The caller commits Kafka offsets only after :meth:`SagaCoordinator.apply` returns.
+  2. PostgreSQL, a second transaction left open: registry, links and processed ledger.
+  3. Graph store: one transaction with all of the batch's changes (rolled back on error).
+  4. PostgreSQL: parked links and outbox 'applied'; the transaction of step 2 commits.
+So whatever PostgreSQL could refuse is refused before the graph changes: the graph write
+is the last step that can refuse a batch, and a refusal on either side leaves both
+stores as they were (outbox 'compensated'). The caller commits Kafka offsets only after
+:meth:`SagaCoordinator.apply` returns.
 
 Failures: a transient one (StoreUnavailable) is retried with bounded, jittered backoff
 under the same outbox row, then re-raised so the consumer rewinds and tries later. A
-permanent one (StoreRejected) splits the batch in halves until the offending event is
-alone; once the event is refused again when tried alone, it is dead-lettered with the
-store's error and the rest is applied.
+permanent one (StoreRejected, or any unexpected exception as UnexpectedFailure) splits
+the batch in halves until the offending event is alone; once the event is refused again
+when tried alone, it is dead-lettered with the error and the rest is applied. Nothing
+after the graph's commit is ever taken as a rejection (see ``_after_graph_commit``).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import Counter
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from uuid import UUID, uuid4
 
@@ -28,7 +34,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from worker import failpoints
 from worker.config import WorkerSettings
 from worker.deadletter import DeadLetter, DeadLetterSink
-from worker.errors import StoreError, StoreRejected, StoreUnavailable
+from worker.errors import StoreError, StoreRejected, StoreUnavailable, UnexpectedFailure
 from worker.events import IntentLinkDeleted, IntentLinkUpserted
 from worker.retrying import backoff, log_before_retry
 from worker.saga.plan import BatchPlan, InboundEvent, Outcome, Position, plan_batch
@@ -159,8 +165,25 @@ class SagaCoordinator:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._apply_once(batch_id, events)
+                return await self._apply_guarded(batch_id, events)
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    async def _apply_guarded(self, batch_id: UUID, events: list[InboundEvent]) -> tuple[BatchPlan, GraphWriteStats]:
+        """``_apply_once``, with any unexpected exception taken as a rejection of the batch.
+
+        A bug or a driver surprise that one event triggers must not crash the worker on
+        every restart: like a store's refusal, it is confirmed, narrowed down to one event
+        and dead-lettered with its class and message.
+        """
+        try:
+            return await self._apply_once(batch_id, events)
+        except StoreError:
+            raise
+        except Exception as exc:  # not BaseException: cancellation and exits pass through
+            log.exception("unexpected error applying a batch; treated as a rejection", batch_id=str(batch_id))
+            failure = UnexpectedFailure(f"{type(exc).__name__}: {exc}")
+            await self._record_failure(batch_id, "compensated", failure)
+            raise failure from exc
 
     async def _apply_once(self, batch_id: UUID, events: list[InboundEvent]) -> tuple[BatchPlan, GraphWriteStats]:
         started = time.perf_counter()
@@ -177,19 +200,28 @@ class SagaCoordinator:
             with tracer.start_as_current_span("saga links read"):
                 links = await self._relational.links_for_sources(tuple(e.source_id for e in changes.upserts))
             changes = dataclasses.replace(changes, relinks=tuple(r for r in links if r.intent_id not in rewritten))
-        graph_started = time.perf_counter()
+        graph_committed = False
         try:
-            # The adapters' statement spans below name the database system (neo4j or falkordb).
-            with tracer.start_as_current_span("saga graph import", attributes={"db.operation.batch.size": record.rows}):
-                stats = await self._graph.apply(changes)
-            failpoints.hit("after-graph")
+            # Step 3 first, held open: PostgreSQL refuses a batch before the graph changes,
+            # so the graph write is the last step that can refuse it (docs/architecture.md).
+            async with self._relational.completing(batch_id, plan) as completion:
+                graph_started = time.perf_counter()
+                # The adapters' statement spans below name the database system (neo4j or falkordb).
+                with tracer.start_as_current_span(
+                    "saga graph import", attributes={"db.operation.batch.size": record.rows}
+                ):
+                    stats = await self._graph.apply(changes)
+                graph_committed = True
+                graph_seconds = time.perf_counter() - graph_started
+                failpoints.hit("after-graph")
+                with tracer.start_as_current_span("saga outbox applied"):
+                    await _after_graph_commit(completion.finish(stats))
         except StoreError as exc:
-            # The graph transaction was rolled back: that is the compensation.
-            await self._record_failure(batch_id, "compensated", exc)
+            # Before the graph's commit, both sides were rolled back (or never written): that
+            # is the compensation. After it, the graph holds the batch and the retry, always
+            # a retry then (see _after_graph_commit), writes it again idempotently.
+            await self._record_failure(batch_id, "failed" if graph_committed else "compensated", exc)
             raise
-        graph_seconds = time.perf_counter() - graph_started
-        with tracer.start_as_current_span("saga outbox applied"):
-            await self._relational.complete_batch(batch_id, plan, stats)
         failpoints.hit("after-postgres")
         metrics.record_batch(plan, stats, time.perf_counter() - started)
         if stats.unresolved_links:
@@ -212,7 +244,7 @@ class SagaCoordinator:
         )
         return plan, stats
 
-    async def _record_failure(self, batch_id: UUID, state: str, exc: StoreError) -> None:
+    async def _record_failure(self, batch_id: UUID, state: str, exc: Exception) -> None:
         try:
             await self._relational.fail_batch(batch_id, state, f"{type(exc).__name__}: {exc}")
         except StoreError as record_exc:
@@ -229,21 +261,38 @@ class SagaCoordinator:
             offset=item.position.offset,
             error=str(exc),
         )
-        with tracer.start_as_current_span("dead-letter", attributes={"gpm.reason": "store-rejected"}):
-            await self._send_letter(item, exc)
-        metrics.dead_lettered.add(1, {"reason": "store-rejected"})
+        reason = "apply-failed" if isinstance(exc, UnexpectedFailure) else "store-rejected"
+        with tracer.start_as_current_span("dead-letter", attributes={"gpm.reason": reason}):
+            await self._send_letter(item, exc, reason)
+        metrics.dead_lettered.add(1, {"reason": reason})
 
-    async def _send_letter(self, item: InboundEvent, exc: StoreRejected) -> None:
+    async def _send_letter(self, item: InboundEvent, exc: StoreRejected, reason: str) -> None:
         await self._dead_letters.send(
             DeadLetter(
                 position=item.position,
                 key=item.key,
                 value=item.raw,
                 headers=item.headers,
-                reason="store-rejected",
+                reason=reason,
                 detail=str(exc),
             )
         )
+
+
+async def _after_graph_commit(step: Awaitable[None]) -> None:
+    """Run what follows the graph's commit: any failure there is retried, never dead-lettered.
+
+    The graph holds the batch by then, so isolating and dead-lettering an event would leave
+    the stores disagreeing. Only commit-time failures can occur here (every value was
+    written before the graph), and the retry rewrites the graph idempotently.
+    """
+    try:
+        await step
+    except StoreUnavailable:
+        raise
+    except Exception as exc:
+        msg = f"completing the batch in PostgreSQL failed after the graph write: {type(exc).__name__}: {exc}"
+        raise StoreUnavailable(msg) from exc
 
 
 def _batch_record(batch_id: UUID, events: list[InboundEvent]) -> BatchRecord:

@@ -206,28 +206,26 @@ class PostgresRelationalStore:
             )
         return tuple(LinkRow(r["intent_id"], r["source_id"], r["node_id"]) for r in rows)
 
-    @_mapped
-    async def complete_batch(self, batch_id: UUID, plan: BatchPlan, stats: GraphWriteStats) -> None:
-        """Registry, links, processed ledger and the outbox row 'applied', atomically."""
-        async with self._transaction() as conn:
-            for item in plan.winners:
-                await _write_winner(conn, item.event)
-            await _track_parked_links(conn, plan, stats.unresolved_links)
-            await conn.executemany(
-                """INSERT INTO gpm_processed_events (event_id, batch_id, outcome, topic, kafka_partition, kafka_offset)
-                   VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING""",
-                [
-                    (item.event.event_id, batch_id, outcome.value, *dataclasses.astuple(item.position))
-                    for item, outcome in plan.outcomes
-                    if outcome is not Outcome.DUPLICATE
-                ],
-            )
-            await conn.execute(
-                """UPDATE gpm_outbox SET state = 'applied', last_error = NULL, graph_stats = $2::jsonb,
-                   updated_at = now() WHERE batch_id = $1""",
-                batch_id,
-                orjson.dumps(_stats_document(stats)).decode(),
-            )
+    @asynccontextmanager
+    async def completing(self, batch_id: UUID, plan: BatchPlan) -> AsyncIterator[PostgresBatchCompletion]:
+        """Registry, links and processed ledger written now; the outbox row 'applied' and the commit at ``finish``."""
+        try:
+            conn = await self._pool.acquire()
+        except _DRIVER_ERRORS as exc:
+            raise _map_error(exc) from exc
+        transaction = conn.transaction()
+        completion = PostgresBatchCompletion(conn, transaction, batch_id, plan)
+        try:
+            await completion.start()
+            yield completion
+        finally:
+            try:
+                if not completion.committed and not conn.is_closed():
+                    await transaction.rollback()
+            except _DRIVER_ERRORS as exc:  # the connection is gone: the server rolled back
+                log.debug("rollback of an unfinished batch failed", batch_id=str(batch_id), error=str(exc))
+            finally:
+                await self._pool.release(conn)
 
     @_mapped
     async def fail_batch(self, batch_id: UUID, state: str, error: str) -> None:
@@ -358,6 +356,47 @@ class PostgresRelationalStore:
         if metrics.pools.get("postgres") == self.pool_usage:
             del metrics.pools["postgres"]
         await self._pool.close()
+
+
+class PostgresBatchCompletion:
+    """One batch's step 3 in a transaction held open across the graph write (see ``completing``)."""
+
+    def __init__(self, conn: Connection, transaction: Any, batch_id: UUID, plan: BatchPlan) -> None:  # noqa: ANN401
+        self._conn = conn
+        self._transaction = transaction
+        self._batch_id = batch_id
+        self._plan = plan
+        self.committed = False
+
+    @_mapped
+    async def start(self) -> None:
+        """Everything the events themselves bring to PostgreSQL: what it may refuse, before the graph changes."""
+        conn, plan = self._conn, self._plan
+        await self._transaction.start()
+        for item in plan.winners:
+            await _write_winner(conn, item.event)
+        await conn.executemany(
+            """INSERT INTO gpm_processed_events (event_id, batch_id, outcome, topic, kafka_partition, kafka_offset)
+               VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING""",
+            [
+                (item.event.event_id, self._batch_id, outcome.value, *dataclasses.astuple(item.position))
+                for item, outcome in plan.outcomes
+                if outcome is not Outcome.DUPLICATE
+            ],
+        )
+
+    @_mapped
+    async def finish(self, stats: GraphWriteStats) -> None:
+        """Parked links as the graph found them, the outbox row 'applied', commit."""
+        await _track_parked_links(self._conn, self._plan, stats.unresolved_links)
+        await self._conn.execute(
+            """UPDATE gpm_outbox SET state = 'applied', last_error = NULL, graph_stats = $2::jsonb,
+               updated_at = now() WHERE batch_id = $1""",
+            self._batch_id,
+            orjson.dumps(_stats_document(stats)).decode(),
+        )
+        await self._transaction.commit()
+        self.committed = True
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
@@ -66,6 +67,14 @@ class GraphStore(Protocol):
 
 
 @runtime_checkable
+class BatchCompletion(Protocol):
+    """Saga step 3 under way: the relational rows are written, not yet committed."""
+
+    async def finish(self, stats: GraphWriteStats) -> None:
+        """Record what the graph write reported, mark the outbox row 'applied' and commit."""
+
+
+@runtime_checkable
 class RelationalStore(Protocol):
     """PostgreSQL: the outbox (saga log), the processed events and the relational rows."""
 
@@ -78,8 +87,13 @@ class RelationalStore(Protocol):
     async def links_for_sources(self, source_ids: tuple[str, ...]) -> tuple[LinkRow, ...]:
         """Existing intent links that point into these sources."""
 
-    async def complete_batch(self, batch_id: UUID, plan: BatchPlan, stats: GraphWriteStats) -> None:
-        """Saga step 3: write the relational rows and mark the outbox row 'applied'."""
+    def completing(self, batch_id: UUID, plan: BatchPlan) -> AbstractAsyncContextManager[BatchCompletion]:
+        """Saga step 3, opened before the graph write and committed by ``finish`` after it.
+
+        The registry, link and ledger rows are written in a transaction that stays open while
+        the graph is written, so PostgreSQL refuses a batch (StoreRejected) before the graph
+        has changed. Leaving the block without ``finish`` rolls everything back.
+        """
 
     async def fail_batch(self, batch_id: UUID, state: str, error: str) -> None:
         """Record a failed attempt ('compensated' or 'failed') with its error."""
