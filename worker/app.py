@@ -77,6 +77,11 @@ async def _bounded_close(what: str, close: Callable[[], Awaitable[None]]) -> Non
         log.debug("closed", what=what, seconds=round(time.monotonic() - started, 3))
 
 
+def dlq_request_bytes(settings: Settings) -> int:
+    """The dead-letter producer's request size: any accepted event with its error headers fits."""
+    return settings.worker.max_event_bytes + 64 * 1024
+
+
 class Worker:
     """One worker process; ``run`` returns after a clean shutdown."""
 
@@ -145,7 +150,7 @@ class Worker:
                 max_partition_fetch_bytes=s.kafka.max_partition_fetch_bytes,
                 metadata_max_age_ms=s.kafka.metadata_max_age_ms,
             )
-            dead_letters = KafkaDeadLetterSink(producer, s.kafka.dlq_suffix)
+            dead_letters = KafkaDeadLetterSink(producer, s.kafka.dlq_suffix, max_bytes=dlq_request_bytes(s))
             coordinator = SagaCoordinator(relational, graph, dead_letters, s.worker)
             self.runner = runner = IngestRunner(consumer, coordinator, dead_letters, s)
             runner.subscribe()
@@ -190,7 +195,7 @@ class Worker:
                         client_id=f"{s.kafka.client_id}-dlq",
                         acks="all",
                         # A dead letter carries the original value, which may be as large as any event.
-                        max_request_size=s.worker.max_event_bytes + 64 * 1024,
+                        max_request_size=dlq_request_bytes(s),
                         compression_type="gzip",
                     )
                     try:

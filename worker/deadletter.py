@@ -1,18 +1,37 @@
-"""Dead-letter sink: the original bytes and headers plus the reason, to ``<topic>.dlq``."""
+"""Dead-letter sink: the original bytes and headers plus the reason, to ``<topic>.dlq``.
+
+Every dead letter can be sent. One too large for the producer or the topic (the record
+was refused as oversized, say) goes as a bounded prefix of its value, with headers that
+say so and give the original size; failing that, with the reason and no value at all. A
+size refusal is never retried as an outage: it would stall the partition for ever.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import structlog
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 
 from worker.errors import StoreUnavailable
 from worker.saga.plan import Position
 
+log = structlog.get_logger(__name__)
+
 # Header names follow Kafka Connect's dead-letter convention, so existing tooling reads them.
 HEADER_PREFIX = "__connect.errors."
+# Set on a letter whose value is not the whole original: "true", and the original's size.
+TRUNCATED_HEADER = "gpm.value.truncated"
+ORIGINAL_SIZE_HEADER = "gpm.value.original-bytes"
+# What a truncated letter keeps of the value: enough to see what the record was.
+PREFIX_BYTES = 64 * 1024
+# Room left for the record's framing, key and headers within the producer's request size.
+_OVERHEAD = 16 * 1024
+_SIZE_ERRORS = (MessageSizeTooLargeError, RecordTooLargeError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +56,29 @@ class DeadLetter:
         }
         return [*self.headers, *((HEADER_PREFIX + k, v.encode()) for k, v in extra.items())]
 
+    @property
+    def size(self) -> int:
+        """Bytes of key, value and headers: what the record costs the broker, before framing."""
+        headers = sum(len(k) + len(v) for k, v in self.dlq_headers())
+        return len(self.key or b"") + len(self.value or b"") + headers
+
+    def shrunk(self, keep: int | None) -> DeadLetter:
+        """A copy with only ``keep`` bytes of the value (None: no value, no original headers), saying so."""
+        original = len(self.value or b"")
+        marks = ((TRUNCATED_HEADER, b"true"), (ORIGINAL_SIZE_HEADER, str(original).encode()))
+        if keep is None:
+            return dataclasses.replace(self, value=None, headers=marks, detail=self.detail[:2000])
+        return dataclasses.replace(self, value=(self.value or b"")[:keep], headers=(*self.headers, *marks))
+
+
+def sendable_forms(letter: DeadLetter, max_bytes: int) -> Iterator[DeadLetter]:
+    """The letter as it is if it fits, then a prefix of its value, then no value: each smaller than the last."""
+    if letter.size + _OVERHEAD <= max_bytes:
+        yield letter
+    if len(letter.value or b"") > PREFIX_BYTES:
+        yield letter.shrunk(PREFIX_BYTES)
+    yield letter.shrunk(None)
+
 
 @runtime_checkable
 class DeadLetterSink(Protocol):
@@ -47,21 +89,38 @@ class DeadLetterSink(Protocol):
 
 
 class KafkaDeadLetterSink:
-    """Publishes to ``<original topic><suffix>`` with acks=all and waits for the ack."""
+    """Publishes to ``<original topic><suffix>`` with acks=all and waits for the ack.
 
-    def __init__(self, producer: AIOKafkaProducer, suffix: str = ".dlq") -> None:
+    ``max_bytes`` is the producer's ``max_request_size``: a letter beyond it is shrunk
+    before it is sent, and one the broker refuses as too large is shrunk and sent again.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, suffix: str = ".dlq", max_bytes: int = 1024 * 1024) -> None:
         self._producer = producer
         self._suffix = suffix
+        self._max_bytes = max_bytes
 
     async def send(self, letter: DeadLetter) -> None:
-        """Publish and wait for the broker's acknowledgement."""
-        try:
-            await self._producer.send_and_wait(
-                letter.position.topic + self._suffix,
-                value=letter.value,
-                key=letter.key,
-                headers=letter.dlq_headers(),
-            )
-        except KafkaError as exc:
-            msg = f"dead-letter topic unavailable: {type(exc).__name__}: {exc}"
-            raise StoreUnavailable(msg) from exc
+        """Publish and wait for the broker's acknowledgement; StoreUnavailable only for a broker outage."""
+        topic = letter.position.topic + self._suffix
+        refused: KafkaError | None = None
+        for form in sendable_forms(letter, self._max_bytes):
+            if form is not letter:
+                log.warning(
+                    "dead letter too large; sending it shortened",
+                    topic=topic,
+                    original_bytes=len(letter.value or b""),
+                    kept_bytes=len(form.value or b""),
+                    refused=str(refused) if refused else None,
+                )
+            try:
+                await self._producer.send_and_wait(topic, value=form.value, key=form.key, headers=form.dlq_headers())
+            except _SIZE_ERRORS as exc:
+                refused = exc
+                continue
+            except KafkaError as exc:
+                msg = f"dead-letter topic unavailable: {type(exc).__name__}: {exc}"
+                raise StoreUnavailable(msg) from exc
+            return
+        msg = f"dead-letter topic {topic} refuses even a letter without a value: {refused}"
+        raise StoreUnavailable(msg) from refused

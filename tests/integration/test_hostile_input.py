@@ -244,3 +244,27 @@ async def test_the_consistency_check_agrees_after_hostile_input(stores: Stores) 
     async with GraphPostgresManager(stores.ns.settings) as manager:
         report = await manager.check_data_consistency()
     assert report.consistent, report
+
+
+async def test_a_postgresql_refusal_leaves_the_graph_as_it_was(stores: Stores) -> None:
+    """PostgreSQL refuses step 3 (a constraint the test adds): the graph keeps the previous version whole."""
+    from tests.factories import delete, graph, upsert
+
+    await stores.ns.sql("ALTER TABLE gpm_sources ADD CONSTRAINT refuse_big CHECK (source_version < 1000)")
+    v1 = upsert("kept.py", 1, graph([("m", "Module"), ("f", "FunctionDef")], [("m", "BODY", "f")]))
+    await stores.coordinator.apply([InboundEvent(v1, Position("t", 0, 0), b"{}")])
+    before = await _graph_of(stores, "kept.py")
+    refused = [
+        upsert("kept.py", 1000, graph([("m", "Module"), ("c", "ClassDef")], [("m", "BODY", "c")])),
+        delete("kept.py", 1001),
+    ]
+    result = await stores.coordinator.apply(
+        [InboundEvent(e, Position("t", 0, n), b"{}") for n, e in enumerate(refused, start=1)]
+    )
+    assert result.outcomes == {Outcome.DEAD_LETTERED: 2}
+    assert all("CheckViolationError" in letter.detail for letter in stores.letters.letters)
+    assert await _graph_of(stores, "kept.py") == before
+    assert len(before[0]) == 2
+    await _assert_applied(stores, v1)
+    states = await stores.ns.sql("SELECT state, count(*) AS n FROM gpm_outbox GROUP BY state ORDER BY state")
+    assert {r["state"]: r["n"] for r in states} == {"applied": 1, "compensated": 2 * 3 + 1}

@@ -1,0 +1,70 @@
+"""The dead-letter sink: every letter can be sent, whatever its size; only an outage is retried."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
+
+from worker.deadletter import ORIGINAL_SIZE_HEADER, PREFIX_BYTES, TRUNCATED_HEADER, DeadLetter, KafkaDeadLetterSink
+from worker.errors import StoreUnavailable
+from worker.saga.plan import Position
+
+
+class FakeProducer:
+    """Refuses values above ``limit`` bytes as the broker does (or fails as if the broker were down)."""
+
+    def __init__(self, limit: int = 10**9, *, down: bool = False) -> None:
+        self.limit = limit
+        self.down = down
+        self.sent: list[dict[str, Any]] = []
+
+    async def send_and_wait(self, topic: str, value: bytes | None, key: bytes | None, headers: list[Any]) -> None:
+        """Keep what fits."""
+        if self.down:
+            raise KafkaConnectionError("broker down")
+        if len(value or b"") > self.limit:
+            raise MessageSizeTooLargeError("The message is too large")
+        self.sent.append({"topic": topic, "value": value, "key": key, "headers": dict(headers)})
+
+
+def _letter(size: int) -> DeadLetter:
+    return DeadLetter(Position("ast-graphs", 0, 7), b"k", b"x" * size, (("trace", b"1"),), "oversized", "too big")
+
+
+async def test_a_letter_that_fits_is_sent_whole() -> None:
+    """Value, key, original headers and the error headers, unchanged."""
+    producer = FakeProducer()
+    await KafkaDeadLetterSink(producer, max_bytes=1 << 20).send(_letter(1000))  # type: ignore[arg-type]
+    (sent,) = producer.sent
+    assert (sent["topic"], sent["value"], sent["headers"]["trace"]) == ("ast-graphs.dlq", b"x" * 1000, b"1")
+    assert TRUNCATED_HEADER not in sent["headers"]
+
+
+async def test_a_letter_beyond_the_request_size_is_sent_as_a_prefix_saying_so() -> None:
+    """An oversized original goes as its first 64 KiB, with the original size in a header, never as an outage."""
+    producer = FakeProducer()
+    await KafkaDeadLetterSink(producer, max_bytes=100_000).send(_letter(5_000_000))  # type: ignore[arg-type]
+    (sent,) = producer.sent
+    assert sent["value"] == b"x" * PREFIX_BYTES
+    assert sent["headers"][TRUNCATED_HEADER] == b"true"
+    assert sent["headers"][ORIGINAL_SIZE_HEADER] == b"5000000"
+    assert sent["headers"]["__connect.errors.reason"] == b"oversized"
+
+
+async def test_a_broker_refusing_the_size_gets_smaller_letters_down_to_none() -> None:
+    """A topic whose max.message.bytes is tiny still gets the letter: without its value, with its reason."""
+    producer = FakeProducer(limit=10)
+    await KafkaDeadLetterSink(producer, max_bytes=1 << 20).send(_letter(100_000))  # type: ignore[arg-type]
+    (sent,) = producer.sent
+    assert sent["value"] is None
+    assert sent["headers"][ORIGINAL_SIZE_HEADER] == b"100000"
+    assert sent["headers"]["__connect.errors.offset"] == b"7"
+    assert "trace" not in sent["headers"]
+
+
+async def test_a_broker_outage_is_an_outage() -> None:
+    """Unreachable broker: StoreUnavailable, so the batch is retried and nothing is committed past it."""
+    with pytest.raises(StoreUnavailable):
+        await KafkaDeadLetterSink(FakeProducer(down=True)).send(_letter(10))  # type: ignore[arg-type]
