@@ -249,6 +249,8 @@ def check(
     out.print(f"node counts differing from the registry: {result.count_mismatches or 'none'}")
     out.print(f"sources in the graph without a registry row: {result.graph_without_registry or 'none'}")
     out.print(f"registry rows whose graph is missing: {result.registry_without_graph or 'none'}")
+    out.print(f"nodes carrying another version than the registry's: {result.version_mismatches or 'none'}")
+    out.print(f"intents the stores disagree on: {result.intent_mismatches or 'none'}")
     out.print(f"outbox rows stuck 'pending': {result.stuck_outbox or 'none'}")
     out.print(f"intent links parked (waiting for their nodes): {result.parked_links}")
     for action in result.repaired:

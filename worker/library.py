@@ -117,13 +117,22 @@ class ConsistencyReport:
     registry_without_graph: list[str]  # live registry rows with nodes whose graph is missing
     parked_links: int  # intent links whose AST node is missing (waiting, see the worker's bound)
     stuck_outbox: list[str]  # batch ids 'pending' for longer than the threshold
+    # Sources whose nodes carry another version than the registry's: (source, registry, graph versions).
+    version_mismatches: list[tuple[str, int, list[int]]] = field(default_factory=list)
+    # Intents on which the stores disagree: version, existence, or the number of attached links.
+    intent_mismatches: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)  # what a repair did, one line an action
 
     @property
     def consistent(self) -> bool:
         """True when nothing disagrees (parked links are a waiting state, not a disagreement)."""
         return not (
-            self.count_mismatches or self.graph_without_registry or self.registry_without_graph or self.stuck_outbox
+            self.count_mismatches
+            or self.graph_without_registry
+            or self.registry_without_graph
+            or self.stuck_outbox
+            or self.version_mismatches
+            or self.intent_mismatches
         )
 
 
@@ -418,26 +427,41 @@ class GraphPostgresManager:
     ) -> ConsistencyReport:
         """Compare the registry with the graph, count parked links, find outbox rows stuck 'pending'.
 
+        Also found: nodes carrying another version than the registry's (what a dead-lettered
+        event could once leave behind), and intents whose node, version or attached links
+        differ between the stores.
+
         With ``repair``, under the write fence (so no batch is half-way): nodes of sources
-        without a registry row are deleted (the registry is the system of record), stuck
-        outbox rows are closed as 'abandoned', and sources whose graph is missing or differs
-        are marked for re-application: their last event is forgotten by the ledger and their
-        recorded version lowered by one, so replaying the topics (``gpm replay``) rebuilds
-        them. The report returned is the one found before the repair, with ``repaired`` filled.
+        and intents without a registry row are deleted (the registry is the system of record),
+        stuck outbox rows are closed as 'abandoned', and sources and intents whose graph is
+        missing or differs are marked for re-application: their last event is forgotten by
+        the ledger and their recorded version lowered by one, so replaying the topics
+        (``gpm replay``) rebuilds them. The report returned is the one found before the
+        repair, with ``repaired`` filled.
         """
         if not repair:
             return await self._consistency(stuck_after_s)
         relational, graph, _ = self._stores()
         async with quiesced(relational, settle_s):
             report = await self._consistency(stuck_after_s)
-            rebuild = sorted({s for s, _, _ in report.count_mismatches} | set(report.registry_without_graph))
+            rebuild = sorted(
+                {s for s, _, _ in report.count_mismatches}
+                | {s for s, _, _ in report.version_mismatches}
+                | set(report.registry_without_graph)
+            )
             if report.graph_without_registry:
                 deleted = await graph.delete_sources(report.graph_without_registry)
                 orphans = len(report.graph_without_registry)
                 report.repaired.append(f"deleted {deleted} graph nodes of {orphans} sources without a registry row")
-            await relational.repair(report.graph_without_registry, rebuild, report.stuck_outbox)
-            if rebuild:
-                report.repaired.append(f"marked for re-application by the next replay: {rebuild}")
+            live_intents = await relational.live_intents(report.intent_mismatches)
+            stray_intents = sorted(set(report.intent_mismatches) - {str(i) for i in live_intents})
+            if stray_intents:
+                await graph.delete_intents(stray_intents)
+                report.repaired.append(f"deleted {len(stray_intents)} intents without a registry row from the graph")
+            await relational.repair(report.graph_without_registry, rebuild, report.stuck_outbox, live_intents)
+            if rebuild or live_intents:
+                marked = rebuild + [str(i) for i in live_intents]
+                report.repaired.append(f"marked for re-application by the next replay: {marked}")
             if report.stuck_outbox:
                 report.repaired.append(f"closed {len(report.stuck_outbox)} stuck outbox rows as 'abandoned'")
         log.warning("consistency repaired", actions=report.repaired)
@@ -445,9 +469,22 @@ class GraphPostgresManager:
 
     async def _consistency(self, stuck_after_s: float) -> ConsistencyReport:
         relational, graph, _ = self._stores()
-        graph_rows, registry_rows, parked, stuck = await asyncio.gather(
-            graph.query("MATCH (n:AstNode) RETURN n.source_id AS source_id, count(n) AS nodes"),
-            relational.fetch("SELECT source_id, node_count FROM gpm_sources WHERE NOT deleted"),
+        graph_rows, graph_intents, registry_rows, registry_intents, parked, stuck = await asyncio.gather(
+            graph.query(
+                "MATCH (n:AstNode) RETURN n.source_id AS source_id, count(n) AS nodes, "
+                "collect(DISTINCT n.source_version) AS versions"
+            ),
+            graph.query(
+                "MATCH (i:Intent) OPTIONAL MATCH (i)-[r:IMPLEMENTED_BY]->(:AstNode) "
+                "RETURN i.id AS id, i.source_version AS version, count(r) AS links"
+            ),
+            relational.fetch("SELECT source_id, node_count, source_version FROM gpm_sources WHERE NOT deleted"),
+            relational.fetch(
+                """SELECT i.intent_id::text AS id, i.source_version AS version,
+                          count(l.node_id) FILTER (WHERE l.parked_since IS NULL) AS links
+                   FROM gpm_intents i LEFT JOIN gpm_intent_links l USING (intent_id)
+                   WHERE NOT i.deleted GROUP BY i.intent_id, i.source_version"""
+            ),
             relational.parked_links(older_than_s=0, sample=0),
             relational.fetch(
                 """SELECT batch_id::text AS batch_id FROM gpm_outbox WHERE state = 'pending'
@@ -456,7 +493,11 @@ class GraphPostgresManager:
             ),
         )
         in_graph = {r["source_id"]: r["nodes"] for r in graph_rows}
+        graph_versions = {r["source_id"]: sorted(r["versions"]) for r in graph_rows}
         registry = {r["source_id"]: r["node_count"] for r in registry_rows}
+        versions = {r["source_id"]: r["source_version"] for r in registry_rows}
+        intents_in_graph = {r["id"]: (r["version"], r["links"]) for r in graph_intents}
+        intents_registered = {r["id"]: (r["version"], r["links"]) for r in registry_intents}
         return ConsistencyReport(
             count_mismatches=sorted(
                 (s, n, in_graph[s]) for s, n in registry.items() if s in in_graph and in_graph[s] != n
@@ -465,6 +506,16 @@ class GraphPostgresManager:
             registry_without_graph=sorted(s for s, n in registry.items() if n and s not in in_graph),
             parked_links=parked.parked,
             stuck_outbox=[r["batch_id"] for r in stuck],
+            version_mismatches=sorted(
+                (s, v, graph_versions[s])
+                for s, v in versions.items()
+                if s in graph_versions and graph_versions[s] != [v]
+            ),
+            intent_mismatches=sorted(
+                i
+                for i in set(intents_in_graph) | set(intents_registered)
+                if intents_in_graph.get(i) != intents_registered.get(i)
+            ),
         )
 
     async def monitor_performance(self, window_s: float = 60.0) -> PerformanceMetrics:

@@ -97,6 +97,38 @@ async def test_consistency_report_finds_disagreements(ns: Namespace) -> None:
     assert report.stuck_outbox == []
 
 
+async def test_consistency_report_finds_what_a_hostile_event_could_leave_behind(ns: Namespace) -> None:
+    """Nodes of a version the registry never recorded, a stray intent, a detached link: reported, then repaired."""
+    kept, lost = uuid.uuid4(), uuid.uuid4()
+    async with GraphPostgresManager(ns.settings) as gpm:
+        await gpm.store_ast_graph(MODULE, "a.py")
+        await gpm.link_intent_to_ast(kept, [("a.py", "m"), ("a.py", "f")])
+        assert (await gpm.check_data_consistency()).consistent
+        graph = ns.graph()
+        try:
+            # What a dead-lettered v2 wrote before the saga compensated both ways: its node version.
+            await graph.query("MATCH (n:AstNode {source_id: 'a.py', node_id: 'f'}) SET n.source_version = 2")
+            await graph.query(
+                "MATCH (:Intent {id: $i})-[r:IMPLEMENTED_BY]->(:AstNode {node_id: 'm'}) DELETE r", {"i": str(kept)}
+            )
+            await graph.query("CREATE (:Intent {id: $i, source_version: 1})", {"i": str(lost)})
+        finally:
+            await graph.close()
+        report = await gpm.check_data_consistency()
+        assert not report.consistent
+        assert report.version_mismatches == [("a.py", 1, [1, 2])]
+        assert report.intent_mismatches == sorted([str(kept), str(lost)])
+        repaired = await gpm.check_data_consistency(repair=True, settle_s=1)
+        assert repaired.repaired == [
+            "deleted 1 intents without a registry row from the graph",
+            f"marked for re-application by the next replay: ['a.py', '{kept}']",
+        ]
+        after = await gpm.check_data_consistency()
+        assert after.intent_mismatches == [str(kept)]  # to be rebuilt by the replay; the stray is gone
+        versions = await gpm.query_postgres("SELECT source_version FROM gpm_intents WHERE intent_id = $1", kept)
+        assert versions == [{"source_version": 0}]
+
+
 async def test_transaction_is_all_or_nothing(ns: Namespace) -> None:
     """Writes in one transaction land together; one rejected write leaves nothing of the others."""
     intent = uuid.uuid4()

@@ -293,6 +293,11 @@ class FalkorDBGraphStore:
         )
         return int(result.nodes_deleted)
 
+    async def delete_intents(self, intent_ids: list[str]) -> int:
+        """Delete these intents' nodes with their links; return how many nodes."""
+        result = await self._run("UNWIND $rows AS id MATCH (i:Intent {id: id}) DETACH DELETE i", {"rows": intent_ids})
+        return int(result.nodes_deleted)
+
     async def ping(self) -> None:
         """A trivial query on the configured graph."""
         await self.query("RETURN 1 AS ok")

@@ -302,6 +302,11 @@ class Neo4jGraphStore:
         query: LiteralString = "UNWIND $rows AS id MATCH (n:AstNode {source_id: id}) DETACH DELETE n"
         return (await self._write(query, source_ids)).nodes_deleted
 
+    async def delete_intents(self, intent_ids: list[str]) -> int:
+        """Delete these intents' nodes with their links; return how many nodes."""
+        query: LiteralString = "UNWIND $rows AS id MATCH (i:Intent {id: id}) DETACH DELETE i"
+        return (await self._write(query, intent_ids)).nodes_deleted
+
     async def _write(self, query: LiteralString, rows: list[Any]) -> neo4j.SummaryCounters:
         async def work(tx: neo4j.AsyncManagedTransaction) -> neo4j.SummaryCounters:
             return (await (await tx.run(query, {"rows": rows})).consume()).counters

@@ -278,12 +278,31 @@ class PostgresRelationalStore:
         )
 
     @_mapped
-    async def repair(self, orphans: list[str], rebuild: list[str], stuck: list[str]) -> None:
+    async def live_intents(self, intent_ids: list[str]) -> list[UUID]:
+        """Which of these intents have a live (not deleted) registry row."""
+        if not intent_ids:
+            return []
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT intent_id FROM gpm_intents WHERE NOT deleted
+                   AND intent_id::text = ANY($1::text[]) ORDER BY intent_id""",
+                intent_ids,
+            )
+        return [r["intent_id"] for r in rows]
+
+    @_mapped
+    async def repair(
+        self,
+        orphans: list[str],
+        rebuild: list[str],
+        stuck: list[str],
+        rebuild_intents: list[UUID] = (),  # type: ignore[assignment]
+    ) -> None:
         """The relational side of a consistency repair, in one transaction.
 
         ``orphans``: sources whose graph nodes were deleted: links into them wait again.
-        ``rebuild``: sources to re-apply: the ledger forgets their last event and their
-        version goes down by one, so that event, replayed, is applied again.
+        ``rebuild`` (sources) and ``rebuild_intents``: to re-apply: the ledger forgets their
+        last event and their version goes down by one, so that event, replayed, is applied again.
         ``stuck``: outbox rows (batch ids) left 'pending' by a crash: closed as 'abandoned'.
         """
         async with self._transaction() as conn:
@@ -292,16 +311,20 @@ class PostgresRelationalStore:
                    WHERE source_id = ANY($1::text[])""",
                 orphans,
             )
-            await conn.execute(
-                """DELETE FROM gpm_processed_events WHERE event_id IN
-                   (SELECT event_id FROM gpm_sources WHERE source_id = ANY($1::text[]))""",
-                rebuild,
-            )
-            await conn.execute(
-                """UPDATE gpm_sources SET source_version = source_version - 1, updated_at = now()
-                   WHERE source_id = ANY($1::text[])""",
-                rebuild,
-            )
+            for table, key, kind, ids in (
+                ("gpm_sources", "source_id", "text", list(rebuild)),
+                ("gpm_intents", "intent_id", "uuid", list(rebuild_intents)),
+            ):
+                await conn.execute(
+                    f"""DELETE FROM gpm_processed_events WHERE event_id IN
+                        (SELECT event_id FROM {table} WHERE {key} = ANY($1::{kind}[]))""",  # noqa: S608 - fixed names
+                    ids,
+                )
+                await conn.execute(
+                    f"""UPDATE {table} SET source_version = source_version - 1, updated_at = now()
+                        WHERE {key} = ANY($1::{kind}[])""",  # noqa: S608 - fixed names
+                    ids,
+                )
             await conn.execute(
                 """UPDATE gpm_outbox SET state = 'abandoned', updated_at = now(),
                        last_error = 'closed by a consistency repair: interrupted before completion'

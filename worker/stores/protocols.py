@@ -147,5 +147,8 @@ class GraphBackend(GraphStore, SnapshotGraph, Protocol):
     async def delete_sources(self, source_ids: list[str]) -> int:
         """Delete these sources' AST nodes with their relationships; return how many nodes."""
 
+    async def delete_intents(self, intent_ids: list[str]) -> int:
+        """Delete these intents' nodes with their links; return how many nodes."""
+
     async def probe_write(self) -> None:
         """Make a write and undo it: raise StoreRejected unless writes are allowed."""
