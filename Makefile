@@ -12,7 +12,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install fmt lint typecheck test check bench run dev schemas clean
+.PHONY: install fmt lint typecheck test check bench fuzz run dev schemas clean
 
 install: $(VENV)/.installed
 
@@ -47,6 +47,12 @@ check: lint test
 # e.g. make bench BENCH_ARGS="--backend falkordb --files 300"
 bench: install
 	$(BIN)/python -m tests.bench.ingest $(BENCH_ARGS)
+
+# The hostile-input and contract-agreement property tests, with many more examples than CI runs.
+FUZZ_EXAMPLES ?= 2000
+fuzz: install
+	GPM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest --timeout 3600 \
+		tests/unit/test_contract_agreement.py tests/integration/test_hostile_input.py
 
 run: install
 	$(BIN)/gpm run

@@ -11,6 +11,7 @@ schemas' ``$comment`` says; the validator's type checker is set to match.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -41,7 +42,7 @@ def _model_accepts(raw: bytes) -> bool:
     return True
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=max(400, int(os.environ.get("GPM_FUZZ_EXAMPLES", "0"))), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(documents())
 def test_models_and_schemas_agree_on_every_generated_event(document: dict[str, Any]) -> None:
     """An event the worker accepts is valid by the published schema, and the other way round."""
