@@ -51,7 +51,7 @@ bench: install
 # The hostile-input and contract-agreement property tests, with many more examples than CI runs.
 FUZZ_EXAMPLES ?= 2000
 fuzz: install
-	GPM_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest --timeout 3600 \
+	GPM_TEST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest --timeout 3600 \
 		tests/unit/test_contract_agreement.py tests/integration/test_hostile_input.py
 
 run: install

@@ -6,18 +6,20 @@ import asyncio
 import dataclasses
 import faulthandler
 import json
+import os
 import signal
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
+import structlog
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from worker.config import Settings, load_settings
+from worker.config import Settings, load_settings, unknown_variables
 from worker.devstack import DevStack
 from worker.devstack.stack import GraphBackendName
 from worker.errors import ConfigError, EventError, GpmError
@@ -48,6 +50,12 @@ def _settings(*, logging: bool = False) -> Settings:
         from worker.telemetry import configure_logging  # noqa: PLC0415 - keep `gpm --help` fast
 
         configure_logging(settings.worker.log_level, settings.worker.log_format)
+    for name in unknown_variables(os.environ):
+        hint = "not a setting of this version (misspelt?); ignored"
+        if logging:
+            structlog.get_logger(__name__).warning("unknown setting variable", variable=name, hint=hint)
+        else:
+            console.print(f"[yellow]warning:[/yellow] {name}: {hint}")
     return settings
 
 

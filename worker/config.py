@@ -8,34 +8,91 @@ Secrets are ``SecretStr`` and the helpers here render DSNs with the password mas
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from aiokafka.helpers import create_ssl_context
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from worker.errors import ConfigError
 from worker.failpoints import CrashPoint
 
 ENV_PREFIX = "GPM_"
+# Test suites' own variables (GPM_TEST_*) are not settings.
+TEST_PREFIX = "GPM_TEST_"
+# A host name or an IP address (IPv6 written without its brackets here).
+_HOST = re.compile(r"[A-Za-z0-9._:-]{1,253}")
+# Topic names a topic pattern is tried against for dead-letter loops.
+_TOPIC_EXAMPLES = ("ast-graphs", "ast-graphs.a", "ast-graphs.team-a", "intent-links", "a")
 # Topics this worker consumes: ast-graphs, ast-graphs.<name>, intent-links; never their
 # dead-letter topics (".dlq"), which would otherwise match the ast-graphs.<name> form.
 DEFAULT_TOPIC_PATTERN = r"^(?!.*\.dlq$)(ast-graphs(\.[A-Za-z0-9_-]+)*|intent-links)$"
+
+
+# Query-string parameters that carry a credential in a libpq or driver URL.
+_SECRET_PARAMETERS = frozenset({"password", "sslpassword", "passfile", "token", "secret", "apikey", "api_key"})
+
+
+def mask_dsn(dsn: str) -> str:
+    """Return the URL with every credential (user-info password, secret query parameters) replaced by ``***``."""
+    try:
+        parts = urlsplit(dsn)
+        port = parts.port
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if port is not None:
+            host = f"{host}:{port}"
+        netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = "&".join(
+            f"{key}=***" if key.lower() in _SECRET_PARAMETERS else urlencode({key: value}) for key, value in pairs
+        )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def _url_problem(url: str, schemes: set[str]) -> str | None:
+    """What is wrong with a service URL, in words that never quote it (it may hold a secret)."""
+    if not url.strip():
+        return "must not be empty"
+    parts = urlsplit(url)
+    if parts.scheme not in schemes:
+        return "must start with " + " or ".join(f"{s}://" for s in sorted(schemes))
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return (
+            "is not a valid URL: its port is not a number from 0 to 65535 (a password holding '/', '#', '@' "
+            "or ':' must be percent-encoded)"
+        )
+    if parts.fragment or "#" in url:
+        return "is not a valid URL: it holds a '#' (percent-encode it as %23 in a password)"
+    if parts.scheme != "unix" and not parts.hostname and not parse_qs(parts.query).get("host"):
+        return "is not a valid URL: it names no host"
+    return None
 
 
 class KafkaSettings(BaseModel):
     """Broker connection and consumer-group behaviour."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
-    group_id: str = "graph-postgres-manager"
-    client_id: str = "graph-postgres-manager"
-    topic_pattern: str = DEFAULT_TOPIC_PATTERN
-    dlq_suffix: str = ".dlq"
+    group_id: str = Field("graph-postgres-manager", min_length=1, max_length=249)
+    client_id: str = Field("graph-postgres-manager", min_length=1, max_length=249)
+    topic_pattern: str = Field(DEFAULT_TOPIC_PATTERN, min_length=1)
+    # Legal topic characters, starting with a separator: "" would dead-letter into the
+    # consumed topic itself, for ever.
+    dlq_suffix: str = Field(".dlq", pattern=r"^[._-][A-Za-z0-9._-]{1,40}$")
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
-    session_timeout_ms: int = Field(10_000, ge=1_000)
-    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    # The broker's group.max.session.timeout.ms is 30 minutes by default.
+    session_timeout_ms: int = Field(10_000, ge=1_000, le=1_800_000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100, le=600_000)
     max_poll_records: int = Field(500, ge=1)
     # Upper bound on bytes fetched per partition; with max_poll_records it bounds memory.
     max_partition_fetch_bytes: int = Field(8 * 1024 * 1024, ge=1024)
@@ -52,6 +109,40 @@ class KafkaSettings(BaseModel):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_ports(cls, value: str) -> str:
+        servers = [server.strip() for server in value.split(",")]
+        for server in servers:
+            host, _, port = server.rpartition(":")
+            if not host or not _HOST.fullmatch(host.strip("[]")) or not port.isdigit() or not 0 < int(port) < 65536:  # noqa: PLR2004
+                msg = "must be host:port pairs separated by commas, e.g. kafka-0:9092,kafka-1:9092"
+                raise ValueError(msg)
+        return ",".join(servers)
+
+    @model_validator(mode="after")
+    def _no_loops(self) -> KafkaSettings:
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            msg = "GPM_KAFKA__HEARTBEAT_INTERVAL_MS must be at most a third of GPM_KAFKA__SESSION_TIMEOUT_MS"
+            raise ValueError(msg)
+        pattern = re.compile(self.topic_pattern)
+        looping = [t + self.dlq_suffix for t in _TOPIC_EXAMPLES if pattern.match(t + self.dlq_suffix)]
+        if looping:
+            msg = (
+                f"GPM_KAFKA__TOPIC_PATTERN matches dead-letter topics (e.g. {looping[0]}): the worker would "
+                "consume its own dead letters and dead-letter them again; exclude them as the default pattern does"
+            )
+            raise ValueError(msg)
+        return self
+
+    def consumed_pattern(self) -> str:
+        """``topic_pattern`` as the consumer subscribes to it: never a topic ending with the DLQ suffix.
+
+        The settings check refuses a pattern that matches the usual dead-letter names; this
+        guard holds for every other name too, so no pattern can make dead letters loop.
+        """
+        return rf"^(?!.*{re.escape(self.dlq_suffix)}$)(?:{self.topic_pattern})"
 
     @model_validator(mode="after")
     def _sasl_has_credentials(self) -> KafkaSettings:
@@ -106,11 +197,22 @@ class PostgresSettings(BaseModel):
     @field_validator("dsn")
     @classmethod
     def _is_postgres_url(cls, value: SecretStr) -> SecretStr:
-        scheme = urlsplit(value.get_secret_value()).scheme
-        if scheme not in {"postgres", "postgresql"}:
-            msg = "must be a postgresql:// URL"
-            raise ValueError(msg)
+        problem = _url_problem(value.get_secret_value(), {"postgres", "postgresql"})
+        if problem:
+            raise ValueError(problem)
         return value
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> PostgresSettings:
+        if self.min_pool_size > self.max_pool_size:
+            msg = "GPM_POSTGRES__MIN_POOL_SIZE must not exceed GPM_POSTGRES__MAX_POOL_SIZE"
+            raise ValueError(msg)
+        return self
+
+    @property
+    def redacted_dsn(self) -> str:
+        """The DSN for logs and errors: every credential replaced by ``***``."""
+        return mask_dsn(self.dsn.get_secret_value())
 
 
 class GraphSettings(BaseModel):
@@ -141,14 +243,28 @@ class GraphSettings(BaseModel):
     def _backend_defaults(self) -> GraphSettings:
         defaults = _GRAPH_DEFAULTS[self.backend]
         self.uri = self.uri or defaults["uri"]
+        problem = _url_problem(self.uri, _GRAPH_SCHEMES[self.backend])
+        if problem:
+            msg = f"GPM_GRAPH__URI {problem} (backend {self.backend})"
+            raise ValueError(msg)
+        self._credentials_apart()
         self.user = self.user or defaults["user"]
         self.database = self.database or defaults["database"]
-        scheme = urlsplit(self.uri).scheme
-        if scheme not in _GRAPH_SCHEMES[self.backend]:
-            schemes = ", ".join(f"{s}://" for s in sorted(_GRAPH_SCHEMES[self.backend]))
-            msg = f"uri: backend {self.backend} needs one of {schemes}"
-            raise ValueError(msg)
         return self
+
+    def _credentials_apart(self) -> None:
+        """Credentials written into the URI move to ``user`` and ``password``: the URI is never a secret."""
+        parts = urlsplit(self.uri)
+        if parts.username is None and parts.password is None:
+            return
+        if (parts.username and self.user) or (parts.password and self.password.get_secret_value()):
+            msg = "GPM_GRAPH__URI holds credentials and GPM_GRAPH__USER/PASSWORD are set too; keep one"
+            raise ValueError(msg)
+        self.user = unquote(parts.username or "") or self.user
+        if parts.password is not None:
+            self.password = SecretStr(unquote(parts.password))
+        host = parts.netloc.rpartition("@")[2]
+        self.uri = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 _GRAPH_DEFAULTS = {
@@ -166,7 +282,7 @@ class HealthSettings(BaseModel):
     """The probe and metrics server."""
 
     enabled: bool = True
-    host: str = "0.0.0.0"  # noqa: S104 - probes come from the kubelet, outside the pod
+    host: str = Field("0.0.0.0", pattern=f"^{_HOST.pattern}$")  # noqa: S104 - probes come from the kubelet, outside the pod
     port: int = Field(8080, ge=0, le=65535)  # 0: any free port
     # Longer than the worst batch plus the saga's retry window: a slow batch is not a hang.
     liveness_timeout_s: float = Field(300.0, gt=0)
@@ -250,15 +366,26 @@ def load_settings(env_file: Path | None = None, secrets_dir: Path | None = None)
             name = ENV_PREFIX + "__".join(str(part).upper() for part in error["loc"])
             problems.append(f"{name}: {error['msg']}")
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None
+    except SettingsError as exc:
+        # A whole section given as one variable (GPM_KAFKA='...') that is not JSON.
+        section = next((name for name in Settings.model_fields if f'"{name}"' in str(exc)), "")
+        where = f"{ENV_PREFIX}{section.upper()}" if section else "a GPM_* variable"
+        msg = f"invalid settings: {where}: not valid JSON; set its fields one by one as {where}__<FIELD>"
+        raise ConfigError(msg) from None
 
 
-def mask_dsn(dsn: str) -> str:
-    """Return the DSN with any password replaced by ``***``."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username}:***@{host}" if parts.username else f"***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """``GPM_*`` variables that name no setting (a misspelling is otherwise ignored in silence)."""
+    known = set()
+    for section, field in Settings.model_fields.items():
+        known.add(f"{ENV_PREFIX}{section}".upper())
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            known.update(f"{ENV_PREFIX}{section}__{name}".upper() for name in annotation.model_fields)
+    return sorted(
+        name
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX)
+        and not name.upper().startswith(TEST_PREFIX)
+        and name.upper() not in known
+    )

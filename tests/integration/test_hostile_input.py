@@ -8,7 +8,7 @@ same in both stores (every node, label, property, edge and registry field read b
 dead-lettered with no trace in either. After all examples, the consistency check agrees.
 
 The example count is kept small for CI; ``make fuzz`` runs the same test for longer
-(GPM_FUZZ_EXAMPLES).
+(GPM_TEST_FUZZ_EXAMPLES).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from worker.stores.protocols import GraphBackend
 
 pytestmark = pytest.mark.integration
 
-EXAMPLES = int(os.environ.get("GPM_FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("GPM_TEST_FUZZ_EXAMPLES", "40"))
 _CANONICAL = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _serial = itertools.count()
 

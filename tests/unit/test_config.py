@@ -118,3 +118,84 @@ def test_graph_uri_must_suit_the_backend(monkeypatch: pytest.MonkeyPatch, tmp_pa
     monkeypatch.setenv("GPM_GRAPH__BACKEND", "memgraph")
     with pytest.raises(ConfigError, match="GPM_GRAPH__BACKEND"):
         load_settings()
+
+
+CANARY = "Canary-S3cr3t-9f2e"
+
+
+def _error(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    return str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"GPM_KAFKA__BOOTSTRAP_SERVERS": "not a host:xx"}, "GPM_KAFKA__BOOTSTRAP_SERVERS"),
+        ({"GPM_KAFKA__BOOTSTRAP_SERVERS": ""}, "GPM_KAFKA__BOOTSTRAP_SERVERS"),
+        ({"GPM_KAFKA__TOPIC_PATTERN": ""}, "GPM_KAFKA__TOPIC_PATTERN"),
+        ({"GPM_KAFKA__TOPIC_PATTERN": "^ast-graphs.*"}, "GPM_KAFKA__TOPIC_PATTERN"),
+        ({"GPM_KAFKA__DLQ_SUFFIX": ""}, "GPM_KAFKA__DLQ_SUFFIX"),
+        ({"GPM_KAFKA__GROUP_ID": ""}, "GPM_KAFKA__GROUP_ID"),
+        ({"GPM_KAFKA__SESSION_TIMEOUT_MS": "999999999999"}, "GPM_KAFKA__SESSION_TIMEOUT_MS"),
+        ({"GPM_KAFKA__HEARTBEAT_INTERVAL_MS": "20000"}, "GPM_KAFKA__HEARTBEAT_INTERVAL_MS"),
+        ({"GPM_KAFKA": "not json"}, "GPM_KAFKA"),
+        ({"GPM_POSTGRES__DSN": f"postgresql://u:{CANARY}@db:notaport/x"}, "GPM_POSTGRES__DSN"),
+        ({"GPM_POSTGRES__DSN": f"postgresql://u:{CANARY}#x@db/x"}, "GPM_POSTGRES__DSN"),
+        ({"GPM_POSTGRES__DSN": f"postgresql://u:{CANARY}/x@db/x"}, "GPM_POSTGRES__DSN"),
+        ({"GPM_POSTGRES__MIN_POOL_SIZE": "5", "GPM_POSTGRES__MAX_POOL_SIZE": "2"}, "GPM_POSTGRES__MIN_POOL_SIZE"),
+        ({"GPM_GRAPH__URI": "bolt://127.0.0.1:notaport"}, "GPM_GRAPH__URI"),
+        ({"GPM_HEALTH__HOST": "not a host"}, "GPM_HEALTH__HOST"),
+    ],
+)
+def test_bad_settings_are_refused_naming_the_setting_never_its_value(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, env: dict[str, str], named: str
+) -> None:  # type: ignore[no-untyped-def]
+    """Empty, crossed, looping and malformed values fail the start with the variable's name and no secret."""
+    monkeypatch.chdir(tmp_path)
+    text = _error(monkeypatch, **env)
+    assert named in text
+    assert CANARY not in text
+
+
+def test_a_password_in_the_query_string_is_masked() -> None:
+    """Libpq's ?password= and ?sslpassword= are credentials too."""
+    dsn = f"postgresql://u@db:5432/x?sslmode=require&password={CANARY}&sslpassword={CANARY}"
+    masked = mask_dsn(dsn)
+    assert CANARY not in masked
+    assert "sslmode=require" in masked
+    assert "password=***" in masked
+
+
+def test_credentials_in_a_graph_uri_are_kept_apart(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """bolt://user:pw@host moves user and password out of the URI, which then holds no secret."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GPM_GRAPH__URI", f"bolt://reader:{CANARY}@graph.internal:7687")
+    graph = load_settings().graph
+    assert (graph.uri, graph.user, graph.password.get_secret_value()) == (
+        "bolt://graph.internal:7687",
+        "reader",
+        CANARY,
+    )
+
+
+def test_unknown_variables_are_named() -> None:
+    """A misspelt GPM_* variable is reported, not ignored in silence; test variables are not settings."""
+    from worker.config import unknown_variables
+
+    environ = {"GPM_WORKER__TRANSACTON_SIZE": "5", "GPM_KAFKA__GROUP_ID": "g", "GPM_TEST_KAFKA": "x", "PATH": "/"}
+    assert unknown_variables(environ) == ["GPM_WORKER__TRANSACTON_SIZE"]
+
+
+def test_the_consumer_never_subscribes_to_dead_letter_topics() -> None:
+    """Whatever the pattern, the subscription excludes names ending in the DLQ suffix."""
+    import re
+
+    from worker.config import KafkaSettings
+
+    kafka = KafkaSettings(topic_pattern=r"^team-.*", dlq_suffix=".dead")
+    assert re.match(kafka.consumed_pattern(), "team-a")
+    assert not re.match(kafka.consumed_pattern(), "team-a.dead")

@@ -42,7 +42,11 @@ def _model_accepts(raw: bytes) -> bool:
     return True
 
 
-@settings(max_examples=max(400, int(os.environ.get("GPM_FUZZ_EXAMPLES", "0"))), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=max(400, int(os.environ.get("GPM_TEST_FUZZ_EXAMPLES", "0"))),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(documents())
 def test_models_and_schemas_agree_on_every_generated_event(document: dict[str, Any]) -> None:
     """An event the worker accepts is valid by the published schema, and the other way round."""

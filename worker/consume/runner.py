@@ -130,7 +130,7 @@ class IngestRunner:
 
     def subscribe(self) -> None:
         """Subscribe by pattern with the rebalance listener."""
-        self._consumer.subscribe(pattern=self._settings.kafka.topic_pattern, listener=_Rebalance(self))
+        self._consumer.subscribe(pattern=self._settings.kafka.consumed_pattern(), listener=_Rebalance(self))
 
     async def run(self) -> None:
         """Consume until :attr:`stopping` is set; the batch in flight is finished first."""

@@ -69,7 +69,7 @@ class GroupOffsets:
 
     async def topics(self, only: list[str] | None = None) -> list[str]:
         """The topics the worker consumes (its pattern), optionally narrowed to ``only``."""
-        pattern = re.compile(self._settings.topic_pattern)
+        pattern = re.compile(self._settings.consumed_pattern())
         topics = sorted(t for t in await self.all_topics() if pattern.match(t))
         if only:
             unknown = sorted(set(only) - set(topics))

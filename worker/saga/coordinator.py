@@ -34,7 +34,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 from worker import failpoints
 from worker.config import WorkerSettings
 from worker.deadletter import DeadLetter, DeadLetterSink
-from worker.errors import StoreError, StoreRejected, StoreUnavailable, UnexpectedFailure
+from worker.errors import ConfigError, StoreError, StoreRejected, StoreUnavailable, UnexpectedFailure
 from worker.events import IntentLinkDeleted, IntentLinkUpserted
 from worker.retrying import backoff, log_before_retry
 from worker.saga.plan import BatchPlan, InboundEvent, Outcome, Position, plan_batch
@@ -177,8 +177,8 @@ class SagaCoordinator:
         """
         try:
             return await self._apply_once(batch_id, events)
-        except StoreError:
-            raise
+        except (StoreError, ConfigError):
+            raise  # a store's own verdict, or credentials gone: stop, never dead-letter
         except Exception as exc:  # not BaseException: cancellation and exits pass through
             log.exception("unexpected error applying a batch; treated as a rejection", batch_id=str(batch_id))
             failure = UnexpectedFailure(f"{type(exc).__name__}: {exc}")

@@ -29,7 +29,7 @@ from redis import exceptions as redis_errors
 
 from worker import failpoints
 from worker.config import GraphSettings
-from worker.errors import StoreRejected, StoreUnavailable, translated
+from worker.errors import ConfigError, StoreRejected, StoreUnavailable, translated
 from worker.saga.plan import GraphChanges
 from worker.stores.cypher import NODE_FIELDS, BatchRows, batch_rows, cypher_name, statement_span
 from worker.stores.falkordb_params import UnstorableValue, cypher_key, with_parameters
@@ -43,8 +43,10 @@ _TRANSIENT_REPLIES = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY", "
 
 
 def _map_error(exc: Exception) -> Exception:
-    # Credentials or ACLs are an operator's problem, never the data's: retried, and the
-    # start-up preflight reports them plainly. (AuthenticationError is a ConnectionError.)
+    # A wrong password is an operator's problem that waiting will not fix: the start (or the
+    # worker) stops with it. ACL refusals (NOPERM) are retried, never the data's fault.
+    if isinstance(exc, redis_errors.AuthenticationError):
+        return ConfigError(f"the graph store refused the credentials (GPM_GRAPH__USER/PASSWORD): {exc}")
     if isinstance(exc, redis_errors.ResponseError) and not str(exc).startswith(_TRANSIENT_REPLIES):
         return StoreRejected(f"graph store rejected the write: {exc}")
     if isinstance(exc, UnstorableValue):

@@ -22,7 +22,7 @@ from neo4j import exceptions as neo4j_errors
 
 from worker import failpoints
 from worker.config import GraphSettings
-from worker.errors import DatabaseMissing, StoreRejected, StoreUnavailable, translated
+from worker.errors import ConfigError, DatabaseMissing, StoreRejected, StoreUnavailable, translated
 from worker.saga.plan import GraphChanges, LinkRow
 from worker.stores.cypher import NODE_FIELDS, batch_rows, cypher_name, statement_span
 from worker.stores.protocols import GraphWriteStats
@@ -42,6 +42,9 @@ def _chunks(rows: list[Any], size: int) -> Iterator[list[Any]]:
 
 
 def _map_error(exc: Exception) -> Exception:
+    if isinstance(exc, neo4j_errors.AuthError):
+        # Waiting will not fix a wrong password: the start (or the worker) stops with this.
+        return ConfigError(f"the graph store refused the credentials (GPM_GRAPH__USER/PASSWORD): {exc.code}")
     if isinstance(exc, neo4j_errors.Neo4jError) and exc.code == "Neo.ClientError.Database.DatabaseNotFound":
         return DatabaseMissing(f"graph database not found (GPM_GRAPH__DATABASE): {exc.message}")
     if isinstance(exc, neo4j_errors.Neo4jError) and not exc.is_retryable():

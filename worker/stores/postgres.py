@@ -13,8 +13,8 @@ import asyncpg
 import orjson
 import structlog
 
-from worker.config import PostgresSettings, mask_dsn
-from worker.errors import StoreRejected, StoreUnavailable
+from worker.config import PostgresSettings
+from worker.errors import ConfigError, StoreRejected, StoreUnavailable
 from worker.events import AstGraphDeleted, AstGraphUpserted, IntentLinkDeleted, IntentLinkUpserted
 from worker.saga.plan import AppliedState, BatchPlan, LinkRow, Outcome
 from worker.stores.postgres_migrations import Connection, apply_migrations, bundled_migrations
@@ -87,9 +87,16 @@ class PostgresRelationalStore:
                 max_inactive_connection_lifetime=settings.max_inactive_connection_lifetime_s,
                 timeout=settings.connect_timeout_s,
             )
-        except _DRIVER_ERRORS as exc:
+        except asyncpg.PostgresError as exc:
+            if (exc.sqlstate or "").startswith("28"):
+                # Wrong password or user: waiting will not fix it, so the start fails at once.
+                msg = f"PostgreSQL refused the credentials of GPM_POSTGRES__DSN ({settings.redacted_dsn}): {exc}"
+                raise ConfigError(msg) from None
+            msg = f"cannot connect to PostgreSQL at {settings.redacted_dsn}: {type(exc).__name__}"
+            raise StoreUnavailable(msg) from None
+        except (*_DRIVER_ERRORS, ValueError) as exc:
             # The driver's message can echo the DSN; say which server without the secret.
-            msg = f"cannot connect to PostgreSQL at {mask_dsn(dsn)}: {type(exc).__name__}"
+            msg = f"cannot connect to PostgreSQL at {settings.redacted_dsn}: {type(exc).__name__}"
             raise StoreUnavailable(msg) from None
         return cls(pool)
 
