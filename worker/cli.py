@@ -8,6 +8,7 @@ import faulthandler
 import json
 import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
@@ -16,13 +17,15 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import structlog
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from worker.config import Settings, load_settings, unknown_variables
 from worker.devstack import DevStack
 from worker.devstack.stack import GraphBackendName
-from worker.errors import ConfigError, EventError, GpmError
+from worker.errors import ConfigError, EventError, GpmError, OperationRefused
 from worker.events import decode_event, json_schemas
 from worker.snapshot.export import ExportFormat
 
@@ -36,6 +39,14 @@ app = typer.Typer(
 dlq_app = typer.Typer(help="List, inspect and re-drive dead-lettered events.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 console = Console(stderr=True)
+
+
+def _out() -> Console:
+    """Standard output; in a pipe, wide enough that tables are not cut at 80 columns."""
+    return Console() if sys.stdout.isatty() else Console(width=_PIPE_WIDTH)
+
+
+_PIPE_WIDTH = 240
 T = TypeVar("T")
 
 
@@ -44,7 +55,7 @@ def _settings(*, logging: bool = False) -> Settings:
     try:
         settings = load_settings()
     except ConfigError as exc:
-        console.print(f"[red]configuration error:[/red] {exc}")
+        console.print(f"[red]configuration error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     if logging:
         from worker.telemetry import configure_logging  # noqa: PLC0415 - keep `gpm --help` fast
@@ -73,7 +84,7 @@ def run() -> None:
     try:
         asyncio.run(Worker(settings).run())
     except GpmError as exc:
-        console.print(f"[red]worker failed:[/red] {exc}")
+        console.print(f"[red]worker failed:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
 
 
@@ -108,7 +119,7 @@ def publish(
                 )
             )
         except EventError as exc:
-            console.print(f"[red]{path}: {exc}[/red]")
+            console.print(f"[red]{escape(f'{path}: {exc}')}[/red]")
             raise typer.Exit(1) from None
     sent = asyncio.run(publish_events(settings.kafka, topic, events))
     console.print(f"published {sent} events to {topic}")
@@ -126,7 +137,7 @@ def _ops(coro: Coroutine[Any, Any, T]) -> T:
     try:
         return asyncio.run(coro)
     except GpmError as exc:
-        console.print(f"[red]{exc}[/red]")
+        console.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
 
 
@@ -173,7 +184,7 @@ def status(
         table.add_row(
             o.topic, str(o.partition), "-" if o.committed is None else str(o.committed), str(o.end), str(o.lag), applied
         )
-    out = Console()
+    out = _out()
     out.print(table)
     out.print("outbox:", ", ".join(f"{k}={v}" for k, v in sorted(state.outbox.items())) or "empty")
     out.print(f"intent links parked: {state.parked_links}, unresolved past the bound: {state.unresolved_links}")
@@ -225,7 +236,7 @@ def replay(
         table.add_row(
             move.topic, str(move.partition), "-" if move.before is None else str(move.before), str(move.after)
         )
-    Console().print(table)
+    _out().print(table)
     if wait and not dry_run:
         with _progress() as progress:
             task = progress.add_task("reprocessing", total=None)
@@ -253,7 +264,7 @@ def check(
             return await gpm.check_data_consistency(stuck_after_s, repair=repair)
 
     result = _ops(report())
-    out = Console()
+    out = _out()
     out.print(f"node counts differing from the registry: {result.count_mismatches or 'none'}")
     out.print(f"sources in the graph without a registry row: {result.graph_without_registry or 'none'}")
     out.print(f"registry rows whose graph is missing: {result.registry_without_graph or 'none'}")
@@ -324,7 +335,7 @@ def preflight() -> None:
             await relational.close()
 
     report = _ops(check())
-    out = Console()
+    out = _out()
     for c in report.checks:
         out.print(f"{'ok  ' if c.ok else '[red]FAIL[/red]'} {c.name}: {c.detail}")
     if not report.ok:
@@ -338,7 +349,7 @@ def backup(
 ) -> None:
     """Write one consistent, compressed snapshot of both stores; batches wait meanwhile."""
     snapshot = _with_manager(lambda gpm, bars: gpm.backup(path, settle_s=settle_s, progress=bars))
-    Console().print(f"wrote {path}: {snapshot.nodes} nodes, {len(snapshot.members)} members checksummed")
+    _out().print(f"wrote {path}: {snapshot.nodes} nodes, {len(snapshot.members)} members checksummed")
 
 
 @app.command()
@@ -356,7 +367,7 @@ def restore(
     """Load a snapshot into empty stores (the configured ones), then verify counts and checksums."""
     snapshot = _with_manager(lambda gpm, bars: gpm.restore(path, verify=verify, graph_only=graph_only, progress=bars))
     where = f"the {_settings().graph.backend} graph" if graph_only else "PostgreSQL and the graph"
-    Console().print(f"restored {path} into {where}: {snapshot.nodes} nodes" + (", verified" if verify else ""))
+    _out().print(f"restored {path} into {where}: {snapshot.nodes} nodes" + (", verified" if verify else ""))
 
 
 @app.command()
@@ -368,25 +379,49 @@ def export(
 ) -> None:
     """Export the graph for other tools."""
     nodes, edges = _with_manager(lambda gpm, bars: gpm.export_snapshot(path, export_format, progress=bars))
-    Console().print(f"exported {nodes} nodes and {edges} relationships to {path}")
+    _out().print(f"exported {nodes} nodes and {edges} relationships to {path}")
 
 
 @dlq_app.command("list")
 def dlq_list(
-    reason: Annotated[str | None, typer.Option(help="Only this reason (e.g. invalid-json, store-rejected).")] = None,
+    reason: Annotated[
+        str | None, typer.Option(help="Only this reason (e.g. not-json, invalid, store-rejected).")
+    ] = None,
     topic: Annotated[str | None, typer.Option(help="Only letters from this original topic.")] = None,
     grep: Annotated[str | None, typer.Option(help="Only letters whose error message matches this regex.")] = None,
+    *,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per letter, a line each.")] = False,
 ) -> None:
     """One line per dead letter: where it is, where it came from, why."""
     from worker.ops.dlq import read_letters  # noqa: PLC0415
 
     letters = _ops(read_letters(_settings().kafka, reason=reason, topic=topic, grep=grep))
+    if as_json:
+        for letter in letters:
+            typer.echo(json.dumps(_letter_document(letter, with_value=False)))
+        return
     table = Table(title=f"{len(letters)} dead letter(s)")
     for column in ("letter", "original", "reason", "error"):
         table.add_column(column, overflow="fold")
     for letter in letters:
-        table.add_row(letter.position, letter.origin, letter.error("reason"), letter.error("exception.message")[:120])
-    Console().print(table)
+        # Text, not markup: every field comes from a record, and "[/]" would be read as a tag.
+        cells = (letter.position, letter.origin, letter.error("reason"), letter.error("exception.message")[:120])
+        table.add_row(*(Text(cell) for cell in cells))
+    _out().print(table)
+
+
+def _letter_document(letter: Any, *, with_value: bool) -> dict[str, Any]:  # noqa: ANN401 - ops.dlq.Letter, imported lazily
+    document = {
+        "letter": letter.position,
+        "original": letter.origin,
+        "reason": letter.error("reason"),
+        "error": letter.error("exception.message"),
+        "key": letter.key.decode(errors="replace") if letter.key else None,
+        "headers": {k: v.decode(errors="replace") for k, v in letter.headers},
+    }
+    if with_value:
+        document["value"] = letter.value.decode(errors="replace") if letter.value else None
+    return document
 
 
 @dlq_app.command("show")
@@ -398,21 +433,9 @@ def dlq_show(
 
     letters = [x for x in _ops(read_letters(_settings().kafka)) if x.position == position]
     if not letters:
-        console.print(f"[red]no dead letter at {position}[/red]")
+        console.print(f"[red]no dead letter at {escape(position)}[/red]")
         raise typer.Exit(1)
-    letter = letters[0]
-    typer.echo(
-        json.dumps(
-            {
-                "letter": letter.position,
-                "original": letter.origin,
-                "key": letter.key.decode(errors="replace") if letter.key else None,
-                "headers": {k: v.decode(errors="replace") for k, v in letter.headers},
-                "value": letter.value.decode(errors="replace") if letter.value else None,
-            },
-            indent=2,
-        )
-    )
+    typer.echo(json.dumps(_letter_document(letters[0], with_value=True), indent=2))
 
 
 @dlq_app.command("redrive")
@@ -424,10 +447,21 @@ def dlq_redrive(
     dry_run: Annotated[bool, typer.Option(help="Count what would be re-driven, send nothing.")] = False,
 ) -> None:
     """Publish dead letters back to their original topic (after a fix); idempotent for applied events."""
-    from worker.ops.dlq import read_letters, redrive  # noqa: PLC0415
+    from worker.ops.dlq import read_letters, redrive, redrive_target  # noqa: PLC0415
 
     settings = _settings()
     letters = _ops(read_letters(settings.kafka, reason=reason, topic=topic, grep=grep))
+    refused = []
+    for letter in letters:
+        try:
+            redrive_target(settings.kafka, letter)
+        except OperationRefused as exc:
+            refused.append(str(exc))
+    if refused:
+        for line in refused[:20]:
+            console.print(Text(f"refused: {line}", style="red"))
+        console.print(f"[red]{len(refused)} of {len(letters)} letter(s) cannot be re-driven; nothing sent[/red]")
+        raise typer.Exit(1)
     if dry_run or not letters:
         console.print(f"{len(letters)} dead letter(s) match" + ("; nothing sent (--dry-run)" if dry_run else ""))
         return
@@ -514,7 +548,7 @@ async def _dev(stack: DevStack, settings: Settings, files: int) -> None:
         str(in_graph[0]["nodes"]),
         ", ".join(f"{state}={n}" for state, n in sorted(report.outbox.items())),
     )
-    out = Console()
+    out = _out()
     out.print(table)
     out.print("first functions in the graph:", functions)
     out.print("intent links in the graph:", linked)

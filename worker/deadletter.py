@@ -24,6 +24,11 @@ log = structlog.get_logger(__name__)
 
 # Header names follow Kafka Connect's dead-letter convention, so existing tooling reads them.
 HEADER_PREFIX = "__connect.errors."
+# A record's own headers in the worker's namespaces are renamed under this prefix in its
+# letter: only the worker writes __connect.errors.* (and gpm.*), so a record cannot forge
+# its origin, reason or message for the DLQ tools (or make redrive publish elsewhere).
+ORIGINAL_PREFIX = "gpm.original."
+_OWN_NAMESPACES = (HEADER_PREFIX, "gpm.")
 # Set on a letter whose value is not the whole original: "true", and the original's size.
 TRUNCATED_HEADER = "gpm.value.truncated"
 ORIGINAL_SIZE_HEADER = "gpm.value.original-bytes"
@@ -44,9 +49,13 @@ class DeadLetter:
     headers: tuple[tuple[str, bytes], ...]
     reason: str
     detail: str
+    # The exception behind the reason, as Kafka Connect names it (module.Class), if any.
+    exception_class: str = ""
+    # Headers the worker adds beyond the error headers (a shortened letter's marks).
+    marks: tuple[tuple[str, bytes], ...] = ()
 
     def dlq_headers(self) -> list[tuple[str, bytes]]:
-        """Original headers followed by the error headers."""
+        """Original headers (those in the worker's namespaces renamed), the error headers, the marks."""
         extra = {
             "reason": self.reason,
             "exception.message": self.detail[:8000],
@@ -54,7 +63,10 @@ class DeadLetter:
             "partition": str(self.position.partition),
             "offset": str(self.position.offset),
         }
-        return [*self.headers, *((HEADER_PREFIX + k, v.encode()) for k, v in extra.items())]
+        if self.exception_class:
+            extra["exception.class.name"] = self.exception_class
+        originals = [(ORIGINAL_PREFIX + k if k.startswith(_OWN_NAMESPACES) else k, v) for k, v in self.headers]
+        return [*originals, *((HEADER_PREFIX + k, v.encode()) for k, v in extra.items()), *self.marks]
 
     @property
     def size(self) -> int:
@@ -67,8 +79,14 @@ class DeadLetter:
         original = len(self.value or b"")
         marks = ((TRUNCATED_HEADER, b"true"), (ORIGINAL_SIZE_HEADER, str(original).encode()))
         if keep is None:
-            return dataclasses.replace(self, value=None, headers=marks, detail=self.detail[:2000])
-        return dataclasses.replace(self, value=(self.value or b"")[:keep], headers=(*self.headers, *marks))
+            return dataclasses.replace(self, value=None, headers=(), detail=self.detail[:2000], marks=marks)
+        return dataclasses.replace(self, value=(self.value or b"")[:keep], marks=marks)
+
+
+def class_name(exc: BaseException) -> str:
+    """``module.Class`` of an exception, for the ``exception.class.name`` header."""
+    kind = type(exc)
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 def sendable_forms(letter: DeadLetter, max_bytes: int) -> Iterator[DeadLetter]:

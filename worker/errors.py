@@ -7,6 +7,9 @@
     │                            dead-lettered with the reason, never retried)
     ├── SnapshotError            a backup, restore or export cannot go on (corrupt file,
     │                            stores not empty, snapshot newer than this release)
+    ├── OperationRefused         an operator's command or a library call would do what it
+    │                            must not (re-drive to a topic the worker does not consume,
+    │                            write through a read query)
     └── StoreError               a store call failed
         ├── StoreUnavailable     transient: connection lost, timeout, deadlock, leader
         │   │                    switch. Retried with bounded backoff; never dead-letters.
@@ -75,6 +78,10 @@ class DatabaseMissing(StoreUnavailable):
     never the data's, so events are retried, not dead-lettered. At start it is waited for
     only for a bounded time (``GPM_WORKER__DATABASE_WAIT_S``) and then fails the start.
     """
+
+
+class OperationRefused(GpmError):  # noqa: N818 - reads as what happened
+    """An operator command or a library call refused to do what was asked; nothing was done."""
 
 
 class SnapshotError(GpmError):

@@ -521,7 +521,7 @@ def decode_event(raw: bytes | None, *, max_bytes: int, max_nodes: int, strings_m
     try:
         event = _EVENT_ADAPTER.validate_python(document, context=context)
     except ValidationError as exc:
-        raise EventError("invalid", _describe(exc)) from None
+        raise EventError("invalid", describe_errors(exc)) from None
     # JSON writes a NUL only as the escape \u0000: without those bytes there is none.
     nul = not strings_may_hold_nul and b"\\u0000" in (raw or b"") and isinstance(event, AstGraphUpserted)
     if nul and (where := _nul_string(event.graph)):  # type: ignore[union-attr]  # an upsert, checked above
@@ -574,7 +574,7 @@ def _nul_string(graph: GraphData) -> str | None:
     return None
 
 
-def _describe(exc: ValidationError, limit: int = 5) -> str:
+def describe_errors(exc: ValidationError, limit: int = 5) -> str:
     """A short, readable summary of the first few validation errors."""
     errors = exc.errors(include_url=False, include_input=False)
     parts = [f"{'.'.join(str(p) for p in err['loc']) or '<event>'}: {err['msg']}" for err in errors[:limit]]

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,10 +25,11 @@ from typing import Any, LiteralString, Self
 from uuid import UUID, uuid4
 
 import structlog
+from pydantic import ValidationError
 
 from worker.config import Settings, load_settings
 from worker.deadletter import DeadLetter
-from worker.errors import GpmError, StoreError, StoreRejected
+from worker.errors import EventError, GpmError, OperationRefused, StoreError, StoreRejected
 from worker.events import (
     AstGraphUpserted,
     AstNodeRef,
@@ -36,6 +37,7 @@ from worker.events import (
     EventType,
     GraphData,
     IntentLinkUpserted,
+    describe_errors,
     encode_event,
 )
 from worker.preflight import PreflightReport, run_preflight
@@ -180,6 +182,17 @@ class Snapshot:
 def _ms_percentiles(q: float) -> dict[str, float]:
     found = {store: percentile(list(samples), q) for store, samples in metrics.recent_queries.items()}
     return {store: round(value * 1000, 3) for store, value in found.items() if value is not None}
+
+
+@contextmanager
+def _as_event_error() -> Iterator[None]:
+    """What the caller passed, refused as an EventError (a GpmError), whatever broke on it."""
+    try:
+        yield
+    except ValidationError as exc:
+        raise EventError("invalid", describe_errors(exc)) from None
+    except (TypeError, ValueError, IndexError, KeyError) as exc:
+        raise EventError("invalid", f"{type(exc).__name__}: {exc}") from None
 
 
 def _pair(node: tuple[str, str] | AstNodeRef) -> tuple[str, str]:
@@ -343,8 +356,9 @@ class GraphPostgresManager:
         )
         version = rows[0]["source_version"] + 1 if rows else None
         links = {(r["source_id"], r["node_id"]) for r in rows if r["source_id"] is not None}
-        links |= {_pair(n) for n in add}
-        links -= {_pair(n) for n in remove}
+        with _as_event_error():
+            links |= {_pair(n) for n in add}
+            links -= {_pair(n) for n in remove}
         return await self.link_intent_to_ast(intent_id, sorted(links), version=version)
 
     @asynccontextmanager
@@ -359,20 +373,20 @@ class GraphPostgresManager:
         tx.results = await self._apply(tx.events, isolate=False)
 
     async def query_neo4j(self, cypher: LiteralString, params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-        """A read query on the graph store."""
+        """A read query on the graph store: one that writes is refused (OperationRefused) and undone."""
         _, graph, _ = self._stores()
         started = time.perf_counter()
         try:
-            return await graph.query(cypher, dict(params or {}))
+            return await graph.read_query(cypher, dict(params or {}))
         finally:
             metrics.record_query("graph", time.perf_counter() - started)
 
     async def query_postgres(self, sql: str, *params: object) -> list[dict[str, Any]]:
-        """A read query on PostgreSQL ($1, $2... placeholders)."""
+        """A read query on PostgreSQL ($1, $2... placeholders), in a READ ONLY transaction."""
         relational, _, _ = self._stores()
         started = time.perf_counter()
         try:
-            return await relational.fetch(sql, *params)
+            return await relational.fetch_read_only(sql, *params)
         finally:
             metrics.record_query("postgres", time.perf_counter() - started)
 
@@ -382,8 +396,16 @@ class GraphPostgresManager:
             self.query_neo4j(query.graph_pattern, query.graph_params),
             self.query_postgres(query.postgres_filter, *query.postgres_params),
         )
-        by_key = {row[query.join_on]: row for row in sql_rows}
-        return [{**by_key[row[query.join_on]], **row} for row in graph_rows if row.get(query.join_on) in by_key]
+        key = query.join_on
+        if sql_rows and key not in sql_rows[0]:
+            msg = f"join_on {key!r} is not a column of the PostgreSQL rows ({sorted(sql_rows[0])})"
+            raise OperationRefused(msg)
+        try:
+            by_key = {row[key]: row for row in sql_rows}
+            return [{**by_key[row[key]], **row} for row in graph_rows if row.get(key) in by_key]
+        except TypeError as exc:  # a join value that cannot be a key (a list, a map)
+            msg = f"join_on {key!r} holds values that cannot be matched: {exc}"
+            raise OperationRefused(msg) from exc
 
     async def health_check(self) -> dict[str, str]:
         """'ok' or the error, per store."""
@@ -592,17 +614,18 @@ class GraphPostgresManager:
             current = await relational.fetch("SELECT source_version FROM gpm_sources WHERE source_id = $1", source_id)
             version = (current[0]["source_version"] + 1) if current else 1
         # Validated like any event: unsafe labels, dangling edges and duplicates raise here.
-        return AstGraphUpserted.model_validate(
-            {
-                "event_id": uuid4(),
-                "event_type": EventType.AST_GRAPH_UPSERTED,
-                "source_id": source_id,
-                "source_version": version,
-                "occurred_at": datetime.now(UTC),
-                "producer": PRODUCER,
-                "graph": graph,
-            }
-        )
+        with _as_event_error():
+            return AstGraphUpserted.model_validate(
+                {
+                    "event_id": uuid4(),
+                    "event_type": EventType.AST_GRAPH_UPSERTED,
+                    "source_id": source_id,
+                    "source_version": version,
+                    "occurred_at": datetime.now(UTC),
+                    "producer": PRODUCER,
+                    "graph": graph,
+                }
+            )
 
     async def _intent_event(
         self, intent_id: UUID, ast_nodes: Iterable[tuple[str, str] | AstNodeRef], version: int | None
@@ -611,15 +634,16 @@ class GraphPostgresManager:
         if version is None:
             current = await relational.fetch("SELECT source_version FROM gpm_intents WHERE intent_id = $1", intent_id)
             version = (current[0]["source_version"] + 1) if current else 1
-        return IntentLinkUpserted(
-            event_id=uuid4(),
-            event_type=EventType.INTENT_LINK_UPSERTED,
-            source_id=str(intent_id),
-            source_version=version,
-            occurred_at=datetime.now(UTC),
-            producer=PRODUCER,
-            ast_nodes=[AstNodeRef(source_id=s, node_id=n) for s, n in map(_pair, ast_nodes)],
-        )
+        with _as_event_error():
+            return IntentLinkUpserted(
+                event_id=uuid4(),
+                event_type=EventType.INTENT_LINK_UPSERTED,
+                source_id=str(intent_id),
+                source_version=version,
+                occurred_at=datetime.now(UTC),
+                producer=PRODUCER,
+                ast_nodes=[AstNodeRef(source_id=s, node_id=n) for s, n in map(_pair, ast_nodes)],
+            )
 
     async def _apply(self, events: list[Envelope], *, isolate: bool = True) -> list[StoreResult]:
         _, _, saga = self._stores()

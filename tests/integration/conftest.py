@@ -79,14 +79,16 @@ class Namespace:
         """Publish events keyed by source id and wait for the acks."""
         await publish_events(self.settings.kafka, topic, events)
 
-    async def publish_raw(self, topic: str, value: bytes, key: bytes = b"raw") -> None:
-        """Publish arbitrary bytes (for invalid events)."""
+    async def publish_raw(
+        self, topic: str, value: bytes, key: bytes = b"raw", headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
+        """Publish arbitrary bytes (for invalid events), with headers if given."""
         from aiokafka import AIOKafkaProducer
 
         producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka.bootstrap_servers, acks="all")
         await producer.start()
         try:
-            await producer.send_and_wait(topic, value=value, key=key)
+            await producer.send_and_wait(topic, value=value, key=key, headers=headers)
         finally:
             await producer.stop()
 

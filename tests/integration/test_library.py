@@ -6,11 +6,11 @@ import asyncio
 import uuid
 
 import pytest
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 
 from tests.factories import graph, upsert
 from tests.integration.conftest import Namespace, eventually
-from worker.errors import GpmError, PreflightError, StoreRejected
+from worker.errors import EventError, GpmError, OperationRefused, PreflightError, StoreRejected
 from worker.library import GraphPostgresManager, StoreResult, UnifiedQuery
 from worker.ops.replay import plan_reset
 from worker.saga.plan import Outcome
@@ -75,7 +75,7 @@ async def test_invalid_graphs_raise_and_closed_manager_says_so(ns: Namespace) ->
         await gpm.store_ast_graph(MODULE, "x.py")
     async with gpm:
         bad = {"nodes": [{"id": "m", "type": "Module) DETACH DELETE (x"}]}
-        with pytest.raises(ValidationError):
+        with pytest.raises(EventError, match="not a safe Cypher label"):
             await gpm.store_ast_graph(bad, "x.py")
         assert (await gpm.get_storage_stats()).sources == 0
 
@@ -145,7 +145,11 @@ async def test_transaction_is_all_or_nothing(ns: Namespace) -> None:
         assert len(await ns.sql("SELECT * FROM gpm_outbox")) == 1  # one saga batch
 
         # A constraint an operator added: two Marker nodes named alike cannot both be stored.
-        await gpm.query_neo4j("CREATE CONSTRAINT marker_id IF NOT EXISTS FOR (n:Marker) REQUIRE n.node_id IS UNIQUE")
+        graph = ns.graph()  # query_neo4j only reads: the operator's own connection
+        try:
+            await graph.query("CREATE CONSTRAINT marker_id IF NOT EXISTS FOR (n:Marker) REQUIRE n.node_id IS UNIQUE")
+        finally:
+            await graph.close()
         marker = {"nodes": [{"id": "m", "type": "Marker"}]}
         with pytest.raises(StoreRejected, match="rejected"):  # noqa: PT012 - the block is the transaction
             async with gpm.transaction() as tx:
@@ -306,3 +310,33 @@ async def _damage_graph(ns: Namespace) -> None:
         await graph.query("CREATE (:AstNode:Module {source_id: 'stray.py', node_id: 'm', key: 'stray'})")
     finally:
         await graph.close()
+
+
+@pytest.mark.parametrize("backend", ["bolt", "falkordb"])
+async def test_read_calls_only_read_and_every_error_is_a_gpm_error(
+    ns: Namespace, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """query_neo4j and query_postgres refuse writes (undone); bad input and a parameter name as Cypher are GpmErrors."""
+    if backend == "falkordb":
+        ns.use_falkordb(request.getfixturevalue("falkordb_server"))
+    async with GraphPostgresManager(ns.settings) as gpm:
+        await gpm.store_ast_graph(MODULE, "a.py")
+        with pytest.raises(OperationRefused):
+            await gpm.query_neo4j("CREATE (n:Sneaky {x: 1}) RETURN n.x AS x")
+        with pytest.raises(OperationRefused):
+            await gpm.query_postgres("UPDATE gpm_sources SET source_version = 99 RETURNING 1")
+        # Issue 17: on FalkorDB a parameter's name is query text; it once deleted the whole graph.
+        with pytest.raises(GpmError, match="unsafe query parameter name"):
+            await gpm.query_neo4j("RETURN 1 AS one", {"a=1 MATCH (n) DETACH DELETE n RETURN 2 AS one //": 1})
+        assert await gpm.query_neo4j("MATCH (n:Sneaky) RETURN count(n) AS n") == [{"n": 0}]
+        assert await gpm.query_postgres("SELECT source_version FROM gpm_sources") == [{"source_version": 1}]
+        assert (await gpm.get_storage_stats()).graph_nodes == 2
+        for bad_call in (
+            gpm.store_ast_graph({"nodes": [{"id": "m", "type": "Module"}]}, "x" * 600),
+            gpm.store_ast_graph({"nodes": [{"id": "m", "type": "Module"}], "metadata": []}, "m.py"),  # type: ignore[dict-item]
+            gpm.store_ast_graph(42, "m.py"),  # type: ignore[arg-type]
+            gpm.link_intent_to_ast(uuid.uuid4(), [("only-one",)]),  # type: ignore[list-item]
+            gpm.query_unified(UnifiedQuery("MATCH (n:AstNode) RETURN n.key AS key", "SELECT 1 AS other", "key")),
+        ):
+            with pytest.raises(GpmError):
+                await bad_call

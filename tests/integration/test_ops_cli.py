@@ -18,12 +18,12 @@ pytestmark = pytest.mark.integration
 GPM = (sys.executable, "-m", "worker")
 
 
-async def gpm(ns: Namespace, *args: str) -> tuple[int, str, str]:
-    """Run `python -m worker <args>` with the namespace's settings: (exit code, stdout, stderr)."""
+async def gpm(ns: Namespace, *args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """Run `python -m worker <args>` with the namespace's settings (and ``env``): (exit code, stdout, stderr)."""
     proc = await asyncio.create_subprocess_exec(
         *GPM,
         *args,
-        env={**ns.env(), "COLUMNS": "200"},
+        env={**ns.env(), "COLUMNS": "200", **(env or {})},
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )

@@ -156,7 +156,11 @@ async def test_restore_refuses_postgres_rows_even_with_an_empty_graph(
     target = await make_namespace(stack)
     async with GraphPostgresManager(target.settings) as gpm:
         await gpm.link_intent_to_ast(uuid.uuid4(), [("nowhere.py", "x")])  # rows, but no graph nodes
-        await gpm.query_neo4j("MATCH (i:Intent) DETACH DELETE i")
+        graph = target.graph()  # query_neo4j only reads
+        try:
+            await graph.query("MATCH (i:Intent) DETACH DELETE i")
+        finally:
+            await graph.close()
         with pytest.raises(StoreRejected, match="gpm_intents is not empty"):
             await gpm.restore(path)
         assert (await gpm.get_storage_stats()).sources == 0

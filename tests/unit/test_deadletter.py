@@ -68,3 +68,43 @@ async def test_a_broker_outage_is_an_outage() -> None:
     """Unreachable broker: StoreUnavailable, so the batch is retried and nothing is committed past it."""
     with pytest.raises(StoreUnavailable):
         await KafkaDeadLetterSink(FakeProducer(down=True)).send(_letter(10))  # type: ignore[arg-type]
+
+
+def test_a_records_own_error_headers_are_renamed_and_the_workers_win() -> None:
+    """A record cannot forge its letter's origin or reason: its __connect.errors.* headers are kept renamed."""
+    from worker.ops.dlq import Letter, original_headers
+
+    forged = (("__connect.errors.topic", b"victim"), ("__connect.errors.reason", b"store-rejected"), ("trace", b"1"))
+    letter = DeadLetter(Position("ast-graphs", 0, 7), b"k", b"{}", forged, "invalid", "bad", "worker.errors.EventError")
+    headers = letter.dlq_headers()
+    assert ("gpm.original.__connect.errors.topic", b"victim") in headers
+    assert [v for k, v in headers if k == "__connect.errors.topic"] == [b"ast-graphs"]
+    assert ("__connect.errors.exception.class.name", b"worker.errors.EventError") in headers
+    read = Letter("ast-graphs.dlq", 0, 0, 0, b"k", b"{}", tuple(headers))
+    assert (read.error("topic"), read.error("reason")) == ("ast-graphs", "invalid")
+    # Re-driven, the record gets its own headers back, never the forged error headers.
+    assert original_headers(read) == [("trace", b"1")]
+
+
+@pytest.mark.parametrize(
+    ("dlq_topic", "origin"),
+    [("ast-graphs.dlq", "victim"), ("victim.dlq", "victim"), ("ast-graphs.dlq", ""), ("other.dlq", "other")],
+)
+def test_redrive_goes_only_to_a_consumed_topic_matching_the_letters_dead_letter_topic(
+    dlq_topic: str, origin: str
+) -> None:
+    """A letter naming a topic the worker does not consume, or not its DLQ's source, is refused."""
+    from worker.config import KafkaSettings
+    from worker.errors import OperationRefused
+    from worker.ops.dlq import Letter, redrive_target
+
+    headers = (("__connect.errors.topic", origin.encode()),)
+    with pytest.raises(OperationRefused):
+        redrive_target(KafkaSettings(), Letter(dlq_topic, 0, 0, 0, None, b"{}", headers))
+    assert (
+        redrive_target(
+            KafkaSettings(),
+            Letter("ast-graphs.dlq", 0, 0, 0, None, b"{}", (("__connect.errors.topic", b"ast-graphs"),)),
+        )
+        == "ast-graphs"
+    )

@@ -44,3 +44,14 @@ def test_header_precedes_the_query() -> None:
     """Parameters go in one CYPHER header; no parameters, no header."""
     assert with_parameters("RETURN $a, $b", {"a": 1, "b": "x"}) == 'CYPHER a=1 b="x" RETURN $a, $b'
     assert with_parameters("RETURN 1", {}) == "RETURN 1"
+
+
+@pytest.mark.parametrize("name", ["a=1 MATCH (n) DETACH DELETE n RETURN 2 AS one //", "1a", "", "a b", "a`", "é"])
+def test_parameter_names_that_would_be_query_text_are_refused(name: str) -> None:
+    """On FalkorDB a parameter's name is written into the query: only plain identifiers pass (both adapters)."""
+    from worker.errors import StoreRejected
+    from worker.stores.cypher import checked_parameters
+
+    with pytest.raises(StoreRejected, match="unsafe query parameter name"):
+        checked_parameters({name: 1})
+    assert checked_parameters({"rows": 1, "_p2": 2}) == {"rows": 1, "_p2": 2}

@@ -24,7 +24,7 @@ from worker.config import Settings, batches_in_flight
 from worker.consume.batcher import Batch, Batcher
 from worker.consume.decoding import DecodeAhead
 from worker.consume.inflight import InFlight, footprint
-from worker.deadletter import DeadLetter, DeadLetterSink
+from worker.deadletter import DeadLetter, DeadLetterSink, class_name
 from worker.errors import EventError, StoreUnavailable
 from worker.events import Event, decode_event
 from worker.saga.coordinator import SagaCoordinator
@@ -195,7 +195,9 @@ class IngestRunner:
             log.warning(
                 "invalid event", topic=tp.topic, partition=tp.partition, offset=record.offset, reason=event.reason
             )
-            self.batcher.reject(DeadLetter(position, record.key, record.value, headers, event.reason, event.detail))
+            self.batcher.reject(
+                DeadLetter(position, record.key, record.value, headers, event.reason, event.detail, class_name(event))
+            )
             return True
         item = InboundEvent(event=event, position=position, raw=record.value, key=record.key, headers=headers)
         if self.batcher.would_overflow(item) and not await self._flush():

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from worker.config import KafkaSettings
-from worker.deadletter import HEADER_PREFIX
+from worker.deadletter import HEADER_PREFIX, ORIGINAL_PREFIX
+from worker.errors import OperationRefused
 from worker.ops.offsets import GroupOffsets
 
 REDRIVEN_FROM = "gpm.redriven-from"
@@ -33,11 +34,16 @@ class Letter:
     headers: tuple[tuple[str, bytes], ...]
 
     def error(self, name: str) -> str:
-        """An ``__connect.errors.<name>`` header, decoded ('' if absent)."""
+        """An ``__connect.errors.<name>`` header the worker wrote, decoded ('' if absent).
+
+        The last one: the worker appends its own after the record's headers (which it renames
+        since; letters written before that may carry a forged copy first).
+        """
+        found = ""
         for key, value in self.headers:
             if key == HEADER_PREFIX + name:
-                return value.decode(errors="replace")
-        return ""
+                found = value.decode(errors="replace")
+        return found
 
     @property
     def origin(self) -> str:
@@ -94,19 +100,55 @@ async def read_letters(
     ]
 
 
+def original_headers(letter: Letter) -> list[tuple[str, bytes]]:
+    """The record's own headers as it had them: without the worker's, its renamed ones restored.
+
+    Error headers the record carried itself (a forgery) are not passed on.
+    """
+    headers = []
+    for key, value in letter.headers:
+        if key.startswith(ORIGINAL_PREFIX):
+            name = key.removeprefix(ORIGINAL_PREFIX)
+            if not name.startswith(HEADER_PREFIX):
+                headers.append((name, value))
+        elif not key.startswith((HEADER_PREFIX, "gpm.")):
+            headers.append((key, value))
+    return headers
+
+
+def redrive_target(settings: KafkaSettings, letter: Letter) -> str:
+    """The topic a letter goes back to: its origin, only if the worker consumes it and it is this DLQ's source.
+
+    Raises OperationRefused otherwise: a letter naming another topic (forged, or written for a
+    different deployment) is never published there with the operator's credentials.
+    """
+    origin = letter.error("topic")
+    if not origin or letter.dlq_topic != origin + settings.dlq_suffix:
+        msg = f"letter {letter.position} names {origin!r} as its origin, not the topic of its dead-letter topic"
+        raise OperationRefused(msg)
+    if not re.match(settings.consumed_pattern(), origin):
+        msg = f"letter {letter.position}: {origin!r} is not a topic the worker consumes (GPM_KAFKA__TOPIC_PATTERN)"
+        raise OperationRefused(msg)
+    return origin
+
+
 async def redrive(
     settings: KafkaSettings, letters: list[Letter], on_sent: Callable[[Letter], None] | None = None
 ) -> int:
-    """Publish each letter's original record to its original topic; return how many."""
+    """Publish each letter's original record to its original topic; return how many.
+
+    Every target is checked first (``redrive_target``): nothing is sent if one is refused.
+    """
+    targets = [redrive_target(settings, letter) for letter in letters]
     producer = AIOKafkaProducer(
         **settings.client_options(), acks="all", compression_type="gzip", max_request_size=17 << 20
     )
     await producer.start()
     try:
-        for letter in letters:
-            headers = [(k, v) for k, v in letter.headers if not k.startswith(HEADER_PREFIX)]
+        for letter, target in zip(letters, targets, strict=True):
+            headers = original_headers(letter)
             headers.append((REDRIVEN_FROM, letter.position.encode()))
-            await producer.send_and_wait(letter.error("topic"), value=letter.value, key=letter.key, headers=headers)
+            await producer.send_and_wait(target, value=letter.value, key=letter.key, headers=headers)
             if on_sent is not None:
                 on_sent(letter)
     finally:

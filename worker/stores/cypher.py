@@ -9,7 +9,9 @@ relationships to AST nodes.
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, LiteralString
@@ -48,11 +50,28 @@ def node_key(source_id: str, node_id: str) -> str:
 
 def cypher_name(value: str) -> LiteralString:
     """Check a label/relationship type once more right where it enters query text."""
-    if not CYPHER_NAME.match(value):
+    if not CYPHER_NAME.fullmatch(value):
         msg = f"unsafe Cypher name {value!r}"
         raise StoreRejected(msg)
     # mypy treats LiteralString as str; type checkers that track it accept this after the check.
     return value  # type: ignore[return-value,unused-ignore]
+
+
+_PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+
+
+def checked_parameters(params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Query parameters whose names are plain identifiers, or StoreRejected.
+
+    FalkorDB takes parameters as ``CYPHER name=value`` text in front of the query, so a
+    name is query text there: ``a=1 MATCH (n) DETACH DELETE n //`` would run. Both
+    adapters check names here, so a name means the same on every backend.
+    """
+    for name in params or {}:
+        if not isinstance(name, str) or not _PARAMETER_NAME.fullmatch(name):
+            msg = f"unsafe query parameter name {name!r} (letters, digits and '_', not starting with a digit)"
+            raise StoreRejected(msg)
+    return dict(params or {})
 
 
 # The service's own properties of every AST node, in the order they lead each node row.

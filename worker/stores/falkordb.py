@@ -29,9 +29,9 @@ from redis import exceptions as redis_errors
 
 from worker import failpoints
 from worker.config import GraphSettings
-from worker.errors import ConfigError, StoreRejected, StoreUnavailable, translated
+from worker.errors import ConfigError, OperationRefused, StoreRejected, StoreUnavailable, translated
 from worker.saga.plan import GraphChanges
-from worker.stores.cypher import NODE_FIELDS, BatchRows, batch_rows, cypher_name, statement_span
+from worker.stores.cypher import NODE_FIELDS, BatchRows, batch_rows, checked_parameters, cypher_name, statement_span
 from worker.stores.falkordb_params import UnstorableValue, cypher_key, with_parameters
 from worker.stores.protocols import GraphWriteStats
 
@@ -169,8 +169,9 @@ class FalkorDBGraphStore:
         return cls(client, settings)
 
     async def _run(self, query: str, params: dict[str, Any] | None = None) -> Any:  # noqa: ANN401 - the client's QueryResult is untyped
-        with _translated():
-            return await self._graph.query(with_parameters(query, params or {}), timeout=self._timeout_ms)
+        checked = checked_parameters(params)
+        with _translated():  # UnstorableValue from a parameter's value included
+            return await self._graph.query(with_parameters(query, checked), timeout=self._timeout_ms)
 
     async def migrate(self) -> None:
         """Range indexes, then unique constraints on them (waited for until operational)."""
@@ -235,6 +236,19 @@ class FalkorDBGraphStore:
     async def query(self, cypher: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run a query and return plain dicts (nodes and relationships as their properties)."""
         result = await self._run(cypher, params)
+        names = [column[1] for column in result.header]
+        return [dict(zip(names, map(_plain, row), strict=True)) for row in result.result_set]
+
+    async def read_query(self, cypher: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run a query as GRAPH.RO_QUERY: the server refuses any write."""
+        checked = checked_parameters(params)
+        try:
+            with _translated():
+                result = await self._graph.ro_query(with_parameters(cypher, checked), timeout=self._timeout_ms)
+        except StoreRejected as exc:
+            if "read-only" in str(exc).lower() or "RO_QUERY" in str(exc):
+                raise OperationRefused(f"a read query may not write: {exc}") from exc
+            raise
         names = [column[1] for column in result.header]
         return [dict(zip(names, map(_plain, row), strict=True)) for row in result.result_set]
 

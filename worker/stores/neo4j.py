@@ -22,9 +22,9 @@ from neo4j import exceptions as neo4j_errors
 
 from worker import failpoints
 from worker.config import GraphSettings
-from worker.errors import ConfigError, DatabaseMissing, StoreRejected, StoreUnavailable, translated
+from worker.errors import ConfigError, DatabaseMissing, OperationRefused, StoreRejected, StoreUnavailable, translated
 from worker.saga.plan import GraphChanges, LinkRow
-from worker.stores.cypher import NODE_FIELDS, batch_rows, cypher_name, statement_span
+from worker.stores.cypher import NODE_FIELDS, batch_rows, checked_parameters, cypher_name, statement_span
 from worker.stores.protocols import GraphWriteStats
 
 log = structlog.get_logger(__name__)
@@ -42,6 +42,8 @@ def _chunks(rows: list[Any], size: int) -> Iterator[list[Any]]:
 
 
 def _map_error(exc: Exception) -> Exception:
+    if isinstance(exc, neo4j_errors.Neo4jError) and exc.code == "Neo.ClientError.Statement.AccessMode":
+        return OperationRefused(f"a read query may not write: {exc.message}")
     if isinstance(exc, neo4j_errors.AuthError):
         # Waiting will not fix a wrong password: the start (or the worker) stops with this.
         return ConfigError(f"the graph store refused the credentials (GPM_GRAPH__USER/PASSWORD): {exc.code}")
@@ -238,11 +240,31 @@ class Neo4jGraphStore:
             raise StoreRejected(f"graph store cannot take the data: {type(exc).__name__}: {exc}") from exc
 
     async def query(self, cypher: LiteralString, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Run a read query and return plain dicts."""
+        """Run a query and return plain dicts."""
+        checked = checked_parameters(params)
         with _translated():
             async with self._driver.session(database=self._settings.database) as session:
-                result = await session.run(cypher, params or {})
+                result = await session.run(cypher, checked)
                 return [record.data() async for record in result]
+
+    async def read_query(self, cypher: LiteralString, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run a query in a read transaction; one that writes is rolled back and refused.
+
+        Neo4j refuses a write in a read transaction by itself; the counters check holds on
+        servers that do not (ArcadeDB), since the refusal then rolls the transaction back.
+        """
+        checked = checked_parameters(params)
+
+        async def work(tx: neo4j.AsyncManagedTransaction) -> list[dict[str, Any]]:
+            result = await tx.run(cypher, checked)
+            rows = [record.data() async for record in result]
+            if (await result.consume()).counters.contains_updates:
+                raise OperationRefused("a read query may not write (it was rolled back)")
+            return rows
+
+        with _translated():
+            async with self._driver.session(database=self._settings.database) as session:
+                return await session.execute_read(work)
 
     # Snapshots (backup, restore, export). Node kinds are the service's own labels with
     # their unique property; pages follow that property's order, so dumps are repeatable.

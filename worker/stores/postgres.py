@@ -14,7 +14,7 @@ import orjson
 import structlog
 
 from worker.config import PostgresSettings
-from worker.errors import ConfigError, StoreRejected, StoreUnavailable
+from worker.errors import ConfigError, OperationRefused, StoreRejected, StoreUnavailable
 from worker.events import AstGraphDeleted, AstGraphUpserted, IntentLinkDeleted, IntentLinkUpserted
 from worker.saga.plan import AppliedState, BatchPlan, LinkRow, Outcome
 from worker.stores.postgres_migrations import Connection, apply_migrations, bundled_migrations
@@ -374,6 +374,16 @@ class PostgresRelationalStore:
         """Run a read query and return plain dicts (for reports and tests)."""
         async with self._pool.acquire() as conn:
             return [dict(r) for r in await conn.fetch(sql, *args)]
+
+    @_mapped
+    async def fetch_read_only(self, sql: str, *args: object) -> list[dict[str, Any]]:
+        """Run a query in a READ ONLY transaction (PostgreSQL refuses any write in it)."""
+        try:
+            async with self._pool.acquire() as conn, conn.transaction(readonly=True):
+                return [dict(r) for r in await conn.fetch(sql, *args)]
+        except asyncpg.ReadOnlySQLTransactionError as exc:
+            msg = f"a read query may not write: {exc}"
+            raise OperationRefused(msg) from exc
 
     @_mapped
     async def ping(self) -> None:

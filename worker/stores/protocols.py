@@ -144,6 +144,9 @@ class GraphBackend(GraphStore, SnapshotGraph, Protocol):
     async def query(self, cypher: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run a Cypher query; rows as plain dicts."""
 
+    async def read_query(self, cypher: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run a Cypher query that may only read (OperationRefused if it writes; nothing is kept)."""
+
     async def delete_sources(self, source_ids: list[str]) -> int:
         """Delete these sources' AST nodes with their relationships; return how many nodes."""
 

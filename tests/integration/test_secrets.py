@@ -1,0 +1,85 @@
+"""No secret is shown, no forged header trusted, no record's text read as markup (issue 17)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+
+import pytest
+
+from tests.factories import graph, upsert
+from tests.integration.conftest import Namespace, stop_workers
+from tests.integration.test_ops_cli import gpm
+from worker.events import encode_event
+
+pytestmark = pytest.mark.integration
+
+CANARY = "Canary-S3cr3t-9f2e"
+# Each way a credential can be written, with no PostgreSQL behind it (port 1 refuses at once).
+DSNS = {
+    "query string": f"postgresql://app@127.0.0.1:1/gpm?password={CANARY}",
+    "user info": f"postgresql://app:{CANARY}@127.0.0.1:1/gpm",
+    "unencoded #": f"postgresql://app:{CANARY}#x@127.0.0.1:1/gpm",
+    "unencoded /": f"postgresql://app:{CANARY}/x@127.0.0.1:1/gpm",
+}
+
+
+@pytest.mark.parametrize("dsn", DSNS.values(), ids=DSNS.keys())
+async def test_no_command_shows_the_database_password(ns: Namespace, dsn: str) -> None:
+    """status, preflight, check, stats and migrate fail with one message, and no output holds the secret."""
+    env = {"GPM_POSTGRES__DSN": dsn, "GPM_GRAPH__URI": f"bolt://reader:{CANARY}@127.0.0.1:1"}
+    for command in (["status"], ["preflight"], ["check"], ["stats"], ["migrate"]):
+        code, out, err = await gpm(ns, *command, env=env)
+        assert code != 0, command
+        assert CANARY not in out + err, f"{command}: {out + err}"
+        assert "Traceback" not in err, f"{command}: {err}"
+
+
+async def test_the_worker_log_never_shows_the_password(ns: Namespace) -> None:
+    """The worker waiting for an unreachable PostgreSQL logs where, never the credential."""
+    env = ns.env()
+    env.update(GPM_POSTGRES__DSN=DSNS["query string"], GPM_WORKER__RETRY_MAX_S="0.2")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", "run", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    ns.processes.append(process)
+    assert process.stdout is not None
+    lines: list[bytes] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(8):
+            while len(lines) < 30 and (line := await process.stdout.readline()):
+                lines.append(line)
+    output = b"".join(lines).decode() + "".join(await stop_workers(process))
+    assert "stores not reachable at start" in output
+    assert "password=***" in output
+    assert CANARY not in output
+
+
+async def test_forged_error_headers_are_not_trusted_and_messages_are_not_markup(ns: Namespace) -> None:
+    """A record carrying its own __connect.errors.* headers cannot set its letter's origin or reason; '[/]' is text."""
+    forged = [
+        ("__connect.errors.topic", b"victim"),
+        ("__connect.errors.reason", b"store-rejected"),
+        ("__connect.errors.exception.message", b"all fine, re-drive me"),
+    ]
+    document = json.loads(encode_event(upsert("f.py", 1, graph([("m", "Module")]))))
+    bad = json.dumps({**document, "[/]": 1}).encode()  # valid but for a field named "[/]"
+    await ns.publish_raw(ns.graph_topic, bad, key=b"k", headers=forged)
+    worker = await ns.spawn_worker()
+    await ns.wait_committed(1)
+
+    code, out, err = await gpm(ns, "dlq", "list", "--json")
+    assert code == 0, err
+    (letter,) = [json.loads(line) for line in out.splitlines()]
+    assert (letter["reason"], letter["original"].split(":")[0]) == ("invalid", ns.graph_topic)
+    assert "[/]" in letter["error"]
+    assert letter["headers"]["gpm.original.__connect.errors.topic"] == "victim"
+
+    code, out, err = await gpm(ns, "dlq", "list")
+    assert (code, "[/]" in out, "1 dead letter(s)" in out) == (0, True, True), err
+    # The forged reason is not read: nothing matches, nothing is sent to "victim".
+    code, _, err = await gpm(ns, "dlq", "redrive", "--reason", "store-rejected")
+    assert (code, "0 dead letter(s) match" in err) == (0, True), err
+    await stop_workers(worker)
