@@ -83,3 +83,37 @@ async def test_forged_error_headers_are_not_trusted_and_messages_are_not_markup(
     code, _, err = await gpm(ns, "dlq", "redrive", "--reason", "store-rejected")
     assert (code, "0 dead letter(s) match" in err) == (0, True), err
     await stop_workers(worker)
+
+
+async def test_refused_credentials_stop_the_start_at_once(ns: Namespace) -> None:
+    """A wrong graph password is not waited out as an outage: `gpm run` exits with a message naming the setting."""
+    env = {**ns.env(), "GPM_GRAPH__PASSWORD": CANARY}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", "run", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    ns.processes.append(process)
+    output, _ = await asyncio.wait_for(process.communicate(), 60)
+    text = output.decode()
+    assert process.returncode == 1, text
+    assert "refused the credentials (GPM_GRAPH__USER/PASSWORD)" in text
+    assert CANARY not in text
+
+
+async def test_a_login_postgresql_refuses_stops_the_start_at_once(ns: Namespace) -> None:
+    """PostgreSQL refusing the login (SQLSTATE class 28) fails the start at once, naming GPM_POSTGRES__DSN."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    await ns.sql("CREATE ROLE gpm_locked NOLOGIN")
+    parts = urlsplit(ns.settings.postgres.dsn.get_secret_value())
+    host = parts.netloc.rpartition("@")[2]
+    dsn = urlunsplit((parts.scheme, f"gpm_locked:{CANARY}@{host}", parts.path, parts.query, ""))
+    env = {**ns.env(), "GPM_POSTGRES__DSN": dsn}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "worker", "run", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    ns.processes.append(process)
+    output, _ = await asyncio.wait_for(process.communicate(), 60)
+    text = output.decode()
+    assert process.returncode == 1, text
+    assert "PostgreSQL refused the credentials of GPM_POSTGRES__DSN" in text
+    assert CANARY not in text
