@@ -24,11 +24,10 @@ log = structlog.get_logger(__name__)
 
 # Header names follow Kafka Connect's dead-letter convention, so existing tooling reads them.
 HEADER_PREFIX = "__connect.errors."
-# A record's own headers in the worker's namespaces are renamed under this prefix in its
-# letter: only the worker writes __connect.errors.* (and gpm.*), so a record cannot forge
-# its origin, reason or message for the DLQ tools (or make redrive publish elsewhere).
+# A record's own error headers are renamed under this prefix in its letter: only the worker
+# writes __connect.errors.*, so a record cannot forge its origin, reason or message for the
+# DLQ tools (or make redrive publish elsewhere). gpm.* headers (gpm.redriven-from) pass.
 ORIGINAL_PREFIX = "gpm.original."
-_OWN_NAMESPACES = (HEADER_PREFIX, "gpm.")
 # Set on a letter whose value is not the whole original: "true", and the original's size.
 TRUNCATED_HEADER = "gpm.value.truncated"
 ORIGINAL_SIZE_HEADER = "gpm.value.original-bytes"
@@ -55,7 +54,7 @@ class DeadLetter:
     marks: tuple[tuple[str, bytes], ...] = ()
 
     def dlq_headers(self) -> list[tuple[str, bytes]]:
-        """Original headers (those in the worker's namespaces renamed), the error headers, the marks."""
+        """Original headers (their error headers renamed), the worker's error headers, the marks."""
         extra = {
             "reason": self.reason,
             "exception.message": self.detail[:8000],
@@ -65,7 +64,7 @@ class DeadLetter:
         }
         if self.exception_class:
             extra["exception.class.name"] = self.exception_class
-        originals = [(ORIGINAL_PREFIX + k if k.startswith(_OWN_NAMESPACES) else k, v) for k, v in self.headers]
+        originals = [(ORIGINAL_PREFIX + k if k.startswith(HEADER_PREFIX) else k, v) for k, v in self.headers]
         return [*originals, *((HEADER_PREFIX + k, v.encode()) for k, v in extra.items()), *self.marks]
 
     @property

@@ -101,19 +101,15 @@ async def read_letters(
 
 
 def original_headers(letter: Letter) -> list[tuple[str, bytes]]:
-    """The record's own headers as it had them: without the worker's, its renamed ones restored.
+    """The record's own headers, for re-driving: without the worker's error headers and marks.
 
-    Error headers the record carried itself (a forgery) are not passed on.
+    Error headers the record carried itself (kept renamed, possibly forged) are not passed on.
     """
-    headers = []
-    for key, value in letter.headers:
-        if key.startswith(ORIGINAL_PREFIX):
-            name = key.removeprefix(ORIGINAL_PREFIX)
-            if not name.startswith(HEADER_PREFIX):
-                headers.append((name, value))
-        elif not key.startswith((HEADER_PREFIX, "gpm.")):
-            headers.append((key, value))
-    return headers
+    return [
+        (key, value)
+        for key, value in letter.headers
+        if not key.startswith((HEADER_PREFIX, ORIGINAL_PREFIX + HEADER_PREFIX, "gpm.value.", REDRIVEN_FROM))
+    ]
 
 
 def redrive_target(settings: KafkaSettings, letter: Letter) -> str:
