@@ -202,3 +202,22 @@ async def test_replay_into_empty_stores(ns: Namespace, stack: DevStack) -> None:
     assert code == 1
     assert "not empty: PostgreSQL table gpm_sources" in err
     assert "graph database" in err
+
+
+async def test_dlq_list_shows_every_letter_every_time_while_a_worker_runs(ns: Namespace) -> None:
+    """Five letters in the DLQ, a worker running and writing: `dlq list` says exactly five, six times out of six."""
+    for n in range(5):
+        await ns.publish_raw(ns.graph_topic, b"{broken %d" % n, key=b"k%d" % n)
+    worker = await ns.spawn_worker()
+    try:
+        await ns.wait_committed(5)
+        counts = []
+        for round_ in range(6):
+            # The worker keeps writing meanwhile, as it would in production.
+            await ns.publish(ns.graph_topic, [upsert(f"busy{round_}.py", 1, graph([("m", "Module")]))])
+            code, out, err = await gpm(ns, "dlq", "list", "--json")
+            assert code == 0, err
+            counts.append(len(out.splitlines()))
+        assert counts == [5] * 6
+    finally:
+        await _stop(worker)

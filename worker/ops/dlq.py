@@ -19,6 +19,9 @@ from worker.errors import OperationRefused
 from worker.ops.offsets import GroupOffsets
 
 REDRIVEN_FROM = "gpm.redriven-from"
+# Reading ends when every partition is read to its end, or after this many empty polls.
+_IDLE_POLLS = 10
+_POLL_MS = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,38 +62,21 @@ class Letter:
 async def read_letters(
     settings: KafkaSettings, *, reason: str | None = None, topic: str | None = None, grep: str | None = None
 ) -> list[Letter]:
-    """Every letter now in the dead-letter topics of the worker's topics, filtered."""
+    """Every letter now in the dead-letter topics of the worker's topics, filtered.
+
+    Exact on any broker: the partitions come from the cluster's metadata, asked for
+    explicitly (a consumer without a subscription has none on Apache Kafka), and each
+    partition is read until the end its fetches report (its high watermark), so a broker
+    whose ListOffsets answer lags (tansu) cannot make letters look absent.
+    """
     async with GroupOffsets.open(settings) as group:
         sources = await group.topics()
         existing = await group.all_topics()
-    dlq_topics = [t + settings.dlq_suffix for t in sources if t + settings.dlq_suffix in existing]
-    if topic is not None:
-        dlq_topics = [t for t in dlq_topics if t == topic + settings.dlq_suffix or t == topic]
-    letters: list[Letter] = []
-    if not dlq_topics:
-        return letters
-    consumer = AIOKafkaConsumer(**settings.client_options(), group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(t, p) for t in dlq_topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        await consumer.seek_to_beginning(*tps)
-        remaining = {tp for tp in tps if ends[tp] > await consumer.position(tp)}
-        idle_polls = 0
-        # Offsets can have gaps (transaction markers, compaction): stop after 10 empty polls.
-        while remaining and idle_polls < 10:  # noqa: PLR2004
-            fetched = await consumer.getmany(*remaining, timeout_ms=1000)
-            idle_polls = 0 if fetched else idle_polls + 1
-            for tp, records in fetched.items():
-                letters.extend(
-                    Letter(tp.topic, tp.partition, r.offset, r.timestamp, r.key, r.value, tuple(r.headers or ()))
-                    for r in records
-                )
-                if records and records[-1].offset + 1 >= ends[tp]:
-                    remaining.discard(tp)
-    finally:
-        await consumer.stop()
+        dlq_topics = [t + settings.dlq_suffix for t in sources if t + settings.dlq_suffix in existing]
+        if topic is not None:
+            dlq_topics = [t for t in dlq_topics if t in {topic + settings.dlq_suffix, topic}]
+        tps = await group.partitions(dlq_topics) if dlq_topics else []
+    letters = await _read_all(settings, tps) if tps else []
     pattern = re.compile(grep) if grep else None
     return [
         letter
@@ -98,6 +84,35 @@ async def read_letters(
         if (reason is None or letter.error("reason") == reason)
         and (pattern is None or pattern.search(letter.error("exception.message")))
     ]
+
+
+async def _read_all(settings: KafkaSettings, tps: list[TopicPartition]) -> list[Letter]:
+    consumer = AIOKafkaConsumer(**settings.client_options(), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    letters: list[Letter] = []
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        remaining = set(tps)
+        idle_polls = 0
+        # A partition is done once a fetch reported its end and the position reached it;
+        # offsets can have gaps (transaction markers, compaction), hence "reached", and a
+        # broker that never reports an end for an empty partition ends on idle polls.
+        while remaining and idle_polls < _IDLE_POLLS:
+            fetched = await consumer.getmany(*remaining, timeout_ms=_POLL_MS)
+            idle_polls = 0 if any(fetched.values()) else idle_polls + 1
+            for tp, records in fetched.items():
+                letters.extend(
+                    Letter(tp.topic, tp.partition, r.offset, r.timestamp, r.key, r.value, tuple(r.headers or ()))
+                    for r in records
+                )
+            for tp in list(remaining):
+                highwater = consumer.highwater(tp)
+                if highwater is not None and await consumer.position(tp) >= highwater:
+                    remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    return letters
 
 
 def original_headers(letter: Letter) -> list[tuple[str, bytes]]:
