@@ -31,7 +31,7 @@ def _build_stage() -> tuple[list[str], list[str], list[str]]:
         instruction, _, rest = line.partition(" ")
         if instruction == "COPY" and not rest.startswith("--from"):
             copies.extend(rest.split()[:-1])
-        elif instruction == "RUN" and "pip install" not in rest and "useradd" not in rest:
+        elif instruction == "RUN" and "pip install" not in rest and "apt-get" not in rest:
             runs.append(rest)
         elif instruction == "ENTRYPOINT":
             entrypoint = json.loads(rest)
@@ -53,7 +53,8 @@ def _uv() -> str:
 def test_the_image_build_steps_install_a_worker_that_starts(tmp_path: Path) -> None:
     """COPY + `uv sync --locked --no-dev` give a venv whose exec-form entrypoint runs and checks its settings."""
     copies, runs, entrypoint = _build_stage()
-    assert entrypoint == ["gpm"], "exec form, so SIGTERM reaches Python"
+    assert entrypoint == ["tini", "--", "gpm"], "exec form behind an init process, so SIGTERM reaches Python"
+    entrypoint = entrypoint[2:]
     assert copies == ["pyproject.toml", "uv.lock", "README.md", "worker"]
     app = tmp_path / "app"
     app.mkdir()
@@ -89,3 +90,20 @@ def test_the_image_build_steps_install_a_worker_that_starts(tmp_path: Path) -> N
     )
     assert started.returncode == 2  # a configuration error, as every gpm command reports one
     assert "GPM_GRAPH__BACKEND" in started.stdout + started.stderr
+
+
+def test_the_build_context_holds_only_what_the_image_copies() -> None:
+    """.dockerignore excludes everything but the COPY sources: no .venv (578 MB) or .git in the context."""
+    copies, _, _ = _build_stage()
+    rules = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
+    assert rules[0] == "*"
+    allowed = sorted(rule.removeprefix("!").rstrip("/") for rule in rules if rule.startswith("!"))
+    assert allowed == sorted(copies)
+
+
+def test_the_image_compiles_bytecode_and_layers_dependencies_apart() -> None:
+    """Dependencies install before the code is copied; bytecode is compiled (the root filesystem is read-only)."""
+    text = (ROOT / "Dockerfile").read_text()
+    assert "UV_COMPILE_BYTECODE=1" in text
+    assert text.index("--no-install-project") < text.index("COPY worker")
+    assert all(line.split()[1] != "python:3.12-slim" for line in text.splitlines() if line.startswith("FROM"))
