@@ -13,6 +13,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from worker.config import HealthSettings, KafkaSettings
 from worker.devjob import PARTITIONS
 from worker.events import decode_event, json_schemas
 
@@ -73,29 +74,66 @@ def test_deploy_manifests_render_and_match_the_kubernetes_schemas(overlay: str) 
     """Each overlay renders; every built-in object passes the Kubernetes 1.33 schema, strictly."""
     documents = _render(overlay)
     kinds = {d["kind"] for d in documents}
-    assert {"Deployment", "Job", "PodDisruptionBudget", "NetworkPolicy", "ConfigMap", "Secret"} <= kinds
+    assert {"Deployment", "PodDisruptionBudget", "NetworkPolicy", "ConfigMap"} <= kinds
+    # A Secret in base would overwrite the real one at every `kubectl apply -k` of production.
+    assert ("Secret" in kinds) is (overlay == "overlays/dev")
     for document in documents:
         if document["apiVersion"].startswith("keda.sh/"):
             continue  # a CRD: no schema in the wheel; checked below
         kubernetes_validate.validate(document, "1.33.0", strict=True)
 
 
+@pytest.mark.parametrize("overlay", ["overlays/dev", "overlays/production"])
+def test_pods_pass_a_restricted_namespace_and_migrate_before_the_worker(overlay: str) -> None:
+    """Seccomp RuntimeDefault, no service-account token, a writable /tmp under the read-only root; migrate first."""
+    deployment = next(d for d in _render(overlay) if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in pod["volumes"]
+    for container in (*pod["initContainers"], *pod["containers"]):
+        security = container["securityContext"]
+        assert (security["readOnlyRootFilesystem"], security["allowPrivilegeEscalation"]) == (True, False)
+        assert security["capabilities"]["drop"] == ["ALL"]
+        assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]  # noqa: S108 - the pod's own emptyDir
+    assert [c["args"] for c in pod["initContainers"]] == [["migrate"]]
+    assert not any(d["kind"] == "Job" for d in _render(overlay)), "a Job's spec is immutable: re-apply fails"
+
+
 def test_production_overlay_is_consistent() -> None:
-    """Probes, grace, PDB selector and the KEDA bounds fit the worker as it is."""
+    """Probes, grace, PDB selector and the KEDA trigger fit the worker as it is."""
     documents = {d["kind"]: d for d in _render("overlays/production")}
     deployment = documents["Deployment"]
     pod = deployment["spec"]["template"]
     container = pod["spec"]["containers"][0]
     assert {"startupProbe", "livenessProbe", "readinessProbe"} <= set(container)
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # /readyz answers within one check_timeout_s (the checks run side by side).
+    assert container["readinessProbe"]["timeoutSeconds"] > HealthSettings().check_timeout_s
     grace = {e["name"]: e["value"] for e in container["env"]}["GPM_WORKER__SHUTDOWN_GRACE_S"]
     assert pod["spec"]["terminationGracePeriodSeconds"] > float(grace)
+    assert "replicas" not in deployment["spec"], "KEDA owns the replica count in production"
     selector = documents["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"]
     assert selector.items() <= pod["metadata"]["labels"].items()
-    assert documents["Job"]["spec"]["template"]["spec"]["containers"][0]["args"] == ["migrate"]
     scaled = documents["ScaledObject"]["spec"]
     assert scaled["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
-    trigger = scaled["triggers"][0]["metadata"]
-    assert trigger["consumerGroup"] == documents["ConfigMap"]["data"]["GPM_KAFKA__GROUP_ID"]
+    (trigger,) = scaled["triggers"]
+    meta, config = trigger["metadata"], documents["ConfigMap"]["data"]
+    assert meta["consumerGroup"] == config["GPM_KAFKA__GROUP_ID"]
+    assert "topic" not in meta, "the lag of every consumed topic (ast-graphs.<name>, intent-links) counts"
+    assert meta["offsetResetPolicy"] == KafkaSettings().auto_offset_reset
+    assert (meta["sasl"], meta["tls"]) == ("scram_sha512", "enable")
+    assert config["GPM_KAFKA__SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert trigger["authenticationRef"]["name"] == documents["TriggerAuthentication"]["metadata"]["name"]
     # Never more replicas than partitions (the local stack and compose create 6).
     assert scaled["maxReplicaCount"] <= PARTITIONS
+
+
+def test_network_policy_limits_destinations_not_only_ports() -> None:
+    """Every egress rule names its peers; OTLP and FalkorDB have theirs."""
+    policy = next(d for d in _render("base") if d["kind"] == "NetworkPolicy")
+    egress = policy["spec"]["egress"]
+    assert all(rule.get("to") for rule in egress)
+    ports = {p["port"] for rule in egress for p in rule["ports"]}
+    assert {53, 9092, 5432, 7687, 6379, 4317, 4318} <= ports
