@@ -2,41 +2,45 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import faulthandler
 import json
+import logging
 import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
-import structlog
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from rich.table import Table
 from rich.text import Text
 
-from worker.config import Settings, load_settings, unknown_variables
-from worker.devstack import DevStack
-from worker.devstack.stack import GraphBackendName
 from worker.errors import ConfigError, EventError, GpmError, OperationRefused
-from worker.events import decode_event, json_schemas
-from worker.snapshot.export import ExportFormat
 
+# Everything else is imported by the command that needs it: `gpm --help` imports only typer
+# and rich (about 0.2 s, where importing the stores, pydantic and the devstack took 2 s).
 if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from worker.config import Settings
+    from worker.devstack import DevStack
     from worker.library import ConsistencyReport, GraphPostgresManager, StorageStats
     from worker.preflight import PreflightReport
 
+# Plain help text (no rich rendering of it): half of `gpm --help`'s time went to drawing panels.
 app = typer.Typer(
-    help="graph-postgres-manager: Kafka → PostgreSQL + graph store ingestion worker.", no_args_is_help=True
+    help="graph-postgres-manager: Kafka → PostgreSQL + graph store ingestion worker.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
 )
-dlq_app = typer.Typer(help="List, inspect and re-drive dead-lettered events.", no_args_is_help=True)
+dlq_app = typer.Typer(
+    help="List, inspect and re-drive dead-lettered events.", no_args_is_help=True, rich_markup_mode=None
+)
 app.add_typer(dlq_app, name="dlq")
 console = Console(stderr=True)
 
@@ -52,6 +56,8 @@ T = TypeVar("T")
 
 def _settings(*, logging: bool = False) -> Settings:
     """Load the settings (exit 2 naming what is wrong) and optionally set up logging."""
+    from worker.config import load_settings, unknown_variables  # noqa: PLC0415
+
     try:
         settings = load_settings()
     except ConfigError as exc:
@@ -64,6 +70,8 @@ def _settings(*, logging: bool = False) -> Settings:
     for name in unknown_variables(os.environ):
         hint = "not a setting of this version (misspelt?); ignored"
         if logging:
+            import structlog  # noqa: PLC0415
+
             structlog.get_logger(__name__).warning("unknown setting variable", variable=name, hint=hint)
         else:
             console.print(f"[yellow]warning:[/yellow] {name}: {hint}")
@@ -82,7 +90,7 @@ def run() -> None:
     # stuck (SIGUSR1, handled by the running worker, logs every asyncio task's stack).
     faulthandler.register(signal.SIGUSR2, all_threads=True)
     try:
-        asyncio.run(Worker(settings).run())
+        _run(Worker(settings).run())
     except GpmError as exc:
         console.print(f"[red]worker failed:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
@@ -94,7 +102,7 @@ def migrate() -> None:
     from worker.app import migrate as run_migrations  # noqa: PLC0415
 
     settings = _settings(logging=True)
-    asyncio.run(run_migrations(settings))
+    _run(run_migrations(settings))
 
 
 @app.command()
@@ -103,6 +111,7 @@ def publish(
     topic: Annotated[str, typer.Option(help="Topic to publish to.")] = "ast-graphs",
 ) -> None:
     """Validate event files and publish them, keyed by source id."""
+    from worker.events import decode_event  # noqa: PLC0415
     from worker.publish import publish_events  # noqa: PLC0415
     from worker.telemetry import configure_tracing  # noqa: PLC0415
 
@@ -121,12 +130,21 @@ def publish(
         except EventError as exc:
             console.print(f"[red]{escape(f'{path}: {exc}')}[/red]")
             raise typer.Exit(1) from None
-    sent = asyncio.run(publish_events(settings.kafka, topic, events))
+    sent = _run(publish_events(settings.kafka, topic, events))
     console.print(f"published {sent} events to {topic}")
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """asyncio.run, imported on first use (it is a sixth of `gpm --help`'s time)."""
+    import asyncio  # noqa: PLC0415
+
+    return asyncio.run(coro)
 
 
 def _progress() -> Progress:
     """The progress bar every long command shows, on stderr."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
+
     return Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     )
@@ -134,10 +152,15 @@ def _progress() -> Progress:
 
 def _ops(coro: Coroutine[Any, Any, T]) -> T:
     """Run an operator command; a GpmError is a clear message and exit 1, not a traceback."""
+    # The Kafka client logs each failed connection itself; the command's own message says it once.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
-        return asyncio.run(coro)
+        return _run(coro)
     except GpmError as exc:
         console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(1) from None
+    except OSError as exc:  # a server gone mid-command, below the stores' own error mapping
+        console.print(f"[red]{escape(f'{type(exc).__name__}: {exc}')}[/red]")
         raise typer.Exit(1) from None
 
 
@@ -175,6 +198,8 @@ def status(
         }
         typer.echo(json.dumps(document))
         return
+    from rich.table import Table  # noqa: PLC0415 - see the imports' note
+
     table = Table(title=f"group {state.group_id}: {len(state.members)} live member(s), lag {state.lag}")
     for column in ("topic", "partition", "committed", "end", "lag", "last applied"):
         table.add_column(column, justify="left" if column in {"topic", "last applied"} else "right")
@@ -229,6 +254,8 @@ def replay(
             force=force,
         )
     )
+    from rich.table import Table  # noqa: PLC0415 - see the imports' note
+
     table = Table(title=("would move" if dry_run else "moved") + f" group {settings.kafka.group_id}")
     for column in ("topic", "partition", "from", "to"):
         table.add_column(column)
@@ -374,8 +401,9 @@ def restore(
 def export(
     path: Annotated[Path, typer.Argument(help="The file to write; a .gz name is compressed.")],
     export_format: Annotated[
-        ExportFormat, typer.Option("--format", help="JSON lines (APOC-style) or NetworkX node-link JSON.")
-    ] = ExportFormat.JSONL,
+        Literal["jsonl", "node-link"],
+        typer.Option("--format", help="JSON lines (APOC-style) or NetworkX node-link JSON."),
+    ] = "jsonl",
 ) -> None:
     """Export the graph for other tools."""
     nodes, edges = _with_manager(lambda gpm, bars: gpm.export_snapshot(path, export_format, progress=bars))
@@ -400,6 +428,8 @@ def dlq_list(
         for letter in letters:
             typer.echo(json.dumps(_letter_document(letter, with_value=False)))
         return
+    from rich.table import Table  # noqa: PLC0415 - see the imports' note
+
     table = Table(title=f"{len(letters)} dead letter(s)")
     for column in ("letter", "original", "reason", "error"):
         table.add_column(column, overflow="fold")
@@ -478,6 +508,8 @@ def schemas(
     check: Annotated[bool, typer.Option(help="Fail if the files differ from the models.")] = False,
 ) -> None:
     """Write (or --check) the JSON Schema of every event type."""
+    from worker.events import json_schemas  # noqa: PLC0415
+
     drift = []
     for stem, schema in json_schemas().items():
         path = out / f"{stem}.schema.json"
@@ -500,7 +532,8 @@ def dev(
     ] = 100,
     transaction_size: Annotated[int, typer.Option(help="Graph rows per batch.")] = 1000,
     graph_backend: Annotated[
-        GraphBackendName, typer.Option(help="neo4j: the Neo4j adapter over Bolt, on ArcadeDB; or falkordb.")
+        Literal["neo4j", "falkordb"],
+        typer.Option(help="neo4j: the Neo4j adapter over Bolt, on ArcadeDB; or falkordb."),
     ] = "neo4j",
 ) -> None:
     """Start the embedded stack, run the worker, ingest real AST graphs, and show the result."""
@@ -512,7 +545,7 @@ def dev(
     console.print(f"starting the local stack (Kafka-protocol broker, PostgreSQL, {graph_server})...")
     with DevStack(graph_backend=graph_backend) as stack:
         settings = stack.settings(transaction_size=transaction_size, linger_ms=100)
-        asyncio.run(_dev(stack, settings, files))
+        _run(_dev(stack, settings, files))
 
 
 async def _dev(stack: DevStack, settings: Settings, files: int) -> None:
@@ -537,6 +570,8 @@ async def _dev(stack: DevStack, settings: Settings, files: int) -> None:
         )
     finally:
         await graph.close()
+    from rich.table import Table  # noqa: PLC0415 - see the imports' note
+
     table = Table(title=f"ingested in {report.seconds:.1f}s: broker → validate → saga → PostgreSQL + graph")
     for column in ("files", "nodes", "edges", "nodes/s", "nodes in graph", "outbox rows"):
         table.add_column(column, justify="right")

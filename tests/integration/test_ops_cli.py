@@ -221,3 +221,13 @@ async def test_dlq_list_shows_every_letter_every_time_while_a_worker_runs(ns: Na
         assert counts == [5] * 6
     finally:
         await _stop(worker)
+
+
+async def test_commands_with_the_broker_down_fail_in_one_message(ns: Namespace) -> None:
+    """status, dlq list, dlq redrive and replay name the unreachable broker; no traceback."""
+    env = {"GPM_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1"}
+    for command in (["status"], ["dlq", "list"], ["dlq", "redrive"], ["replay", "--to", "earliest"]):
+        code, out, err = await gpm(ns, *command, env=env)
+        assert code == 1, command
+        assert "the broker at 127.0.0.1:1 is unreachable" in err, err
+        assert "Traceback" not in out + err

@@ -88,9 +88,9 @@ async def read_letters(
 
 async def _read_all(settings: KafkaSettings, tps: list[TopicPartition]) -> list[Letter]:
     consumer = AIOKafkaConsumer(**settings.client_options(), group_id=None, enable_auto_commit=False)
-    await consumer.start()
     letters: list[Letter] = []
     try:
+        await consumer.start()
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         remaining = set(tps)

@@ -17,10 +17,11 @@ from datetime import datetime
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from worker.config import KafkaSettings
-from worker.errors import GpmError
+from worker.errors import GpmError, StoreUnavailable
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,14 +54,16 @@ class GroupOffsets:
         """Connect an admin client and a group-less consumer (for end offsets and times)."""
         admin = AIOKafkaAdminClient(**settings.client_options(), client_id=f"{settings.client_id}-ops")
         consumer = AIOKafkaConsumer(**settings.client_options(), group_id=None, enable_auto_commit=False)
-        await admin.start()
         try:
+            await admin.start()
             await consumer.start()
-            try:
-                yield cls(settings, admin, consumer)
-            finally:
-                await consumer.stop()
+            yield cls(settings, admin, consumer)
+        except KafkaError as exc:
+            msg = f"the broker at {settings.bootstrap_servers} is unreachable or refused: {exc}"
+            raise StoreUnavailable(msg) from exc
         finally:
+            # Stopped even when start() failed half-way, so nothing is left unclosed.
+            await consumer.stop()
             await admin.close()
 
     async def all_topics(self) -> set[str]:
