@@ -26,8 +26,8 @@ from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_base, retr
 from worker import failpoints
 from worker.config import Settings
 from worker.consume.runner import IngestRunner
-from worker.deadletter import KafkaDeadLetterSink
-from worker.errors import ConfigError, DatabaseMissing, StoreError, StoreUnavailable
+from worker.deadletter import DeadLetterSink, HaltingDeadLetterSink, KafkaDeadLetterSink
+from worker.errors import ConfigError, DatabaseMissing, Halted, StoreError, StoreUnavailable
 from worker.health import HealthServer, Probes, configure_metrics
 from worker.preflight import run_preflight
 from worker.retrying import backoff, log_before_retry
@@ -150,7 +150,11 @@ class Worker:
                 max_partition_fetch_bytes=s.kafka.max_partition_fetch_bytes,
                 metadata_max_age_ms=s.kafka.metadata_max_age_ms,
             )
-            dead_letters = KafkaDeadLetterSink(producer, s.kafka.dlq_suffix, max_bytes=dlq_request_bytes(s))
+            dead_letters: DeadLetterSink = (
+                HaltingDeadLetterSink()
+                if s.worker.errors_tolerance == "none"
+                else KafkaDeadLetterSink(producer, s.kafka.dlq_suffix, max_bytes=dlq_request_bytes(s))
+            )
             coordinator = SagaCoordinator(relational, graph, dead_letters, s.worker)
             self.runner = runner = IngestRunner(consumer, coordinator, dead_letters, s)
             runner.subscribe()
@@ -340,6 +344,9 @@ class Worker:
         if task in done:
             stop.cancel()
             if (error := task.exception()) is not None:
+                if isinstance(error, Halted):
+                    log.critical("halted: a record cannot be applied (errors_tolerance=none)", error=str(error))
+                    raise error
                 # Said here as well as by the caller's traceback: embedded runs have no other trace.
                 log.critical("consume loop crashed", error=f"{type(error).__name__}: {error}", exc_info=error)
                 raise error

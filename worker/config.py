@@ -324,6 +324,9 @@ class WorkerSettings(BaseModel):
     # attached if the node comes later: nothing is dropped.
     parked_link_ttl_s: float = Field(24 * 3600.0, gt=0)
     parked_report_interval_s: float = Field(60.0, gt=0)
+    # Kafka Connect's errors.tolerance: "all" dead-letters what cannot be applied and goes on;
+    # "none" stops the worker at such a record (uncommitted), for teams that prefer to halt.
+    errors_tolerance: Literal["all", "none"] = "all"
     # Fault tests only: the process kills itself (SIGKILL) when the saga reaches this step.
     crash_at: CrashPoint | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

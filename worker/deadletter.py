@@ -17,7 +17,7 @@ import structlog
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 
-from worker.errors import StoreUnavailable
+from worker.errors import Halted, StoreUnavailable
 from worker.saga.plan import Position
 
 log = structlog.get_logger(__name__)
@@ -141,3 +141,21 @@ class KafkaDeadLetterSink:
             return
         msg = f"dead-letter topic {topic} refuses even a letter without a value: {refused}"
         raise StoreUnavailable(msg) from refused
+
+
+class HaltingDeadLetterSink:
+    """``GPM_WORKER__ERRORS_TOLERANCE=none`` (Kafka Connect's errors.tolerance): refuse to dead-letter.
+
+    A record that would be dead-lettered stops the worker with the record's position and
+    reason instead; its offset is not committed, so after a fix (or with tolerance 'all')
+    it is read again. For teams that prefer a halted pipeline to a dead-letter queue.
+    """
+
+    async def send(self, letter: DeadLetter) -> None:
+        """Raise Halted, naming the record and why it could not be applied."""
+        position = letter.position
+        msg = (
+            f"{position.topic}:{position.partition}:{position.offset} would be dead-lettered "
+            f"({letter.reason}: {letter.detail[:500]}); GPM_WORKER__ERRORS_TOLERANCE=none stops the worker instead"
+        )
+        raise Halted(msg)

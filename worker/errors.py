@@ -7,6 +7,8 @@
     │                            dead-lettered with the reason, never retried)
     ├── SnapshotError            a backup, restore or export cannot go on (corrupt file,
     │                            stores not empty, snapshot newer than this release)
+    ├── Halted                   errors.tolerance=none: a record would have been
+    │                            dead-lettered, so the worker stops before committing it
     ├── OperationRefused         an operator's command or a library call would do what it
     │                            must not (re-drive to a topic the worker does not consume,
     │                            write through a read query)
@@ -78,6 +80,10 @@ class DatabaseMissing(StoreUnavailable):
     never the data's, so events are retried, not dead-lettered. At start it is waited for
     only for a bounded time (``GPM_WORKER__DATABASE_WAIT_S``) and then fails the start.
     """
+
+
+class Halted(GpmError):  # noqa: N818 - reads as what happened
+    """A record would have been dead-lettered and GPM_WORKER__ERRORS_TOLERANCE=none: stop, commit nothing past it."""
 
 
 class OperationRefused(GpmError):  # noqa: N818 - reads as what happened

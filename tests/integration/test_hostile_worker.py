@@ -8,6 +8,7 @@ and the consistency check agrees. On ArcadeDB over Bolt and on FalkorDB.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -131,3 +132,19 @@ async def test_hostile_records_are_dead_lettered_and_the_worker_goes_on(
     async with GraphPostgresManager(ns.settings) as manager:
         report = await manager.check_data_consistency()
     assert report.consistent, report
+
+
+async def test_errors_tolerance_none_halts_at_the_record_instead_of_dead_lettering(ns: Namespace) -> None:
+    """GPM_WORKER__ERRORS_TOLERANCE=none: the worker stops (exit 1) naming the record; nothing past it is committed."""
+    await ns.publish(ns.graph_topic, [upsert("first.py", 1, MOD_GRAPH)])
+    await ns.publish_raw(ns.graph_topic, b"{not json", key=b"first.py")  # same partition, after it
+    process = await ns.spawn_worker(errors_tolerance="none")
+    assert process.stdout is not None
+    output, _ = await asyncio.wait_for(process.communicate(), 90)
+    text = output.decode()
+    assert process.returncode == 1, text
+    assert "would be dead-lettered (not-json" in text
+    assert "GPM_WORKER__ERRORS_TOLERANCE=none" in text
+    assert await ns.records_in(ns.graph_topic + ".dlq") == 0
+    # The record before it was applied, but its batch (with the bad record) was not committed.
+    assert sum((await ns.committed(ns.graph_topic)).values()) == 0
