@@ -28,7 +28,7 @@ from worker.config import Settings
 from worker.consume.runner import IngestRunner
 from worker.deadletter import DeadLetterSink, HaltingDeadLetterSink, KafkaDeadLetterSink
 from worker.errors import ConfigError, DatabaseMissing, Halted, StoreError, StoreUnavailable
-from worker.health import HealthServer, Probes, configure_metrics
+from worker.health import HealthServer, Probes
 from worker.preflight import run_preflight
 from worker.retrying import backoff, log_before_retry
 from worker.saga.coordinator import SagaCoordinator
@@ -115,7 +115,6 @@ class Worker:
                 loop.add_signal_handler(signal.SIGUSR1, _log_task_stacks)
             configure_tracing()
             if s.health.enabled:
-                configure_metrics()
                 self.health = HealthServer(
                     s.health,
                     Probes(

@@ -4,7 +4,7 @@
   databases: a database outage must make the pod unready, not restart it.
 - ``/readyz``: joined the consumer group and both stores answer a ping; the JSON body
   says which check failed.
-- ``/metrics``: the OpenTelemetry metrics, in Prometheus text format.
+- ``/metrics``: the worker's metrics (``worker/telemetry.py``), in Prometheus text format.
 """
 
 from __future__ import annotations
@@ -16,23 +16,11 @@ from dataclasses import dataclass
 
 import structlog
 from aiohttp import web
-from opentelemetry import metrics as otel_metrics
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from worker.config import HealthSettings
 
 log = structlog.get_logger(__name__)
-_metrics_configured = False
-
-
-def configure_metrics() -> None:
-    """Install the SDK meter provider with a Prometheus reader, once per process."""
-    global _metrics_configured  # noqa: PLW0603 - the OpenTelemetry global provider is process-wide too
-    if not _metrics_configured:
-        otel_metrics.set_meter_provider(MeterProvider(metric_readers=[PrometheusMetricReader()]))
-        _metrics_configured = True
 
 
 @dataclass(frozen=True, slots=True)

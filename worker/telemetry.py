@@ -2,8 +2,8 @@
 
 Traces go where the standard variables say: ``OTEL_TRACES_EXPORTER`` (``otlp``, ``console``
 or ``none``; ``otlp`` by default once ``OTEL_EXPORTER_OTLP_ENDPOINT`` or
-``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set), ``OTEL_SERVICE_NAME``. Metrics are served
-on ``/metrics`` (see health.py). Driver loggers (aiokafka, neo4j, asyncpg) go through the
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` is set), ``OTEL_SERVICE_NAME``. Metrics are
+prometheus_client's, served on ``/metrics`` (see health.py). Driver loggers (aiokafka, neo4j, asyncpg) go through the
 same JSON renderer so an operator greps one format.
 """
 
@@ -15,14 +15,16 @@ import os
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
-from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
-from opentelemetry.metrics import Observation
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
+from prometheus_client import Counter as PromCounter
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from worker.saga.plan import BatchPlan
@@ -114,88 +116,159 @@ def percentile(samples: list[float], q: float) -> float | None:
 # A pool's connections by state: "in_use", "idle", "max".
 PoolUsage = Callable[[], dict[str, int]]
 _RECENT = 4096  # samples kept in process for monitor_performance's percentiles
+# Bucket bounds fit to what is measured: a batch takes 10 ms to a minute (the OpenTelemetry
+# defaults, 0 to 10,000, put 12 of 13 batches in the first bucket); a lookup 1 ms to 5 s.
+BATCH_SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+QUERY_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+FRESHNESS_SECONDS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
+BATCH_EVENTS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000)
+# Always exported, 0 when empty, so an alert on a state has a series to watch.
+OUTBOX_STATES = ("pending", "compensated", "failed", "abandoned")
+
+
+class _Gauges(Collector):
+    """Gauges read when /metrics is scraped: pools, lag, outbox, intent links, last apply."""
+
+    def __init__(self, owner: WorkerMetrics) -> None:
+        self._owner = owner
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        """One family per gauge, from the owner's current values."""
+        owner = self._owner
+        pools = GaugeMetricFamily(
+            "gpm_pool_connections",
+            "Connections of each store's pool, by state (in_use, idle, max).",
+            labels=["pool", "state"],
+        )
+        for name, usage in list(owner.pools.items()):
+            for state, n in usage().items():
+                pools.add_metric([name, state], n)
+        lag = GaugeMetricFamily(
+            "gpm_consumer_lag",
+            "Records on each assigned partition past the last offset this worker committed "
+            "(high watermark minus committed); grows while a store is down.",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), n in list(owner.lag.items()):
+            lag.add_metric([topic, str(partition)], n)
+        outbox = GaugeMetricFamily(
+            "gpm_outbox_rows", "Outbox rows in each unfinished state (from PostgreSQL).", labels=["state"]
+        )
+        for state in OUTBOX_STATES:
+            outbox.add_metric([state], owner.outbox.get(state, 0))
+        applied = GaugeMetricFamily(
+            "gpm_last_applied_timestamp_seconds",
+            "Unix time of the last batch applied per partition: alert when it stops moving while lag grows.",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), at in list(owner.last_applied.items()):
+            applied.add_metric([topic, str(partition)], at)
+        yield pools
+        yield lag
+        yield outbox
+        yield applied
+        yield GaugeMetricFamily(
+            "gpm_intent_links_parked", "Intent links waiting for their AST node.", value=owner.parked_links
+        )
+        yield GaugeMetricFamily(
+            "gpm_intent_links_unresolved",
+            "Intent links waiting longer than GPM_WORKER__PARKED_LINK_TTL_S.",
+            value=owner.unresolved_links,
+        )
 
 
 class WorkerMetrics:
-    """The worker's instruments, created once against the global meter provider.
+    """The worker's metrics, served by /metrics through prometheus_client, and nothing else.
 
-    Besides exporting them, it keeps totals and the latest samples in process, so that the
-    library's ``monitor_performance()`` can answer without a metrics backend.
+    One path only (no OpenTelemetry meter provider and bridge in between), so every series
+    has its HELP, fitted buckets, and no otel_scope labels. Besides exporting, it keeps
+    totals and the latest samples in process, so that the library's ``monitor_performance()``
+    can answer without a metrics backend.
     """
 
-    def __init__(self) -> None:
-        meter = otel_metrics.get_meter("graph_postgres_manager")
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.started = time.monotonic()
         self.totals: Counter[str] = Counter()
         # (monotonic end, seconds, nodes written) of the latest batches.
         self.recent_batches: deque[tuple[float, float, int]] = deque(maxlen=_RECENT)
         self.recent_queries: dict[str, deque[float]] = {}
-        self.query_duration = meter.create_histogram("gpm.query.duration", unit="s")
         # Connection pools by name; the stores register theirs while open.
         self.pools: dict[str, PoolUsage] = {}
-        meter.create_observable_gauge(
-            "gpm.pool.connections",
-            [
-                lambda _: [
-                    Observation(n, {"pool": name, "state": state})
-                    for name, usage in list(self.pools.items())
-                    for state, n in usage().items()
-                ]
-            ],
-            unit="{connection}",
-        )
-        self.events_consumed = meter.create_counter("gpm.events.consumed", unit="{event}")
-        self.events_applied = meter.create_counter("gpm.events.applied", unit="{event}")
-        self.dead_lettered = meter.create_counter("gpm.events.dead_lettered", unit="{event}")
-        self.nodes_written = meter.create_counter("gpm.graph.nodes_written", unit="{node}")
-        self.edges_written = meter.create_counter("gpm.graph.edges_written", unit="{edge}")
-        self.batch_duration = meter.create_histogram("gpm.batch.duration", unit="s")
-        self.batch_events = meter.create_histogram("gpm.batch.events", unit="{event}")
-        # End-to-end freshness: apply time minus the event's occurred_at (producer clock).
-        self.freshness = meter.create_histogram("gpm.event.freshness", unit="s")
-        # Records behind the partition's end, per partition; set by the consume loop.
+        # Set by the consume loop for the partitions it holds; dropped on revoke.
         self.lag: dict[tuple[str, int], int] = {}
-        meter.create_observable_gauge(
-            "gpm.consumer.lag",
-            [lambda _: [Observation(n, {"topic": t, "partition": p}) for (t, p), n in list(self.lag.items())]],
-            unit="{record}",
-        )
-        # Outbox rows in the unfinished states, refreshed from PostgreSQL with the parked links.
-        self.outbox: dict[str, int] = {}
-        meter.create_observable_gauge(
-            "gpm.outbox.rows",
-            [lambda _: [Observation(n, {"state": state}) for state, n in list(self.outbox.items())]],
-            unit="{row}",
-        )
+        self.last_applied: dict[tuple[str, int], float] = {}
         # Refreshed from PostgreSQL by the worker's parked-link report.
+        self.outbox: dict[str, int] = {}
         self.parked_links = 0
         self.unresolved_links = 0
-        meter.create_observable_gauge(
-            "gpm.intent_links.parked", [lambda _: [Observation(self.parked_links)]], unit="{link}"
+        self.query_duration = Histogram(
+            "gpm_query_duration_seconds",
+            "Library read queries, per store.",
+            ["store"],
+            buckets=QUERY_SECONDS,
+            registry=registry,
         )
-        meter.create_observable_gauge(
-            "gpm.intent_links.unresolved", [lambda _: [Observation(self.unresolved_links)]], unit="{link}"
+        self.events_consumed = PromCounter(
+            "gpm_events_consumed", "Records read from Kafka, per topic.", ["topic"], registry=registry
         )
+        self.events_applied = PromCounter(
+            "gpm_events_applied",
+            "Events through the saga, by outcome (applied, superseded, duplicate).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.dead_lettered = PromCounter(
+            "gpm_events_dead_lettered",
+            "Records sent to a dead-letter topic, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.nodes_written = PromCounter("gpm_graph_nodes_written", "Graph nodes created.", registry=registry)
+        self.edges_written = PromCounter("gpm_graph_edges_written", "Graph relationships created.", registry=registry)
+        self.batch_duration = Histogram(
+            "gpm_batch_duration_seconds",
+            "One saga batch, from the outbox row to the PostgreSQL commit.",
+            buckets=BATCH_SECONDS,
+            registry=registry,
+        )
+        self.batch_events = Histogram(
+            "gpm_batch_events", "Events per saga batch.", buckets=BATCH_EVENTS, registry=registry
+        )
+        self.freshness = Histogram(
+            "gpm_event_freshness_seconds",
+            "Apply time minus the event's occurred_at (the producer's clock).",
+            ["topic"],
+            buckets=FRESHNESS_SECONDS,
+            registry=registry,
+        )
+        registry.register(_Gauges(self))
 
     def record_batch(self, plan: BatchPlan, stats: GraphWriteStats, seconds: float) -> None:
         """Count one applied batch."""
         now = datetime.now(UTC)
         for item, outcome in plan.outcomes:
-            self.events_applied.add(1, {"outcome": outcome.value})
-            self.freshness.record(
-                max(0.0, (now - item.event.occurred_at).total_seconds()), {"topic": item.position.topic}
+            self.events_applied.labels(outcome=outcome.value).inc()
+            self.freshness.labels(topic=item.position.topic).observe(
+                max(0.0, (now - item.event.occurred_at).total_seconds())
             )
-        self.nodes_written.add(stats.nodes_written)
-        self.edges_written.add(stats.edges_written)
-        self.batch_duration.record(seconds)
-        self.batch_events.record(len(plan.outcomes))
+            self.last_applied[item.position.topic, item.position.partition] = now.timestamp()
+        self.nodes_written.inc(stats.nodes_written)
+        self.edges_written.inc(stats.edges_written)
+        self.batch_duration.observe(seconds)
+        self.batch_events.observe(len(plan.outcomes))
         self.totals.update(batches=1, events=len(plan.outcomes), nodes=stats.nodes_written, edges=stats.edges_written)
         self.recent_batches.append((time.monotonic(), seconds, stats.nodes_written))
 
     def record_query(self, store: str, seconds: float) -> None:
         """Time one read query of the library's (``store``: "graph" or "postgres")."""
-        self.query_duration.record(seconds, {"store": store})
+        self.query_duration.labels(store=store).observe(seconds)
         self.recent_queries.setdefault(store, deque(maxlen=_RECENT)).append(seconds)
+
+    def forget_partitions(self, partitions: set[tuple[str, int]]) -> None:
+        """Drop the per-partition series of partitions this worker no longer holds."""
+        for key in partitions:
+            self.lag.pop(key, None)
+            self.last_applied.pop(key, None)
 
 
 metrics = WorkerMetrics()

@@ -106,6 +106,25 @@ async def test_a_worker_process_on_falkordb_applies_events_and_links(
     assert "FalkorDB/" in output[0]  # the preflight logged the server it checked
 
 
+def _lag(text: str, topic: str) -> float:
+    pattern = rf'^gpm_consumer_lag\{{[^}}]*topic="{re.escape(topic)}"[^}}]*\}} (\S+)$'
+    return sum(float(v) for v in re.findall(pattern, text, re.MULTILINE))
+
+
+def _assert_metrics_are_documented(text: str) -> None:
+    """Every gpm_ family has HELP text; durations use fitted buckets; no OpenTelemetry scope labels."""
+    families = set(re.findall(r"^# TYPE (gpm_\w+) ", text, re.MULTILINE))
+    assert {"gpm_batch_duration_seconds", "gpm_outbox_rows", "gpm_last_applied_timestamp_seconds"} <= families
+    for family in families:
+        assert re.search(rf"^# HELP {family} \S", text, re.MULTILINE), f"{family} has no HELP"
+    buckets = re.findall(r'^gpm_batch_duration_seconds_bucket\{le="([^"]+)"\}', text, re.MULTILINE)
+    assert buckets[0] == "0.01"
+    assert float(buckets[-2]) == 120
+    assert "otel_scope" not in text
+    # The unfinished outbox states have a series even at zero, for alerts to watch.
+    assert re.search(r'^gpm_outbox_rows\{state="compensated"\} ', text, re.MULTILINE)
+
+
 async def _has(ns: Namespace, sql: str, expected: int) -> bool:
     return await _count(ns, sql) >= expected
 
@@ -235,11 +254,18 @@ async def test_offsets_are_not_committed_while_the_graph_store_is_down(ns: Names
             200,
             {"ok": True, "checks": {"group": "joined", "postgres": "ok", "graph": "ok"}},
         )
-        metrics = (await probe(port, "/metrics"))[1]
+        metrics = str((await probe(port, "/metrics"))[1])
         for name in ("gpm_events_consumed", "gpm_events_applied", "gpm_event_freshness", "gpm_consumer_lag"):
             assert name in metrics, name
+        _assert_metrics_are_documented(metrics)
         await asyncio.to_thread(server.stop)
         await ns.publish(ns.graph_topic, [upsert(f"s{i}.py", 1, MOD) for i in range(2, 5)])
+
+        async def lag_shows_the_outage() -> bool:
+            text = str((await probe(port, "/metrics"))[1])
+            return _lag(text, ns.graph_topic) >= 3
+
+        await eventually(lag_shows_the_outage, what="the lag gauge counting the events stuck behind the outage")
         await eventually(
             lambda: _has(
                 ns,

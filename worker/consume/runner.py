@@ -72,6 +72,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka s
         async with self._runner.flush_lock:
             await self._runner.settle()
             self._runner.batcher.drop_partitions({(tp.topic, tp.partition) for tp in revoked})
+            self._runner.forget(revoked)
             # Records fetched before this point belong to the old assignment: never accept them
             # (after the new assignment, aiokafka re-reads from the committed offsets).
             self._runner.generation += 1
@@ -104,6 +105,7 @@ class IngestRunner:
         self.assigned: set[TopicPartition] = set()
         self.joined = False
         self._rewound: set[TopicPartition] = set()  # partitions the last rewind moved back
+        self._floor: dict[TopicPartition, int] = {}  # per partition, the offset this worker committed last
         self.generation = 0  # bumped by every revoke
         self.stopping = asyncio.Event()
         self.last_heartbeat = time.monotonic()
@@ -154,11 +156,28 @@ class IngestRunner:
             self._decoder.close()
 
     def _record_lag(self, fetched: dict[TopicPartition, list[ConsumerRecord[bytes, bytes]]]) -> None:
-        """Records between the last fetched offset and the partition's end (the fetch response's high watermark)."""
+        """Per held partition: its end (the high watermark fetches report) minus what this worker committed.
+
+        Updated every turn, records or not, so it grows while a store is down (the rewound
+        partitions are fetched again after each pause), where a lag taken from the records
+        fetched stood still.
+        """
         for tp, records in fetched.items():
+            if records:
+                # Nothing committed by this worker yet: count from the first record it read.
+                self._floor.setdefault(tp, records[0].offset)
+        for tp in self._consumer.assignment():
             highwater = self._consumer.highwater(tp)
-            if records and highwater is not None:
-                metrics.lag[(tp.topic, tp.partition)] = max(0, highwater - records[-1].offset - 1)
+            if highwater is None:
+                continue
+            floor = self._floor.setdefault(tp, highwater)  # caught up when first seen with nothing to read
+            metrics.lag[(tp.topic, tp.partition)] = max(0, highwater - floor)
+
+    def forget(self, partitions: set[TopicPartition]) -> None:
+        """A revoke: this worker's lag and last-applied series for those partitions go."""
+        for tp in partitions:
+            self._floor.pop(tp, None)
+        metrics.forget_partitions({(tp.topic, tp.partition) for tp in partitions})
 
     async def _accept_all(self, fetched: list[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]) -> None:
         generation = self.generation
@@ -188,7 +207,7 @@ class IngestRunner:
         self, tp: TopicPartition, record: ConsumerRecord[bytes, bytes], event: Event | EventError, generation: int
     ) -> bool:
         """Batch one decoded record (or its dead letter); False if a flush it caused was rewound."""
-        metrics.events_consumed.add(1, {"topic": tp.topic})
+        metrics.events_consumed.labels(topic=tp.topic).inc()
         position = Position(tp.topic, tp.partition, record.offset)
         headers = tuple((k, v) for k, v in (record.headers or ()))
         if isinstance(event, EventError):
@@ -269,7 +288,7 @@ class IngestRunner:
             for letter in batch.rejected:
                 with tracer.start_as_current_span("dead-letter", attributes={"gpm.reason": letter.reason}):
                     await self._dead_letters.send(letter)
-                metrics.dead_lettered.add(1, {"reason": letter.reason})
+                metrics.dead_lettered.labels(reason=letter.reason).inc()
             await self._commit(batch)
 
     async def _rewind(self, batches: list[Batch], exc: StoreUnavailable) -> None:
@@ -304,6 +323,8 @@ class IngestRunner:
         }
         try:
             await self._consumer.commit(offsets)
+            for tp, committed in offsets.items():
+                self._floor[tp] = committed.offset
         except (CommitFailedError, KafkaError) as exc:
             # Applied but not committed: the next owner re-reads these events and the
             # processed-event ledger turns them into no-ops.

@@ -264,7 +264,7 @@ class SagaCoordinator:
         reason = "apply-failed" if isinstance(exc, UnexpectedFailure) else "store-rejected"
         with tracer.start_as_current_span("dead-letter", attributes={"gpm.reason": reason}):
             await self._send_letter(item, exc, reason)
-        metrics.dead_lettered.add(1, {"reason": reason})
+        metrics.dead_lettered.labels(reason=reason).inc()
 
     async def _send_letter(self, item: InboundEvent, exc: StoreRejected, reason: str) -> None:
         await self._dead_letters.send(
