@@ -9,6 +9,7 @@ size refusal is never retried as an outage: it would stall the partition for eve
 from __future__ import annotations
 
 import dataclasses
+import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -36,6 +37,8 @@ PREFIX_BYTES = 64 * 1024
 # Room left for the record's framing, key and headers within the producer's request size.
 _OVERHEAD = 16 * 1024
 _SIZE_ERRORS = (MessageSizeTooLargeError, RecordTooLargeError)
+# The end of a traceback is where it failed: that much is kept in the letter.
+_STACK_CHARS = 4000
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +51,10 @@ class DeadLetter:
     headers: tuple[tuple[str, bytes], ...]
     reason: str
     detail: str
-    # The exception behind the reason, as Kafka Connect names it (module.Class), if any.
+    # The exception behind the reason, as Kafka Connect names it (module.Class), if any,
+    # and the innermost frames of its traceback (exception.stacktrace).
     exception_class: str = ""
+    stack: str = ""
     # Headers the worker adds beyond the error headers (a shortened letter's marks).
     marks: tuple[tuple[str, bytes], ...] = ()
 
@@ -64,6 +69,8 @@ class DeadLetter:
         }
         if self.exception_class:
             extra["exception.class.name"] = self.exception_class
+        if self.stack:
+            extra["exception.stacktrace"] = self.stack[-_STACK_CHARS:]
         originals = [(ORIGINAL_PREFIX + k if k.startswith(HEADER_PREFIX) else k, v) for k, v in self.headers]
         return [*originals, *((HEADER_PREFIX + k, v.encode()) for k, v in extra.items()), *self.marks]
 
@@ -86,6 +93,11 @@ def class_name(exc: BaseException) -> str:
     """``module.Class`` of an exception, for the ``exception.class.name`` header."""
     kind = type(exc)
     return f"{kind.__module__}.{kind.__qualname__}"
+
+
+def stack_of(exc: BaseException) -> str:
+    """The exception's traceback as text (its cause's included), for ``exception.stacktrace``."""
+    return "".join(traceback.format_exception(exc)).strip()
 
 
 def sendable_forms(letter: DeadLetter, max_bytes: int) -> Iterator[DeadLetter]:

@@ -203,6 +203,9 @@ async def test_an_unexpected_exception_dead_letters_its_event_instead_of_crashin
     (letter,) = letters.letters
     assert (letter.reason, letter.position.offset) == ("apply-failed", 1)
     assert "TypeError: unexpected value in the driver" in letter.detail
+    headers = dict(letter.dlq_headers())
+    assert headers["__connect.errors.exception.class.name"] == b"builtins.TypeError"
+    assert b"in apply" in headers["__connect.errors.exception.stacktrace"]  # where it was raised
     assert graph_store.attempts[("odd.py",)] == 3
     assert result.outcomes == Counter({Outcome.APPLIED: 2, Outcome.DEAD_LETTERED: 1})
 

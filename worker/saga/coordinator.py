@@ -33,7 +33,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from worker import failpoints
 from worker.config import WorkerSettings
-from worker.deadletter import DeadLetter, DeadLetterSink, class_name
+from worker.deadletter import DeadLetter, DeadLetterSink, class_name, stack_of
 from worker.errors import ConfigError, StoreError, StoreRejected, StoreUnavailable, UnexpectedFailure
 from worker.events import IntentLinkDeleted, IntentLinkUpserted
 from worker.retrying import backoff, log_before_retry
@@ -277,6 +277,7 @@ class SagaCoordinator:
                 detail=str(exc),
                 # The driver's own error where there is one (e.g. asyncpg's CheckViolationError).
                 exception_class=class_name(exc.__cause__ or exc),
+                stack=stack_of(exc),
             )
         )
 
