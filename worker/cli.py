@@ -96,13 +96,54 @@ def run() -> None:
         raise typer.Exit(1) from None
 
 
+topics_app = typer.Typer(help="Create the topics the worker needs.", no_args_is_help=True, rich_markup_mode=None)
+app.add_typer(topics_app, name="topics")
+_TOPIC_OPTION = typer.Option(
+    "--topic", help="A consumed topic (its DLQ is included); default: ast-graphs and intent-links."
+)
+_PARTITIONS_OPTION = typer.Option(help="Partitions of a created topic: the most replicas that can share the work.")
+
+
 @app.command()
-def migrate() -> None:
+def migrate(
+    *,
+    topics: Annotated[
+        bool, typer.Option("--topics", help="Also create missing topics, as `gpm topics ensure`.")
+    ] = False,
+    topic: Annotated[list[str] | None, _TOPIC_OPTION] = None,
+    partitions: Annotated[int, _PARTITIONS_OPTION] = 6,
+) -> None:
     """Apply the PostgreSQL migrations and the graph schema, then exit."""
     from worker.app import migrate as run_migrations  # noqa: PLC0415
 
     settings = _settings(logging=True)
-    _run(run_migrations(settings))
+    if topics:
+        _ensure_topics(settings, topic, partitions)
+    _ops(run_migrations(settings))
+
+
+@topics_app.command("ensure")
+def topics_ensure(
+    topic: Annotated[list[str] | None, _TOPIC_OPTION] = None,
+    partitions: Annotated[int, _PARTITIONS_OPTION] = 6,
+) -> None:
+    """Create the consumed topics and their dead-letter topics that are missing; change nothing that exists."""
+    _ensure_topics(_settings(), topic, partitions)
+
+
+def _ensure_topics(settings: Settings, topic: list[str] | None, partitions: int) -> None:
+    from worker.ops.topics import DEFAULT_TOPICS, ensure_topics  # noqa: PLC0415
+
+    report = _ops(ensure_topics(settings, list(topic or DEFAULT_TOPICS), partitions))
+    for name in report.created:
+        console.print(
+            Text(
+                f"created {name}: {report.partitions} partitions, replication {report.replication}, "
+                f"max.message.bytes {report.max_message_bytes}"
+            )
+        )
+    for name in report.existing:
+        console.print(Text(f"exists, left as it is: {name}"))
 
 
 @app.command()

@@ -231,3 +231,25 @@ async def test_commands_with_the_broker_down_fail_in_one_message(ns: Namespace) 
         assert code == 1, command
         assert "the broker at 127.0.0.1:1 is unreachable" in err, err
         assert "Traceback" not in out + err
+
+
+async def test_topics_ensure_creates_what_is_missing_and_changes_nothing_else(ns: Namespace) -> None:
+    """A new topic and its DLQ are created with the partitions asked for; existing ones are left; a rerun is a no-op."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    fresh = f"ast-graphs.{ns.name}-new"
+    args = ("topics", "ensure", "--topic", ns.graph_topic, "--topic", fresh, "--partitions", "4")
+    code, _, err = await gpm(ns, *args)
+    assert code == 0, err
+    assert f"created {fresh}: 4 partitions" in err
+    assert f"created {fresh}.dlq: 4 partitions" in err
+    assert f"exists, left as it is: {ns.graph_topic}" in err
+    admin = AIOKafkaAdminClient(bootstrap_servers=ns.settings.kafka.bootstrap_servers)
+    await admin.start()
+    try:
+        described = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics([fresh, ns.graph_topic])}
+    finally:
+        await admin.close()
+    assert described == {fresh: 4, ns.graph_topic: 3}  # the existing topic kept its 3 partitions
+    code, _, err = await gpm(ns, *args)
+    assert (code, "created" in err) == (0, False), err
