@@ -39,10 +39,15 @@ from worker.stores.protocols import GraphBackend
 _counter = itertools.count()
 
 
+# GPM_TEST_KAFKA=host:port runs the suites against that broker (a real Apache Kafka for a
+# local check) instead of the embedded tansu; the summary says which ran.
+EXTERNAL_BROKER = os.environ.get("GPM_TEST_KAFKA")
+
+
 @pytest.fixture(scope="session")
 def stack() -> Iterator[DevStack]:
     """The embedded services, started once for the whole session."""
-    with DevStack() as running:
+    with DevStack(broker_address=EXTERNAL_BROKER) as running:
         yield running
 
 
@@ -326,7 +331,9 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 60
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Say which graph servers the contract tests ran against."""
+    """Say which broker the suites and which graph servers the contract tests ran against."""
     from tests.integration import test_graph_store_contract as contract
 
+    broker = f"the external broker at {EXTERNAL_BROKER} (GPM_TEST_KAFKA)" if EXTERNAL_BROKER else "tansu (embedded)"
+    terminalreporter.write_line(f"integration suites ran against: {broker}; outage tests always on tansu")
     terminalreporter.write_line(contract.pytest_terminal_summary_line())

