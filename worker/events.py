@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, NotRequired, TypeVar
-from uuid import UUID
+from uuid import UUID, uuid5
 
 import orjson
 from pydantic import (
@@ -455,6 +455,43 @@ class AstGraphDeleted(Envelope):
     event_type: Literal[EventType.AST_GRAPH_DELETED]
 
 
+class Tombstone(AstGraphDeleted):
+    """A record without a value, keyed by a source id: that source is deleted as of its offset.
+
+    The convention of compacted topics (and of Kafka Connect sinks): replaying a compacted
+    ``ast-graphs`` rebuilds the stores. Not a published event type: the consumer makes it
+    from the record. It carries no version of its own; ``plan_batch`` gives it the version
+    it deletes (the applied one, or the newest before it in its batch), so an older event
+    replayed later stays superseded and the source's next version still applies.
+    """
+
+
+TOMBSTONE_PRODUCER = "kafka-tombstone"
+_TOMBSTONE_IDS = UUID("6c0b1f0e-2d1e-4d57-9a5e-7b1c9e0f3a10")  # namespace of tombstones' event ids
+
+
+def tombstone(key: bytes | None, topic: str, partition: int, offset: int, timestamp_ms: int) -> Tombstone:
+    """The deletion a value-less record keyed ``key`` asks for, or EventError if the key is no source id.
+
+    Its event id is derived from the record's position, so a replayed tombstone is a duplicate.
+    """
+    try:
+        source_id = (key or b"").decode()
+    except UnicodeDecodeError:
+        source_id = ""
+    if not source_id or len(source_id) > 512 or _CONTROL.search(source_id):  # noqa: PLR2004 - Identifier's bound
+        raise EventError("invalid", "a record without a value (a tombstone) must be keyed by a source id")
+    return Tombstone.model_construct(
+        event_id=uuid5(_TOMBSTONE_IDS, f"{topic}:{partition}:{offset}"),
+        event_type=EventType.AST_GRAPH_DELETED,
+        schema_version=1,
+        source_id=source_id,
+        source_version=-1,  # set by plan_batch
+        occurred_at=datetime.fromtimestamp(timestamp_ms / 1000, UTC),
+        producer=TOMBSTONE_PRODUCER,
+    )
+
+
 class IntentLinkUpserted(Envelope):
     """The intent ``source_id`` (a UUID) maps to exactly these AST nodes now."""
 
@@ -532,7 +569,7 @@ def decode_event(raw: bytes | None, *, max_bytes: int, max_nodes: int, strings_m
 def _parse(raw: bytes | None, *, max_bytes: int, max_nodes: int) -> tuple[dict[str, Any], dict[str, bool] | None]:
     """The JSON document and the validation context, or EventError for what needs no validation."""
     if raw is None:
-        raise EventError("empty", "record has no value (tombstones are not events here)")
+        raise EventError("empty", "record has no value (a tombstone deletes a source on a graph topic only)")
     if len(raw) > max_bytes:
         raise EventError("oversized", f"{len(raw)} bytes exceeds the limit of {max_bytes}")
     try:

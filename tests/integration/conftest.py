@@ -85,7 +85,7 @@ class Namespace:
         await publish_events(self.settings.kafka, topic, events)
 
     async def publish_raw(
-        self, topic: str, value: bytes, key: bytes = b"raw", headers: list[tuple[str, bytes]] | None = None
+        self, topic: str, value: bytes | None, key: bytes = b"raw", headers: list[tuple[str, bytes]] | None = None
     ) -> None:
         """Publish arbitrary bytes (for invalid events), with headers if given."""
         from aiokafka import AIOKafkaProducer
@@ -245,7 +245,8 @@ async def make_namespace(stack: DevStack) -> Namespace:
         shutdown_grace_s=10,
     )
     await stack.broker.create_topics(
-        [f"ast-graphs.{name}", f"intent-links-{name}", f"ast-graphs.{name}.dlq"], partitions=3
+        [f"ast-graphs.{name}", f"intent-links-{name}", f"ast-graphs.{name}.dlq", f"intent-links-{name}.dlq"],
+        partitions=3,
     )
     kafka = {
         "topic_pattern": rf"^(ast-graphs\.{name}|intent-links-{name})$",

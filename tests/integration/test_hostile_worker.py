@@ -148,3 +148,37 @@ async def test_errors_tolerance_none_halts_at_the_record_instead_of_dead_letteri
     assert await ns.records_in(ns.graph_topic + ".dlq") == 0
     # The record before it was applied, but its batch (with the bad record) was not committed.
     assert sum((await ns.committed(ns.graph_topic)).values()) == 0
+
+
+async def test_a_tombstone_deletes_its_source_and_a_replay_changes_nothing(ns: Namespace) -> None:
+    """A value-less record keyed by a source id deletes that source; on the intent topic it is refused."""
+    await ns.publish(ns.graph_topic, [upsert("gone.py", 3, MOD_GRAPH), upsert("kept.py", 1, MOD_GRAPH)])
+    await ns.publish_raw(ns.graph_topic, None, key=b"gone.py")
+    await ns.publish_raw(ns.intent_topic, None, key=b"some-intent")
+    process = await ns.spawn_worker()
+    await ns.wait_committed(4)
+    output = await stop_workers(process)
+    assert_clean_exits([process], output)
+    rows = {r["source_id"]: r for r in await ns.sql("SELECT * FROM gpm_sources")}
+    assert (rows["gone.py"]["deleted"], rows["gone.py"]["source_version"]) == (True, 3)
+    assert rows["kept.py"]["deleted"] is False
+    graph_store = ns.graph()
+    try:
+        sources = await graph_store.query("MATCH (n:AstNode) RETURN DISTINCT n.source_id AS s")
+    finally:
+        await graph_store.close()
+    assert sources == [{"s": "kept.py"}]
+    letters = await ns.read_topic(ns.intent_topic + ".dlq", expected=1, timeout_s=5)
+    assert [dict(r.headers)["__connect.errors.reason"] for r in letters] == [b"empty"]
+    # The same records read again by a new group: the tombstone is a duplicate, nothing moves.
+    ledger = await ns.sql("SELECT count(*) AS n FROM gpm_processed_events")
+    replay = ns.settings.kafka.model_copy(update={"group_id": ns.settings.kafka.group_id + "-again"})
+    ns.settings = ns.settings.model_copy(update={"kafka": replay})
+    process = await ns.spawn_worker()
+    await ns.wait_committed(4)
+    await stop_workers(process)
+    assert await ns.sql("SELECT count(*) AS n FROM gpm_processed_events") == ledger
+    assert {r["source_id"]: r["deleted"] for r in await ns.sql("SELECT * FROM gpm_sources")} == {
+        "gone.py": True,
+        "kept.py": False,
+    }

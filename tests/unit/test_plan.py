@@ -66,3 +66,32 @@ def test_applied_versions_are_the_maximum_above_the_applied_state(events: list[t
             expected[source] = max(expected.get(source, -1), version)
     assert {e.source_id: e.source_version for e in plan.changes.upserts} == expected
     assert sum(o is Outcome.APPLIED for _, o in plan.outcomes) == len(expected)
+
+
+def test_a_tombstone_deletes_what_precedes_it_and_yields_to_what_follows() -> None:
+    """A tombstone takes the newest version before it (applied or in the batch); a later, higher version wins."""
+    from worker.events import Tombstone, tombstone
+
+    def dead(offset: int) -> Tombstone:
+        return tombstone(b"a.py", "ast-graphs", 0, offset, 1_764_583_200_000)
+
+    g = graph([("m", "Module")])
+    state = AppliedState(source_versions={"a.py": 5})
+    # Alone: it deletes the applied version 5, at version 5.
+    plan = plan_batch([inbound(dead(9), offset=9)], state)
+    ((item, outcome),) = plan.outcomes
+    assert (outcome, item.event.source_version, len(plan.changes.deletes)) == (Outcome.APPLIED, 5, 1)
+    # After v7 in the same batch: it deletes v7, at version 7; an older v6 after it stays superseded.
+    plan = plan_batch(
+        [inbound(upsert("a.py", 7, g), offset=1), inbound(dead(2), offset=2), inbound(upsert("a.py", 6, g), offset=3)],
+        state,
+    )
+    assert [o for _, o in plan.outcomes] == [Outcome.SUPERSEDED, Outcome.APPLIED, Outcome.SUPERSEDED]
+    assert plan.changes.upserts == ()
+    assert plan.changes.deletes[0].source_version == 7
+    # Followed by v8: the new version wins.
+    plan = plan_batch([inbound(dead(1), offset=1), inbound(upsert("a.py", 8, g), offset=2)], state)
+    assert [o for _, o in plan.outcomes] == [Outcome.SUPERSEDED, Outcome.APPLIED]
+    # Replayed: its event id comes from its position, so it is a duplicate.
+    again = plan_batch([inbound(dead(9), offset=9)], AppliedState(processed_event_ids=frozenset({dead(9).event_id})))
+    assert [o for _, o in again.outcomes] == [Outcome.DUPLICATE]

@@ -26,7 +26,7 @@ from worker.consume.decoding import DecodeAhead
 from worker.consume.inflight import InFlight, footprint
 from worker.deadletter import DeadLetter, DeadLetterSink, class_name
 from worker.errors import EventError, StoreUnavailable
-from worker.events import Event, decode_event
+from worker.events import Event, decode_event, tombstone
 from worker.saga.coordinator import SagaCoordinator
 from worker.saga.plan import InboundEvent, Position
 from worker.telemetry import metrics
@@ -35,7 +35,9 @@ log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("graph_postgres_manager.consume")
 
 
-MAX_LINKS = 128  # spans keep at most 128 links by default; more would be dropped anyway
+MAX_LINKS = 128
+# Tombstones delete sources; on the intent topics (intent-links, intent-links-<name>) they are refused.
+INTENT_TOPIC_PREFIX = "intent-links"  # spans keep at most 128 links by default; more would be dropped anyway
 
 
 def _value(record: ConsumerRecord[bytes, bytes]) -> bytes:
@@ -210,6 +212,12 @@ class IngestRunner:
         metrics.events_consumed.labels(topic=tp.topic).inc()
         position = Position(tp.topic, tp.partition, record.offset)
         headers = tuple((k, v) for k, v in (record.headers or ()))
+        if record.value is None and not tp.topic.startswith(INTENT_TOPIC_PREFIX):
+            # A tombstone: the source its key names is deleted (compacted topics' convention).
+            try:
+                event = tombstone(record.key, tp.topic, tp.partition, record.offset, record.timestamp)
+            except EventError as refused:
+                event = refused
         if isinstance(event, EventError):
             log.warning(
                 "invalid event", topic=tp.topic, partition=tp.partition, offset=record.offset, reason=event.reason

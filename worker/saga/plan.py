@@ -9,6 +9,7 @@ out-of-order deliveries change nothing.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import StrEnum
 from uuid import UUID
@@ -19,6 +20,7 @@ from worker.events import (
     Event,
     IntentLinkDeleted,
     IntentLinkUpserted,
+    Tombstone,
 )
 
 
@@ -117,34 +119,51 @@ def _applied_version(event: Event, state: AppliedState) -> int:
 
 
 def plan_batch(events: list[InboundEvent], state: AppliedState) -> BatchPlan:
-    """Pick the newest new event per aggregate; everything else is superseded or duplicate."""
-    winners: dict[tuple[str, str], InboundEvent] = {}
+    """Pick the newest new event per aggregate; everything else is superseded or duplicate.
+
+    A tombstone (a record without a value) deletes what precedes it: it takes the version
+    applied or the newest earlier in the batch, whichever is higher, and wins at that version.
+    """
+    winners: dict[tuple[str, str], tuple[int, InboundEvent]] = {}  # aggregate -> (index, item)
     seen_ids: set[UUID] = set()
-    outcomes: dict[int, Outcome] = {}
+    outcomes: list[Outcome] = []
     for index, item in enumerate(events):
         event = item.event
         if event.event_id in state.processed_event_ids or event.event_id in seen_ids:
-            outcomes[index] = Outcome.DUPLICATE
+            outcomes.append(Outcome.DUPLICATE)
             continue
         seen_ids.add(event.event_id)
-        outcomes[index] = Outcome.SUPERSEDED
-        if event.source_version <= _applied_version(event, state):
-            continue
+        outcomes.append(Outcome.SUPERSEDED)
         aggregate = _aggregate(event)
         current = winners.get(aggregate)
+        applied = _applied_version(event, state)
+        if isinstance(event, Tombstone):
+            version = max(applied, current[1].event.source_version if current else -1)
+            winners[aggregate] = (
+                index,
+                dataclasses.replace(item, event=event.model_copy(update={"source_version": version})),
+            )
+            continue
+        if event.source_version <= applied:
+            continue
         # A version is immutable: of two events with the same version the first one wins,
         # inside a batch exactly as across batches, so batch boundaries never change results.
-        if current is None or event.source_version > current.event.source_version:
-            winners[aggregate] = item
-    winner_ids = {id(item) for item in winners.values()}
-    for index, item in enumerate(events):
-        if id(item) in winner_ids:
-            outcomes[index] = Outcome.APPLIED
-    chosen = [item.event for item in winners.values()]
+        if current is None or event.source_version > current[1].event.source_version:
+            winners[aggregate] = (index, item)
+    chosen = dict(winners.values())
+    for index in chosen:
+        outcomes[index] = Outcome.APPLIED
+    picked = [item.event for item in chosen.values()]
     changes = GraphChanges(
-        upserts=tuple(e for e in chosen if isinstance(e, AstGraphUpserted)),
-        deletes=tuple(e for e in chosen if isinstance(e, AstGraphDeleted)),
-        intent_upserts=tuple(e for e in chosen if isinstance(e, IntentLinkUpserted)),
-        intent_deletes=tuple(e for e in chosen if isinstance(e, IntentLinkDeleted)),
+        upserts=tuple(e for e in picked if isinstance(e, AstGraphUpserted)),
+        deletes=tuple(e for e in picked if isinstance(e, AstGraphDeleted)),
+        intent_upserts=tuple(e for e in picked if isinstance(e, IntentLinkUpserted)),
+        intent_deletes=tuple(e for e in picked if isinstance(e, IntentLinkDeleted)),
     )
-    return BatchPlan(changes=changes, outcomes=tuple((item, outcomes[i]) for i, item in enumerate(events)))
+    return BatchPlan(
+        changes=changes,
+        # A tombstone that wins is recorded with the version it deleted.
+        outcomes=tuple(
+            (chosen.get(i, item), outcome) for i, (item, outcome) in enumerate(zip(events, outcomes, strict=True))
+        ),
+    )

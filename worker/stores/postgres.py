@@ -15,7 +15,7 @@ import structlog
 
 from worker.config import PostgresSettings
 from worker.errors import ConfigError, OperationRefused, StoreRejected, StoreUnavailable
-from worker.events import AstGraphDeleted, AstGraphUpserted, IntentLinkDeleted, IntentLinkUpserted
+from worker.events import AstGraphDeleted, AstGraphUpserted, IntentLinkDeleted, IntentLinkUpserted, Tombstone
 from worker.saga.plan import AppliedState, BatchPlan, LinkRow, Outcome
 from worker.stores.postgres_migrations import Connection, apply_migrations, bundled_migrations
 from worker.stores.protocols import BatchRecord, GraphWriteStats, ParkedLinks
@@ -535,7 +535,8 @@ async def _write_winner(
                  node_count = EXCLUDED.node_count, edge_count = EXCLUDED.edge_count,
                  metadata = EXCLUDED.metadata, event_id = EXCLUDED.event_id, producer = EXCLUDED.producer,
                  occurred_at = EXCLUDED.occurred_at, updated_at = now()
-               WHERE gpm_sources.source_version < EXCLUDED.source_version""",
+               WHERE gpm_sources.source_version < EXCLUDED.source_version
+                  OR ($10 AND gpm_sources.source_version <= EXCLUDED.source_version)""",
             event.source_id,
             event.source_version,
             graph is None,
@@ -545,6 +546,8 @@ async def _write_winner(
             event.event_id,
             event.producer,
             event.occurred_at,
+            # A tombstone deletes at the version it found (plan_batch), so an equal one passes.
+            isinstance(event, Tombstone),
         )
         return
     links = event.ast_nodes if isinstance(event, IntentLinkUpserted) else []
