@@ -11,6 +11,7 @@ version overwrite a higher one, so out-of-order delivery and replays are harmles
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -344,6 +345,17 @@ def _json_problem(value: object, where: str, depth: int) -> str | None:
     elif not (value is None or isinstance(value, str | int | float | bool)):
         problem = f"{where}: {type(value).__name__} is not a JSON value"
     return problem
+
+
+def graph_digest(graph: GraphData) -> bytes:
+    """A digest of the graph's nodes and edges (metadata aside: PostgreSQL keeps it in every version).
+
+    Node and edge order and property order do not matter: the same graph, re-published in
+    another order, has the same digest.
+    """
+    nodes = sorted(graph.nodes, key=lambda node: node["id"])
+    edges = sorted(graph.edges, key=lambda edge: (edge["source"], edge["type"], edge["target"]))
+    return hashlib.blake2b(orjson.dumps([nodes, edges], option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
 
 
 class AstNodeRef(BaseModel):

@@ -500,7 +500,10 @@ class GraphPostgresManager:
                 "MATCH (i:Intent) OPTIONAL MATCH (i)-[r:IMPLEMENTED_BY]->(:AstNode) "
                 "RETURN i.id AS id, i.source_version AS version, count(r) AS links"
             ),
-            relational.fetch("SELECT source_id, node_count, source_version FROM gpm_sources WHERE NOT deleted"),
+            relational.fetch(
+                """SELECT source_id, node_count, coalesce(graph_version, source_version) AS source_version
+                   FROM gpm_sources WHERE NOT deleted"""
+            ),
             relational.fetch(
                 """SELECT i.intent_id::text AS id, i.source_version AS version,
                           count(l.node_id) FILTER (WHERE l.parked_since IS NULL) AS links

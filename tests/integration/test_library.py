@@ -340,3 +340,27 @@ async def test_read_calls_only_read_and_every_error_is_a_gpm_error(
         ):
             with pytest.raises(GpmError):
                 await bad_call
+
+
+async def test_reingest_of_an_unchanged_graph_writes_nothing_to_the_graph(ns: Namespace) -> None:
+    """v2 with v1's graph moves the registry only (the nodes are not rewritten); v3 with a change rewrites them."""
+    async with GraphPostgresManager(ns.settings) as gpm:
+        await gpm.store_ast_graph(MODULE, "a.py", version=1)
+        graph = ns.graph()
+        try:
+            await graph.query("MATCH (n:AstNode {source_id: 'a.py'}) SET n.marker = 1")
+            await gpm.store_ast_graph(MODULE, "a.py", version=2)
+            marked = await graph.query("MATCH (n:AstNode {source_id: 'a.py'}) RETURN count(n.marker) AS n")
+            assert marked == [{"n": 2}], "an unchanged graph was rewritten"
+            rows = await ns.sql("SELECT source_version, graph_version FROM gpm_sources")
+            assert rows == [{"source_version": 2, "graph_version": 1}]
+            assert (await gpm.check_data_consistency()).consistent
+            changed = {"nodes": [{"id": "m", "type": "Module"}, {"id": "c", "type": "ClassDef"}]}
+            await gpm.store_ast_graph(changed, "a.py", version=3)
+            marked = await graph.query("MATCH (n:AstNode {source_id: 'a.py'}) RETURN count(n.marker) AS n")
+            assert marked == [{"n": 0}]
+        finally:
+            await graph.close()
+        rows = await ns.sql("SELECT source_version, graph_version FROM gpm_sources")
+        assert rows == [{"source_version": 3, "graph_version": 3}]
+        assert (await gpm.check_data_consistency()).consistent

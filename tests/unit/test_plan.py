@@ -95,3 +95,20 @@ def test_a_tombstone_deletes_what_precedes_it_and_yields_to_what_follows() -> No
     # Replayed: its event id comes from its position, so it is a duplicate.
     again = plan_batch([inbound(dead(9), offset=9)], AppliedState(processed_event_ids=frozenset({dead(9).event_id})))
     assert [o for _, o in again.outcomes] == [Outcome.DUPLICATE]
+
+
+def test_a_new_version_of_an_unchanged_graph_is_not_written_again() -> None:
+    """Same nodes and edges (in any order) as the graph in the store: only the registry moves; a change rewrites."""
+    from worker.events import graph_digest
+
+    g = graph([("m", "Module"), ("f", "FunctionDef")], [("m", "BODY", "f")])
+    reordered = graph([("f", "FunctionDef"), ("m", "Module")], [("m", "BODY", "f")])
+    assert graph_digest(g) == graph_digest(reordered)
+    state = AppliedState(source_versions={"a.py": 1}, source_digests={"a.py": graph_digest(g)})
+    plan = plan_batch([inbound(upsert("a.py", 2, reordered))], state)
+    assert [o for _, o in plan.outcomes] == [Outcome.APPLIED]
+    assert (plan.changes.upserts, plan.unchanged) == ((), frozenset({"a.py"}))
+    changed = graph([("m", "Module"), ("c", "ClassDef")], [("m", "BODY", "c")])
+    plan = plan_batch([inbound(upsert("a.py", 3, changed))], state)
+    assert (len(plan.changes.upserts), plan.unchanged) == (1, frozenset())
+    assert plan.digests == {"a.py": graph_digest(changed)}

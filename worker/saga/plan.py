@@ -4,7 +4,8 @@ Pure logic, no I/O: the coordinator loads the applied state, calls :func:`plan_b
 and hands the result to the stores. Within a batch only the newest event of each
 aggregate (a source file or an intent) takes effect; older ones, and any version at or
 below what is already applied, are recorded as superseded, so replays and
-out-of-order deliveries change nothing.
+out-of-order deliveries change nothing. A new version whose graph has the digest of the
+one in the store is not written to the graph again: only its registry row moves.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from worker.events import (
     IntentLinkDeleted,
     IntentLinkUpserted,
     Tombstone,
+    graph_digest,
 )
 
 
@@ -74,6 +76,8 @@ class AppliedState:
     source_versions: dict[str, int] = field(default_factory=dict)
     intent_versions: dict[UUID, int] = field(default_factory=dict)
     processed_event_ids: frozenset[UUID] = frozenset()
+    # The digest of the graph each live source's nodes hold now (see graph_digest).
+    source_digests: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +104,10 @@ class BatchPlan:
 
     changes: GraphChanges
     outcomes: tuple[tuple[InboundEvent, Outcome], ...]
+    # Per applied upsert, the digest of its graph; and the sources whose graph is already
+    # in the store as it is (same digest): only their registry version moves.
+    digests: dict[str, bytes] = field(default_factory=dict)
+    unchanged: frozenset[str] = frozenset()
 
     @property
     def winners(self) -> tuple[InboundEvent, ...]:
@@ -154,8 +162,10 @@ def plan_batch(events: list[InboundEvent], state: AppliedState) -> BatchPlan:
     for index in chosen:
         outcomes[index] = Outcome.APPLIED
     picked = [item.event for item in chosen.values()]
+    digests = {e.source_id: graph_digest(e.graph) for e in picked if isinstance(e, AstGraphUpserted)}
+    unchanged = frozenset(source for source, digest in digests.items() if state.source_digests.get(source) == digest)
     changes = GraphChanges(
-        upserts=tuple(e for e in picked if isinstance(e, AstGraphUpserted)),
+        upserts=tuple(e for e in picked if isinstance(e, AstGraphUpserted) and e.source_id not in unchanged),
         deletes=tuple(e for e in picked if isinstance(e, AstGraphDeleted)),
         intent_upserts=tuple(e for e in picked if isinstance(e, IntentLinkUpserted)),
         intent_deletes=tuple(e for e in picked if isinstance(e, IntentLinkDeleted)),
@@ -166,4 +176,6 @@ def plan_batch(events: list[InboundEvent], state: AppliedState) -> BatchPlan:
         outcomes=tuple(
             (chosen.get(i, item), outcome) for i, (item, outcome) in enumerate(zip(events, outcomes, strict=True))
         ),
+        digests=digests,
+        unchanged=unchanged,
     )

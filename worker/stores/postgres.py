@@ -182,7 +182,8 @@ class PostgresRelationalStore:
                 record.rows,
             )
             sources = await conn.fetch(
-                "SELECT source_id, source_version FROM gpm_sources WHERE source_id = ANY($1::text[])",
+                """SELECT source_id, source_version, CASE WHEN NOT deleted THEN graph_digest END AS digest
+                   FROM gpm_sources WHERE source_id = ANY($1::text[])""",
                 list(record.source_ids),
             )
             intents = await conn.fetch(
@@ -195,6 +196,7 @@ class PostgresRelationalStore:
             )
         return AppliedState(
             source_versions={r["source_id"]: r["source_version"] for r in sources},
+            source_digests={r["source_id"]: bytes(r["digest"]) for r in sources if r["digest"] is not None},
             intent_versions={r["intent_id"]: r["source_version"] for r in intents},
             processed_event_ids=frozenset(r["event_id"] for r in processed),
         )
@@ -332,6 +334,10 @@ class PostgresRelationalStore:
                         WHERE {key} = ANY($1::{kind}[])""",  # noqa: S608 - fixed names
                     ids,
                 )
+            # Their graph is broken: the replayed event must rewrite it, not find it unchanged.
+            await conn.execute(
+                "UPDATE gpm_sources SET graph_digest = NULL WHERE source_id = ANY($1::text[])", list(rebuild)
+            )
             await conn.execute(
                 """UPDATE gpm_outbox SET state = 'abandoned', updated_at = now(),
                        last_error = 'closed by a consistency repair: interrupted before completion'
@@ -414,7 +420,7 @@ class PostgresBatchCompletion:
         conn, plan = self._conn, self._plan
         await self._transaction.start()
         for item in plan.winners:
-            await _write_winner(conn, item.event)
+            await _write_winner(conn, item.event, plan)
         await conn.executemany(
             """INSERT INTO gpm_processed_events (event_id, batch_id, outcome, topic, kafka_partition, kafka_offset)
                VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (event_id) DO NOTHING""",
@@ -486,7 +492,12 @@ def _stats_document(stats: GraphWriteStats) -> dict[str, int]:
 
 async def _track_parked_links(conn: Connection, plan: BatchPlan, unresolved: tuple[LinkRow, ...]) -> None:
     """Keep ``parked_since`` true to the graph after the batch: set while a link's node is missing."""
-    upserted = [i.event.source_id for i in plan.winners if isinstance(i.event, AstGraphUpserted)]
+    # Sources found unchanged kept their nodes, and their links' state with them.
+    upserted = [
+        i.event.source_id
+        for i in plan.winners
+        if isinstance(i.event, AstGraphUpserted) and i.event.source_id not in plan.unchanged
+    ]
     deleted = [i.event.source_id for i in plan.winners if isinstance(i.event, AstGraphDeleted)]
     missing = (
         [r.intent_id for r in unresolved],
@@ -521,20 +532,25 @@ async def _track_parked_links(conn: Connection, plan: BatchPlan, unresolved: tup
 
 
 async def _write_winner(
-    conn: Connection, event: AstGraphUpserted | AstGraphDeleted | IntentLinkUpserted | IntentLinkDeleted
+    conn: Connection,
+    event: AstGraphUpserted | AstGraphDeleted | IntentLinkUpserted | IntentLinkDeleted,
+    plan: BatchPlan,
 ) -> None:
     # The WHERE clauses are the version guard: a lower version never overwrites a higher one.
     if isinstance(event, AstGraphUpserted | AstGraphDeleted):
         graph = event.graph if isinstance(event, AstGraphUpserted) else None
         await conn.execute(
             """INSERT INTO gpm_sources (source_id, source_version, deleted, node_count, edge_count, metadata,
-                                        event_id, producer, occurred_at)
-               VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9)
+                                        event_id, producer, occurred_at, graph_digest, graph_version)
+               VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $11, $2)
                ON CONFLICT (source_id) DO UPDATE SET
                  source_version = EXCLUDED.source_version, deleted = EXCLUDED.deleted,
                  node_count = EXCLUDED.node_count, edge_count = EXCLUDED.edge_count,
                  metadata = EXCLUDED.metadata, event_id = EXCLUDED.event_id, producer = EXCLUDED.producer,
-                 occurred_at = EXCLUDED.occurred_at, updated_at = now()
+                 occurred_at = EXCLUDED.occurred_at, graph_digest = EXCLUDED.graph_digest,
+                 -- The version that wrote the nodes: kept when this one found them unchanged.
+                 graph_version = CASE WHEN $12 THEN gpm_sources.graph_version ELSE EXCLUDED.graph_version END,
+                 updated_at = now()
                WHERE gpm_sources.source_version < EXCLUDED.source_version
                   OR ($10 AND gpm_sources.source_version <= EXCLUDED.source_version)""",
             event.source_id,
@@ -548,6 +564,8 @@ async def _write_winner(
             event.occurred_at,
             # A tombstone deletes at the version it found (plan_batch), so an equal one passes.
             isinstance(event, Tombstone),
+            plan.digests.get(event.source_id) if graph else None,
+            event.source_id in plan.unchanged,
         )
         return
     links = event.ast_nodes if isinstance(event, IntentLinkUpserted) else []
