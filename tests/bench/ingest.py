@@ -50,11 +50,44 @@ from worker.telemetry import configure_logging
 LOOKUP = "MATCH (n:AstNode {key: $key}) RETURN n.node_id AS id"
 
 
+# A graph server of the user's (--graph-uri), e.g. a real Neo4j: then every run writes to
+# that one database, emptied first only when --wipe says so.
+_external_graph: GraphSettings | None = None
+_wipe = False
+
+
 def _namespace(stack: DevStack, name: str, transaction_size: int, **worker: object) -> Settings:
     # Fresh databases, topics and group per run, so every run does the same work.
     settings = stack.namespace(name, transaction_size=transaction_size, linger_ms=50, **worker)
     pattern = rf"^(ast-graphs\.{name}|intent-links-{name})$"
-    return settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"topic_pattern": pattern})})
+    settings = settings.model_copy(update={"kafka": settings.kafka.model_copy(update={"topic_pattern": pattern})})
+    if _external_graph is not None:
+        settings = settings.model_copy(update={"graph": _external_graph})
+        asyncio.run(_empty_graph(_external_graph, wipe=_wipe))
+    return settings
+
+
+async def _empty_graph(graph: GraphSettings, *, wipe: bool) -> None:
+    """Make sure the external database is empty: wipe it if allowed, refuse otherwise."""
+    store = connect_graph(graph)
+    try:
+        if await store.is_empty():
+            return
+        if not wipe:
+            msg = f"the graph database {graph.database!r} at {graph.uri} is not empty: pass --wipe to empty it first"
+            raise SystemExit(msg)
+        print(f"  wiping {graph.database!r} at {graph.uri} (--wipe)", flush=True)
+        await store.query("MATCH (n) CALL { WITH n DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS")
+    finally:
+        await store.close()
+
+
+async def _server_agent(graph: GraphSettings) -> str:
+    store = connect_graph(graph)
+    try:
+        return await store.server_agent()
+    finally:
+        await store.close()
 
 
 async def _probe_lookups(
@@ -262,6 +295,13 @@ def _arguments() -> argparse.Namespace:
         help="comma-separated transaction sizes: measure each and chart throughput over batch size",
     )
     parser.add_argument("--batches-in-flight", type=int, help="the worker's setting (unset: the backend's default)")
+    parser.add_argument("--graph-uri", help="a graph server of yours (bolt://, neo4j://) instead of the embedded one")
+    parser.add_argument("--graph-user", default="neo4j")
+    parser.add_argument("--graph-password", default="")
+    parser.add_argument("--graph-database", default="neo4j")
+    parser.add_argument(
+        "--wipe", action="store_true", help="empty that database before each run (refused while it holds data)"
+    )
     parser.add_argument(
         "--reingest",
         action="store_true",
@@ -345,7 +385,8 @@ def _measure(
     return {
         "date": datetime.now(UTC).date().isoformat(),
         "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}",
-        "backend": "arcadedb-bolt" if args.backend == "neo4j" else "falkordb",
+        "backend": "external" if _external_graph else ("arcadedb-bolt" if args.backend == "neo4j" else "falkordb"),
+        "server": asyncio.run(_server_agent(settings.graph)),
         "files": last.files,
         "nodes": last.nodes,
         "edges": last.edges,
@@ -421,7 +462,16 @@ def _chart(points: list[dict[str, Any]], width: int = 50) -> str:
 
 def main() -> None:
     """Run the benchmark and print the figures."""
+    global _external_graph, _wipe  # noqa: PLW0603 - set once, from the command line
     args = _arguments()
+    if args.graph_uri:
+        _external_graph = GraphSettings(
+            uri=args.graph_uri,
+            user=args.graph_user,
+            password=SecretStr(args.graph_password),
+            database=args.graph_database,
+        )
+        _wipe = args.wipe
     configure_logging("WARNING", "console")
     tune_gc()  # as in `gpm run`: the raw writer in this process gets the worker's GC settings
     started = time.monotonic()
