@@ -87,14 +87,7 @@ async def test_forged_error_headers_are_not_trusted_and_messages_are_not_markup(
 
 async def test_refused_credentials_stop_the_start_at_once(ns: Namespace) -> None:
     """A wrong graph password is not waited out as an outage: `gpm run` exits with a message naming the setting."""
-    env = {**ns.env(), "GPM_GRAPH__PASSWORD": CANARY}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker", "run", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    ns.processes.append(process)
-    output, _ = await asyncio.wait_for(process.communicate(), 60)
-    text = output.decode()
-    assert process.returncode == 1, text
+    text = await _failed_start(ns, GPM_GRAPH__PASSWORD=CANARY)
     assert "refused the credentials (GPM_GRAPH__USER/PASSWORD)" in text
     assert CANARY not in text
 
@@ -107,13 +100,24 @@ async def test_a_login_postgresql_refuses_stops_the_start_at_once(ns: Namespace)
     parts = urlsplit(ns.settings.postgres.dsn.get_secret_value())
     host = parts.netloc.rpartition("@")[2]
     dsn = urlunsplit((parts.scheme, f"gpm_locked:{CANARY}@{host}", parts.path, parts.query, ""))
-    env = {**ns.env(), "GPM_POSTGRES__DSN": dsn}
+    text = await _failed_start(ns, GPM_POSTGRES__DSN=dsn)
+    assert "PostgreSQL refused the credentials of GPM_POSTGRES__DSN" in text
+    assert CANARY not in text
+
+
+async def _failed_start(ns: Namespace, **env: str) -> str:
+    """Run `gpm run` with these settings over the namespace's; it must exit 1 by itself. Its output."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker", "run", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        sys.executable,
+        "-m",
+        "worker",
+        "run",
+        env={**ns.env(), **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
     )
     ns.processes.append(process)
     output, _ = await asyncio.wait_for(process.communicate(), 60)
     text = output.decode()
     assert process.returncode == 1, text
-    assert "PostgreSQL refused the credentials of GPM_POSTGRES__DSN" in text
-    assert CANARY not in text
+    return text
