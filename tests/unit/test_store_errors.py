@@ -41,3 +41,14 @@ def test_a_missing_database_is_transient() -> None:
     """The saga retries StoreUnavailable; a missing database must be one, or every event is dead-lettered."""
     assert issubclass(DatabaseMissing, StoreUnavailable)
     assert not issubclass(DatabaseMissing, StoreRejected)
+
+
+def test_a_value_asyncpg_cannot_encode_is_a_rejection_not_an_outage() -> None:
+    """Asyncpg's client-side DataError (e.g. an integer past bigint) is the data's fault: retrying never helps."""
+    import asyncpg
+
+    from worker.errors import StoreRejected
+    from worker.stores.postgres import _map_error
+
+    data_error = asyncpg.exceptions._base.DataError("invalid input for query argument $2: 9223372036854775808")
+    assert isinstance(_map_error(data_error), StoreRejected)

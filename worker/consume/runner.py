@@ -35,9 +35,9 @@ log = structlog.get_logger(__name__)
 tracer = trace.get_tracer("graph_postgres_manager.consume")
 
 
-MAX_LINKS = 128
+MAX_LINKS = 128  # spans keep at most 128 links by default; more would be dropped anyway
 # Tombstones delete sources; on the intent topics (intent-links, intent-links-<name>) they are refused.
-INTENT_TOPIC_PREFIX = "intent-links"  # spans keep at most 128 links by default; more would be dropped anyway
+INTENT_TOPIC_PREFIX = "intent-links"
 
 
 def _value(record: ConsumerRecord[bytes, bytes]) -> bytes:
@@ -107,7 +107,8 @@ class IngestRunner:
         self.assigned: set[TopicPartition] = set()
         self.joined = False
         self._rewound: set[TopicPartition] = set()  # partitions the last rewind moved back
-        self._floor: dict[TopicPartition, int] = {}  # per partition, the offset this worker committed last
+        # Per partition, the offset this worker committed last (or first read): the lag's base.
+        self._floor: dict[TopicPartition, int] = {}
         self.generation = 0  # bumped by every revoke
         self.stopping = asyncio.Event()
         self.last_heartbeat = time.monotonic()

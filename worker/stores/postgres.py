@@ -42,6 +42,9 @@ def _map_error(exc: BaseException) -> Exception:
         if state in _TRANSIENT_SQLSTATES or state.startswith(_TRANSIENT_SQLSTATE_PREFIXES):
             return StoreUnavailable(f"PostgreSQL unavailable: {type(exc).__name__}: {exc}")
         return StoreRejected(f"PostgreSQL rejected the write: {type(exc).__name__} [{state}]: {exc}")
+    if isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError):
+        # asyncpg's own DataError: a value it cannot encode for its column (the data, not the server).
+        return StoreRejected(f"PostgreSQL cannot take the data: {type(exc).__name__}: {exc}")
     return StoreUnavailable(f"PostgreSQL unreachable: {type(exc).__name__}: {exc}")
 
 
