@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, LiteralString, Self
+from typing import Any, LiteralString, Self, TypeGuard
 from uuid import UUID, uuid4
 
 import structlog
@@ -659,18 +659,23 @@ class GraphPostgresManager:
             )
             for e in events
         ]
-        outcomes = (await saga.apply(items, isolate=isolate)).events
+        result = await saga.apply(items, isolate=isolate)
+
+        def written(event: Envelope, outcome: Outcome) -> TypeGuard[AstGraphUpserted]:
+            # A new version of an unchanged graph writes nothing to the graph.
+            return (
+                isinstance(event, AstGraphUpserted)
+                and outcome is Outcome.APPLIED
+                and event.source_id not in result.unchanged
+            )
+
         return [
             StoreResult(
                 source_id=item.event.source_id,
                 version=item.event.source_version,
                 outcome=outcome,
-                nodes_written=len(item.event.graph.nodes)
-                if isinstance(item.event, AstGraphUpserted) and outcome is Outcome.APPLIED
-                else 0,
-                edges_written=len(item.event.graph.edges)
-                if isinstance(item.event, AstGraphUpserted) and outcome is Outcome.APPLIED
-                else 0,
+                nodes_written=len(item.event.graph.nodes) if written(item.event, outcome) else 0,
+                edges_written=len(item.event.graph.edges) if written(item.event, outcome) else 0,
             )
-            for item, outcome in outcomes
+            for item, outcome in result.events
         ]

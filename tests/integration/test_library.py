@@ -349,7 +349,8 @@ async def test_reingest_of_an_unchanged_graph_writes_nothing_to_the_graph(ns: Na
         graph = ns.graph()
         try:
             await graph.query("MATCH (n:AstNode {source_id: 'a.py'}) SET n.marker = 1")
-            await gpm.store_ast_graph(MODULE, "a.py", version=2)
+            result = await gpm.store_ast_graph(MODULE, "a.py", version=2)
+            assert (result.outcome, result.nodes_written, result.edges_written) == (Outcome.APPLIED, 0, 0)
             marked = await graph.query("MATCH (n:AstNode {source_id: 'a.py'}) RETURN count(n.marker) AS n")
             assert marked == [{"n": 2}], "an unchanged graph was rewritten"
             rows = await ns.sql("SELECT source_version, graph_version FROM gpm_sources")

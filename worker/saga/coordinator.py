@@ -57,11 +57,14 @@ class BatchResult:
     edges_written: int = 0
     # Each event with its outcome, in the order the (sub-)batches were applied.
     events: list[tuple[InboundEvent, Outcome]] = field(default_factory=list)
+    # Sources whose new version found their graph unchanged (nothing written to the graph).
+    unchanged: set[str] = field(default_factory=set)
 
     def add(self, plan: BatchPlan, stats: GraphWriteStats) -> None:
         """Fold in one applied (sub-)batch."""
         self.outcomes.update(outcome for _, outcome in plan.outcomes)
         self.events.extend(plan.outcomes)
+        self.unchanged |= plan.unchanged
         self.nodes_written += stats.nodes_written
         self.edges_written += stats.edges_written
 
