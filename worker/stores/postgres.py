@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
@@ -12,6 +12,7 @@ from uuid import UUID
 import asyncpg
 import orjson
 import structlog
+from asyncpg.transaction import Transaction
 
 from worker.config import PostgresSettings
 from worker.errors import ConfigError, OperationRefused, StoreRejected, StoreUnavailable
@@ -308,7 +309,7 @@ class PostgresRelationalStore:
         orphans: list[str],
         rebuild: list[str],
         stuck: list[str],
-        rebuild_intents: list[UUID] = (),  # type: ignore[assignment]
+        rebuild_intents: Sequence[UUID] = (),
     ) -> None:
         """The relational side of a consistency repair, in one transaction.
 
@@ -410,7 +411,7 @@ class PostgresRelationalStore:
 class PostgresBatchCompletion:
     """One batch's step 3 in a transaction held open across the graph write (see ``completing``)."""
 
-    def __init__(self, conn: Connection, transaction: Any, batch_id: UUID, plan: BatchPlan) -> None:  # noqa: ANN401
+    def __init__(self, conn: Connection, transaction: Transaction, batch_id: UUID, plan: BatchPlan) -> None:
         self._conn = conn
         self._transaction = transaction
         self._batch_id = batch_id
