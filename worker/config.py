@@ -7,6 +7,7 @@ Secrets are ``SecretStr`` and the helpers here render DSNs with the password mas
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -14,12 +15,21 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic_settings import (
+    BaseSettings,
+    NestedSecretsSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 from worker.errors import ConfigError
 from worker.failpoints import CrashPoint
 
 ENV_PREFIX = "GPM_"
+# Where Kubernetes mounts a Secret as files: one file a variable, named like it
+# (GPM_POSTGRES__DSN), read before the environment is consulted.
+SECRETS_DIR_VARIABLE = "GPM_SECRETS_DIR"
 # Test suites' own variables (GPM_TEST_*) are not settings.
 TEST_PREFIX = "GPM_TEST_"
 # A host name or an IP address (IPv6 written without its brackets here).
@@ -341,6 +351,8 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         env_file=".env",
         extra="forbid",
+        secrets_nested_delimiter="__",
+        secrets_dir_missing="error",
     )
 
     kafka: KafkaSettings = KafkaSettings()
@@ -348,6 +360,19 @@ class Settings(BaseSettings):
     graph: GraphSettings = GraphSettings()
     worker: WorkerSettings = WorkerSettings()
     health: HealthSettings = HealthSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The usual order, with secret files read per nested field (``GPM_POSTGRES__DSN``)."""
+        secrets = NestedSecretsSettingsSource(file_secret_settings)
+        return init_settings, env_settings, dotenv_settings, secrets
 
 
 def batches_in_flight(settings: Settings) -> int:
@@ -360,8 +385,16 @@ def batches_in_flight(settings: Settings) -> int:
 def load_settings(env_file: Path | None = None, secrets_dir: Path | None = None) -> Settings:
     """Load and validate the settings, or raise ConfigError naming each bad variable.
 
+    ``secrets_dir`` (default: ``$GPM_SECRETS_DIR``) holds one file a variable; the
+    environment wins over a file, as pydantic-settings orders its sources.
     The message never includes the offending value: it may be a secret.
     """
+    if secrets_dir is None and os.environ.get(SECRETS_DIR_VARIABLE):
+        secrets_dir = Path(os.environ[SECRETS_DIR_VARIABLE])
+    if secrets_dir is not None and not secrets_dir.is_dir():
+        # Refused here so the message names the variable; a secret that silently never
+        # loads would be an outage later.
+        raise ConfigError(f"invalid settings: {SECRETS_DIR_VARIABLE}: {secrets_dir} is not a directory")
     try:
         return Settings(_env_file=env_file or ".env", _secrets_dir=secrets_dir)
     except ValidationError as exc:
@@ -392,4 +425,5 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
         if name.upper().startswith(ENV_PREFIX)
         and not name.upper().startswith(TEST_PREFIX)
         and name.upper() not in known
+        and name.upper() != SECRETS_DIR_VARIABLE
     )

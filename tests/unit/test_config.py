@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.config import DEFAULT_TOPIC_PATTERN, load_settings, mask_dsn
+from worker.config import DEFAULT_TOPIC_PATTERN, load_settings, mask_dsn, unknown_variables
 from worker.errors import ConfigError
 
 
@@ -34,6 +34,38 @@ def test_secret_is_hidden_in_repr(monkeypatch: pytest.MonkeyPatch, tmp_path) -> 
     settings = load_settings()
     assert "s3cret-value" not in repr(settings)
     assert settings.graph.password.get_secret_value() == "s3cret-value"
+
+
+def test_secrets_directory_supplies_nested_settings(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A file per variable in $GPM_SECRETS_DIR (a mounted Kubernetes Secret) fills that setting."""
+    monkeypatch.chdir(tmp_path)
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "GPM_POSTGRES__DSN").write_text("postgresql://app:s3cret@db:5432/gpm\n")
+    (secrets / "GPM_GRAPH__PASSWORD").write_text("graph-password")
+    monkeypatch.setenv("GPM_SECRETS_DIR", str(secrets))
+    settings = load_settings()
+    assert settings.postgres.dsn.get_secret_value() == "postgresql://app:s3cret@db:5432/gpm"
+    assert settings.graph.password.get_secret_value() == "graph-password"
+    assert unknown_variables({"GPM_SECRETS_DIR": str(secrets)}) == []
+    # The environment wins over a file, as for .env.
+    monkeypatch.setenv("GPM_GRAPH__PASSWORD", "from-env")
+    assert load_settings().graph.password.get_secret_value() == "from-env"
+
+
+def test_secrets_directory_errors_name_the_variable(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A missing secrets directory, or a bad value in one of its files, fails at start by name."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GPM_SECRETS_DIR", str(tmp_path / "absent"))
+    with pytest.raises(ConfigError, match="GPM_SECRETS_DIR"):
+        load_settings()
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "GPM_POSTGRES__DSN").write_text("mysql://u:hunter2@db/x")
+    monkeypatch.setenv("GPM_SECRETS_DIR", str(secrets))
+    with pytest.raises(ConfigError, match="GPM_POSTGRES__DSN") as caught:
+        load_settings()
+    assert "hunter2" not in str(caught.value)
 
 
 def test_mask_dsn() -> None:

@@ -97,6 +97,13 @@ def test_pods_pass_a_restricted_namespace_and_migrate_before_the_worker(overlay:
         assert (security["readOnlyRootFilesystem"], security["allowPrivilegeEscalation"]) == (True, False)
         assert security["capabilities"]["drop"] == ["ALL"]
         assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]  # noqa: S108 - the pod's own emptyDir
+        # Secrets arrive as files, never as environment variables.
+        assert not any("secretRef" in source for source in container.get("envFrom", []))
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "secrets")
+        assert {e["name"]: e["value"] for e in container["env"]}["GPM_SECRETS_DIR"] == mount["mountPath"]
+    secret_volume = next(v for v in pod["volumes"] if v["name"] == "secrets")["secret"]
+    assert secret_volume["defaultMode"] & 0o007 == 0, "the Secret's files are not world-readable"
+    assert pod["securityContext"]["fsGroup"] == pod["securityContext"]["runAsUser"]
     assert [c["args"] for c in pod["initContainers"]] == [["migrate"]]
     assert not any(d["kind"] == "Job" for d in _render(overlay)), "a Job's spec is immutable: re-apply fails"
 
