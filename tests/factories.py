@@ -17,8 +17,7 @@ from worker.events import (
     IntentLinkDeleted,
     IntentLinkUpserted,
 )
-from worker.saga.plan import InboundEvent, Position
-from worker.stores.protocols import GraphWriteStats
+from worker.ports import GraphWriteStats, InboundEvent, Position
 
 
 def graph(nodes: list[tuple[str, str]], edges: list[tuple[str, str, str]] = (), **props: Any) -> GraphData:  # type: ignore[assignment]

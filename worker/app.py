@@ -29,12 +29,12 @@ from worker.consume.runner import IngestRunner
 from worker.deadletter import DeadLetterSink, HaltingDeadLetterSink, KafkaDeadLetterSink
 from worker.errors import ConfigError, DatabaseMissing, Halted, StoreError, StoreUnavailable
 from worker.health import HealthServer, Probes
+from worker.ports import GraphBackend
 from worker.preflight import run_preflight
 from worker.retrying import backoff, log_before_retry
 from worker.saga.coordinator import SagaCoordinator
 from worker.stores.graph import connect_graph
 from worker.stores.postgres import PostgresRelationalStore
-from worker.stores.protocols import GraphBackend
 from worker.telemetry import configure_tracing, metrics
 
 log = structlog.get_logger(__name__)

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordTooLargeError
 
 from worker.errors import Halted, StoreUnavailable
-from worker.saga.plan import Position
+from worker.ports import Position
 
 log = structlog.get_logger(__name__)
 

@@ -40,17 +40,16 @@ from worker.events import (
     describe_errors,
     encode_event,
 )
+from worker.ports import GraphBackend, InboundEvent, Outcome, Position
 from worker.preflight import PreflightReport, run_preflight
 from worker.saga.coordinator import SagaCoordinator
 from worker.saga.fence import quiesced
-from worker.saga.plan import InboundEvent, Outcome, Position
 from worker.snapshot.backup import take_backup
 from worker.snapshot.dump import ProgressFn, no_progress
 from worker.snapshot.export import ExportFormat, export_graph
 from worker.snapshot.restore import restore_backup
 from worker.stores.graph import connect_graph
 from worker.stores.postgres import PostgresRelationalStore
-from worker.stores.protocols import GraphBackend
 from worker.telemetry import metrics, percentile
 
 log = structlog.get_logger(__name__)

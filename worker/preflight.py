@@ -11,10 +11,10 @@ import re
 from dataclasses import dataclass
 
 from worker.errors import PreflightError, StoreRejected
+from worker.ports import GraphBackend
 from worker.snapshot.dump import TABLES
 from worker.stores.postgres import PostgresRelationalStore
 from worker.stores.postgres_migrations import bundled_migrations
-from worker.stores.protocols import GraphBackend
 
 POSTGRES_MIN_VERSION_NUM = 150000
 _NEO4J_VERSION = re.compile(r"Neo4j/(\d+)\.(\d+)")

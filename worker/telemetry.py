@@ -27,8 +27,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from worker.saga.plan import BatchPlan
-    from worker.stores.protocols import GraphWriteStats
+    from worker.ports import BatchPlan, GraphWriteStats
 
 
 def _add_trace_context(_: object, __: str, event: dict[str, Any]) -> dict[str, Any]:

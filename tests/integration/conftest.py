@@ -31,10 +31,10 @@ from worker.devstack import DevStack
 from worker.devstack.arcadedb import ArcadeDBServer
 from worker.devstack.falkordb import FalkorDBServer
 from worker.events import Envelope
+from worker.ports import GraphBackend
 from worker.publish import publish_events
 from worker.stores.graph import connect_graph
 from worker.stores.postgres import PostgresRelationalStore
-from worker.stores.protocols import GraphBackend
 
 _counter = itertools.count()
 

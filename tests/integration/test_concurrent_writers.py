@@ -14,8 +14,8 @@ import pytest
 from tests.factories import graph, inbound, upsert
 from tests.integration.conftest import Namespace
 from worker.deadletter import DeadLetter
+from worker.ports import Outcome
 from worker.saga.coordinator import SagaCoordinator
-from worker.saga.plan import Outcome
 from worker.stores.postgres import PostgresRelationalStore
 
 pytestmark = pytest.mark.integration

@@ -23,10 +23,9 @@ from worker.config import GraphSettings
 from worker.devstack.falkordb import FalkorDBServer
 from worker.errors import StoreRejected, StoreUnavailable
 from worker.events import GraphData
-from worker.saga.plan import GraphChanges, LinkRow
+from worker.ports import GraphBackend, GraphChanges, GraphStore, LinkRow, SnapshotGraph
 from worker.stores.cypher import node_key
 from worker.stores.graph import connect_graph
-from worker.stores.protocols import GraphBackend, GraphStore, SnapshotGraph
 
 pytestmark = pytest.mark.integration
 BACKENDS_RAN: set[str] = set()

@@ -31,11 +31,10 @@ from worker.deadletter import DeadLetter
 from worker.errors import EventError
 from worker.events import AstGraphDeleted, AstGraphUpserted, Event, IntentLinkDeleted, IntentLinkUpserted, decode_event
 from worker.library import GraphPostgresManager
+from worker.ports import GraphBackend, InboundEvent, Outcome, Position
 from worker.saga.coordinator import SagaCoordinator
-from worker.saga.plan import InboundEvent, Outcome, Position
 from worker.stores.cypher import NODE_FIELDS
 from worker.stores.postgres import PostgresRelationalStore
-from worker.stores.protocols import GraphBackend
 
 pytestmark = pytest.mark.integration
 

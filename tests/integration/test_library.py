@@ -13,7 +13,7 @@ from tests.integration.conftest import Namespace, eventually
 from worker.errors import EventError, GpmError, OperationRefused, PreflightError, StoreRejected
 from worker.library import GraphPostgresManager, StoreResult, UnifiedQuery
 from worker.ops.replay import plan_reset
-from worker.saga.plan import Outcome
+from worker.ports import Outcome
 from worker.sync import SyncGraphPostgresManager
 
 pytestmark = pytest.mark.integration

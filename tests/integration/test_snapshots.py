@@ -19,7 +19,7 @@ from worker.devstack import DevStack
 from worker.devstack.falkordb import FalkorDBServer
 from worker.errors import SnapshotError, StoreRejected
 from worker.library import GraphPostgresManager
-from worker.saga.plan import Outcome
+from worker.ports import Outcome
 
 pytestmark = pytest.mark.integration
 

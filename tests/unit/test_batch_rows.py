@@ -6,7 +6,7 @@ import uuid
 
 from tests.factories import delete, link, upsert
 from worker.events import GraphData
-from worker.saga.plan import GraphChanges, LinkRow
+from worker.ports import GraphChanges, LinkRow
 from worker.stores.cypher import NODE_FIELDS, batch_rows, node_key
 
 DATA = GraphData.model_validate(

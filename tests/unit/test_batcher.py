@@ -5,7 +5,7 @@ from __future__ import annotations
 from tests.factories import graph, inbound, upsert
 from worker.consume.batcher import Batcher
 from worker.deadletter import DeadLetter
-from worker.saga.plan import Position
+from worker.ports import Position
 
 
 class Clock:

@@ -13,9 +13,8 @@ from tests.factories import Completion, completing_with, graph, inbound, upsert
 from worker.config import WorkerSettings
 from worker.deadletter import DeadLetter
 from worker.errors import StoreRejected, StoreUnavailable
+from worker.ports import AppliedState, BatchPlan, BatchRecord, GraphChanges, GraphWriteStats, LinkRow, Outcome
 from worker.saga.coordinator import SagaCoordinator
-from worker.saga.plan import AppliedState, BatchPlan, GraphChanges, LinkRow, Outcome
-from worker.stores.protocols import BatchRecord, GraphWriteStats
 
 G = graph([("a", "Module")])
 

@@ -9,7 +9,7 @@ from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 
 from worker.deadletter import ORIGINAL_SIZE_HEADER, PREFIX_BYTES, TRUNCATED_HEADER, DeadLetter, KafkaDeadLetterSink
 from worker.errors import StoreUnavailable
-from worker.saga.plan import Position
+from worker.ports import Position
 
 
 class FakeProducer:

@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.factories import delete, graph, inbound, link, upsert
-from worker.saga.plan import AppliedState, Outcome, plan_batch
+from worker.ports import AppliedState, Outcome
+from worker.saga.plan import plan_batch
 
 G = graph([("a", "Module")])
 

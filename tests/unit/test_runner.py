@@ -19,7 +19,7 @@ from worker.config import KafkaSettings, Settings, WorkerSettings
 from worker.consume.runner import IngestRunner, _Rebalance
 from worker.errors import StoreUnavailable
 from worker.events import encode_event
-from worker.saga.plan import InboundEvent
+from worker.ports import InboundEvent
 
 P0 = TopicPartition("ast-graphs", 0)
 

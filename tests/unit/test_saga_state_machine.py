@@ -22,9 +22,17 @@ from tests.factories import Completion, completing_with, delete, graph, inbound,
 from worker.config import WorkerSettings
 from worker.errors import StoreUnavailable
 from worker.events import AstGraphDeleted, AstGraphUpserted
+from worker.ports import (
+    AppliedState,
+    BatchPlan,
+    BatchRecord,
+    GraphChanges,
+    GraphWriteStats,
+    InboundEvent,
+    LinkRow,
+    Outcome,
+)
 from worker.saga.coordinator import SagaCoordinator
-from worker.saga.plan import AppliedState, BatchPlan, GraphChanges, InboundEvent, LinkRow, Outcome
-from worker.stores.protocols import BatchRecord, GraphWriteStats
 
 SOURCES = ("a.py", "b.py", "c.py")
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from worker.deadletter import DeadLetter
-from worker.saga.plan import InboundEvent, Position
+from worker.ports import InboundEvent, Position
 
 
 @dataclass(slots=True)

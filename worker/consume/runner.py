@@ -27,8 +27,8 @@ from worker.consume.inflight import InFlight, footprint
 from worker.deadletter import DeadLetter, DeadLetterSink, class_name
 from worker.errors import EventError, StoreUnavailable
 from worker.events import Event, decode_event, tombstone
+from worker.ports import InboundEvent, Position
 from worker.saga.coordinator import SagaCoordinator
-from worker.saga.plan import InboundEvent, Position
 from worker.telemetry import metrics
 
 log = structlog.get_logger(__name__)

@@ -36,9 +36,18 @@ from worker.config import WorkerSettings
 from worker.deadletter import DeadLetter, DeadLetterSink, class_name, stack_of
 from worker.errors import ConfigError, StoreError, StoreRejected, StoreUnavailable, UnexpectedFailure
 from worker.events import IntentLinkDeleted, IntentLinkUpserted
+from worker.ports import (
+    BatchPlan,
+    BatchRecord,
+    GraphStore,
+    GraphWriteStats,
+    InboundEvent,
+    Outcome,
+    Position,
+    RelationalStore,
+)
 from worker.retrying import backoff, log_before_retry
-from worker.saga.plan import BatchPlan, InboundEvent, Outcome, Position, plan_batch
-from worker.stores.protocols import BatchRecord, GraphStore, GraphWriteStats, RelationalStore
+from worker.saga.plan import plan_batch
 from worker.telemetry import metrics
 
 log = structlog.get_logger(__name__)

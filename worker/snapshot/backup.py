@@ -16,11 +16,11 @@ from typing import Any
 
 import structlog
 
+from worker.ports import SnapshotGraph
 from worker.saga.fence import quiesced
 from worker.snapshot.archive import FORMAT, FORMAT_VERSION, SnapshotWriter
 from worker.snapshot.dump import ProgressFn, dump_graph, dump_tables, no_progress
 from worker.stores.postgres import PostgresRelationalStore
-from worker.stores.protocols import SnapshotGraph
 
 log = structlog.get_logger(__name__)
 

@@ -14,9 +14,9 @@ from typing import Any, Protocol
 
 import orjson
 
+from worker.ports import SnapshotGraph
 from worker.snapshot.archive import Digest, MemberDigest
 from worker.stores.postgres import TableSnapshot
-from worker.stores.protocols import SnapshotGraph
 
 # (stage, done, total or None): how the long operations report progress.
 ProgressFn = Callable[[str, int, int | None], None]

@@ -20,8 +20,8 @@ from typing import IO, Any, BinaryIO, cast
 
 import orjson
 
+from worker.ports import SnapshotGraph
 from worker.snapshot.dump import NODE_KINDS, ProgressFn, no_progress, node_pages
-from worker.stores.protocols import SnapshotGraph
 
 
 class ExportFormat(StrEnum):

@@ -21,6 +21,7 @@ from typing import Any
 import structlog
 
 from worker.errors import SnapshotError
+from worker.ports import SnapshotGraph
 from worker.snapshot.archive import SnapshotReader
 from worker.snapshot.dump import (
     NODE_KINDS,
@@ -35,7 +36,6 @@ from worker.snapshot.dump import (
 )
 from worker.stores.postgres import PostgresRelationalStore, TableCopy
 from worker.stores.postgres_migrations import bundled_migrations
-from worker.stores.protocols import SnapshotGraph
 
 log = structlog.get_logger(__name__)
 

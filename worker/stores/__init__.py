@@ -1,1 +1,1 @@
-"""Store adapters behind the Protocols in :mod:`worker.stores.protocols`."""
+"""Store adapters behind the protocols in :mod:`worker.ports`."""

@@ -21,7 +21,7 @@ from opentelemetry import trace
 
 from worker.errors import StoreRejected
 from worker.events import CYPHER_NAME
-from worker.saga.plan import GraphChanges, LinkRow
+from worker.ports import GraphChanges, LinkRow
 
 _tracer = trace.get_tracer("graph_postgres_manager.graph")
 

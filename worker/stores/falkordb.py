@@ -30,10 +30,9 @@ from redis import exceptions as redis_errors
 from worker import failpoints
 from worker.config import GraphSettings
 from worker.errors import ConfigError, OperationRefused, StoreRejected, StoreUnavailable, translated
-from worker.saga.plan import GraphChanges
+from worker.ports import GraphChanges, GraphWriteStats
 from worker.stores.cypher import NODE_FIELDS, BatchRows, batch_rows, checked_parameters, cypher_name, statement_span
 from worker.stores.falkordb_params import UnstorableValue, cypher_key, with_parameters
-from worker.stores.protocols import GraphWriteStats
 
 # (label, property, unique): range indexes back every MATCH on these; unique ones also
 # get a constraint, which FalkorDB builds on top of the index.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from worker.config import GraphSettings
-from worker.stores.protocols import GraphBackend
+from worker.ports import GraphBackend
 
 
 def connect_graph(settings: GraphSettings, chunk_size: int = 1000) -> GraphBackend:

@@ -23,9 +23,8 @@ from neo4j import exceptions as neo4j_errors
 from worker import failpoints
 from worker.config import GraphSettings
 from worker.errors import ConfigError, DatabaseMissing, OperationRefused, StoreRejected, StoreUnavailable, translated
-from worker.saga.plan import GraphChanges, LinkRow
+from worker.ports import GraphChanges, GraphWriteStats, LinkRow
 from worker.stores.cypher import NODE_FIELDS, batch_rows, checked_parameters, cypher_name, statement_span
-from worker.stores.protocols import GraphWriteStats
 
 log = structlog.get_logger(__name__)
 

@@ -17,9 +17,8 @@ from asyncpg.transaction import Transaction
 from worker.config import PostgresSettings
 from worker.errors import ConfigError, OperationRefused, StoreRejected, StoreUnavailable
 from worker.events import AstGraphDeleted, AstGraphUpserted, IntentLinkDeleted, IntentLinkUpserted, Tombstone
-from worker.saga.plan import AppliedState, BatchPlan, LinkRow, Outcome
+from worker.ports import AppliedState, BatchPlan, BatchRecord, GraphWriteStats, LinkRow, Outcome, ParkedLinks
 from worker.stores.postgres_migrations import Connection, apply_migrations, bundled_migrations
-from worker.stores.protocols import BatchRecord, GraphWriteStats, ParkedLinks
 from worker.telemetry import metrics
 
 log = structlog.get_logger(__name__)

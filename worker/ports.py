@@ -1,14 +1,116 @@
-"""The ports between the saga and the stores; the coordinator knows only these."""
+"""The ports: the protocols between the layers, and the records they carry.
+
+The ground floor of the package. Every layer above (stores, saga, consume, the library,
+the CLI) imports these; this module imports only the event contracts (worker.events).
+Store adapters implement the protocols; the saga coordinator and the consumer know
+nothing else of the stores.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
-from worker.saga.plan import AppliedState, BatchPlan, GraphChanges, LinkRow, Position
+from worker.events import (
+    AstGraphDeleted,
+    AstGraphUpserted,
+    Event,
+    IntentLinkDeleted,
+    IntentLinkUpserted,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a record sits in Kafka."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class InboundEvent:
+    """A validated event with the record it came from (kept for the dead-letter topic)."""
+
+    event: Event
+    position: Position
+    raw: bytes
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    @property
+    def rows(self) -> int:
+        """Graph rows the event writes."""
+        return self.event.rows
+
+
+class Outcome(StrEnum):
+    """What became of one event."""
+
+    APPLIED = "applied"
+    SUPERSEDED = "superseded"  # a newer version of its aggregate was applied or is applied
+    DUPLICATE = "duplicate"  # the same event id was processed before
+    DEAD_LETTERED = "dead-lettered"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRow:
+    """One intent → AST node mapping."""
+
+    intent_id: UUID
+    source_id: str
+    node_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppliedState:
+    """What PostgreSQL says is applied for the aggregates of a batch."""
+
+    source_versions: dict[str, int] = field(default_factory=dict)
+    intent_versions: dict[UUID, int] = field(default_factory=dict)
+    processed_event_ids: frozenset[UUID] = frozenset()
+    # The digest of the graph each live source's nodes hold now (see graph_digest).
+    source_digests: dict[str, bytes] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class GraphChanges:
+    """The graph side of a batch; applied atomically by the graph store."""
+
+    upserts: tuple[AstGraphUpserted, ...] = ()
+    deletes: tuple[AstGraphDeleted, ...] = ()
+    intent_upserts: tuple[IntentLinkUpserted, ...] = ()
+    intent_deletes: tuple[IntentLinkDeleted, ...] = ()
+    # Existing links that point into upserted sources: re-attached after the new
+    # version's nodes are written, so links survive a delete/re-create of the source.
+    relinks: tuple[LinkRow, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        """True when nothing is to be written to the graph."""
+        return not (self.upserts or self.deletes or self.intent_upserts or self.intent_deletes)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPlan:
+    """The changes and every event's outcome."""
+
+    changes: GraphChanges
+    outcomes: tuple[tuple[InboundEvent, Outcome], ...]
+    # Per applied upsert, the digest of its graph; and the sources whose graph is already
+    # in the store as it is (same digest): only their registry version moves.
+    digests: dict[str, bytes] = field(default_factory=dict)
+    unchanged: frozenset[str] = frozenset()
+
+    @property
+    def winners(self) -> tuple[InboundEvent, ...]:
+        """The events that take effect."""
+        return tuple(item for item, outcome in self.outcomes if outcome is Outcome.APPLIED)
 
 
 @dataclass(frozen=True, slots=True)
