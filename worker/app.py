@@ -283,14 +283,12 @@ class Worker:
                 parked = await relational.parked_links(older_than_s=ttl)
                 # Unfinished states only: they are what an operator watches, and the partial
                 # index serves them without scanning every applied row.
-                outbox = await relational.fetch(
-                    "SELECT state, count(*) AS n FROM gpm_outbox WHERE state <> 'applied' GROUP BY state"
-                )
+                outbox = await relational.outbox_counts(unfinished=True)
             except StoreError as exc:
                 log.warning("could not count parked intent links", error=str(exc))
             else:
                 metrics.parked_links, metrics.unresolved_links = parked.parked, parked.expired
-                metrics.outbox = {r["state"]: int(r["n"]) for r in outbox}
+                metrics.outbox = outbox
                 if parked.expired and parked.expired != reported:
                     log.error(
                         "intent links unresolved past the bound: their AST nodes never arrived",

@@ -146,21 +146,16 @@ async def applied_totals(settings: Settings, seconds: float) -> IngestReport:
     """What PostgreSQL records as applied: live sources with their node and edge counts, outbox states."""
     relational = await PostgresRelationalStore.connect(settings.postgres)
     try:
-        totals = (
-            await relational.fetch(
-                "SELECT count(*) AS files, coalesce(sum(node_count), 0) AS nodes, "
-                "coalesce(sum(edge_count), 0) AS edges FROM gpm_sources WHERE NOT deleted"
-            )
-        )[0]
-        outbox = await relational.fetch("SELECT state, count(*) AS n FROM gpm_outbox GROUP BY state")
+        totals = await relational.registry_totals()
+        outbox = await relational.outbox_counts()
     finally:
         await relational.close()
     return IngestReport(
-        files=int(totals["files"]),
-        nodes=int(totals["nodes"]),
-        edges=int(totals["edges"]),
+        files=totals.sources,
+        nodes=totals.nodes,
+        edges=totals.edges,
         seconds=seconds,
-        outbox={r["state"]: int(r["n"]) for r in outbox},
+        outbox=outbox,
     )
 
 

@@ -43,7 +43,6 @@ from worker.events import (
 from worker.ports import GraphBackend, InboundEvent, Outcome, Position
 from worker.preflight import PreflightReport, run_preflight
 from worker.saga.coordinator import SagaCoordinator
-from worker.saga.fence import quiesced
 from worker.snapshot.backup import take_backup
 from worker.snapshot.dump import ProgressFn, no_progress
 from worker.snapshot.export import ExportFormat, export_graph
@@ -348,13 +347,8 @@ class GraphPostgresManager:
         nothing changed (read again and retry).
         """
         relational, _, _ = self._stores()
-        rows = await relational.fetch(
-            """SELECT l.source_id, l.node_id, i.source_version FROM gpm_intents i
-               LEFT JOIN gpm_intent_links l USING (intent_id) WHERE i.intent_id = $1 AND NOT i.deleted""",
-            intent_id,
-        )
-        version = rows[0]["source_version"] + 1 if rows else None
-        links = {(r["source_id"], r["node_id"]) for r in rows if r["source_id"] is not None}
+        current, links = await relational.current_links(intent_id)
+        version = None if current is None else current + 1
         with _as_event_error():
             links |= {_pair(n) for n in add}
             links -= {_pair(n) for n in remove}
@@ -422,25 +416,18 @@ class GraphPostgresManager:
     async def get_storage_stats(self) -> StorageStats:
         """Counts from both stores."""
         relational, graph, _ = self._stores()
-        counts = (
-            await relational.fetch(
-                """SELECT (SELECT count(*) FROM gpm_sources WHERE NOT deleted) AS sources,
-                          (SELECT count(*) FROM gpm_intents WHERE NOT deleted) AS intents,
-                          (SELECT count(*) FROM gpm_intent_links) AS links,
-                          (SELECT count(*) FROM gpm_intent_links WHERE parked_since IS NOT NULL) AS parked"""
-            )
-        )[0]
-        outbox = await relational.fetch("SELECT state, count(*) AS n FROM gpm_outbox GROUP BY state")
+        counts = await relational.registry_totals()
+        outbox = await relational.outbox_counts()
         nodes = await graph.query("MATCH (n) RETURN count(n) AS n")
         rels = await graph.query("MATCH ()-[r]->() RETURN count(r) AS n")
         return StorageStats(
-            sources=counts["sources"],
+            sources=counts.sources,
             graph_nodes=nodes[0]["n"],
             graph_relationships=rels[0]["n"],
-            intents=counts["intents"],
-            intent_links=counts["links"],
-            parked_links=counts["parked"],
-            outbox={r["state"]: r["n"] for r in outbox},
+            intents=counts.intents,
+            intent_links=counts.links,
+            parked_links=counts.parked,
+            outbox=outbox,
         )
 
     async def check_data_consistency(
@@ -463,7 +450,7 @@ class GraphPostgresManager:
         if not repair:
             return await self._consistency(stuck_after_s)
         relational, graph, _ = self._stores()
-        async with quiesced(relational, settle_s):
+        async with relational.quiesced(settle_s):
             report = await self._consistency(stuck_after_s)
             rebuild = sorted(
                 {s for s, _, _ in report.count_mismatches}
@@ -499,29 +486,17 @@ class GraphPostgresManager:
                 "MATCH (i:Intent) OPTIONAL MATCH (i)-[r:IMPLEMENTED_BY]->(:AstNode) "
                 "RETURN i.id AS id, i.source_version AS version, count(r) AS links"
             ),
-            relational.fetch(
-                """SELECT source_id, node_count, coalesce(graph_version, source_version) AS source_version
-                   FROM gpm_sources WHERE NOT deleted"""
-            ),
-            relational.fetch(
-                """SELECT i.intent_id::text AS id, i.source_version AS version,
-                          count(l.node_id) FILTER (WHERE l.parked_since IS NULL) AS links
-                   FROM gpm_intents i LEFT JOIN gpm_intent_links l USING (intent_id)
-                   WHERE NOT i.deleted GROUP BY i.intent_id, i.source_version"""
-            ),
+            relational.registered_sources(),
+            relational.registered_intents(),
             relational.parked_links(older_than_s=0, sample=0),
-            relational.fetch(
-                """SELECT batch_id::text AS batch_id FROM gpm_outbox WHERE state = 'pending'
-                   AND updated_at < now() - make_interval(secs => $1) ORDER BY updated_at""",
-                stuck_after_s,
-            ),
+            relational.stuck_batches(older_than_s=stuck_after_s),
         )
         in_graph = {r["source_id"]: r["nodes"] for r in graph_rows}
         graph_versions = {r["source_id"]: sorted(r["versions"]) for r in graph_rows}
-        registry = {r["source_id"]: r["node_count"] for r in registry_rows}
-        versions = {r["source_id"]: r["source_version"] for r in registry_rows}
+        registry = {source: nodes for source, (nodes, _) in registry_rows.items()}
+        versions = {source: version for source, (_, version) in registry_rows.items()}
         intents_in_graph = {r["id"]: (r["version"], r["links"]) for r in graph_intents}
-        intents_registered = {r["id"]: (r["version"], r["links"]) for r in registry_intents}
+        intents_registered = registry_intents
         return ConsistencyReport(
             count_mismatches=sorted(
                 (s, n, in_graph[s]) for s, n in registry.items() if s in in_graph and in_graph[s] != n
@@ -529,7 +504,7 @@ class GraphPostgresManager:
             graph_without_registry=sorted(set(in_graph) - set(registry)),
             registry_without_graph=sorted(s for s, n in registry.items() if n and s not in in_graph),
             parked_links=parked.parked,
-            stuck_outbox=[r["batch_id"] for r in stuck],
+            stuck_outbox=stuck,
             version_mismatches=sorted(
                 (s, v, graph_versions[s])
                 for s, v in versions.items()
@@ -548,7 +523,7 @@ class GraphPostgresManager:
         now = time.monotonic()
         recent = [(seconds, nodes) for end, seconds, nodes in metrics.recent_batches if end >= now - window_s]
         span = min(window_s, now - metrics.started) or 1.0
-        outbox = await relational.fetch("SELECT state, count(*) AS n FROM gpm_outbox GROUP BY state")
+        outbox = await relational.outbox_counts()
         return PerformanceMetrics(
             uptime_s=now - metrics.started,
             batches=metrics.totals["batches"],
@@ -561,7 +536,7 @@ class GraphPostgresManager:
             query_p50_ms=_ms_percentiles(50),
             query_p95_ms=_ms_percentiles(95),
             pools={name: usage() for name, usage in metrics.pools.items()},
-            outbox={r["state"]: r["n"] for r in outbox},
+            outbox=outbox,
         )
 
     async def backup(self, path: Path | str, *, settle_s: float = 30.0, progress: ProgressFn | None = None) -> Snapshot:
@@ -613,8 +588,8 @@ class GraphPostgresManager:
     ) -> AstGraphUpserted:
         relational, _, _ = self._stores()
         if version is None:
-            current = await relational.fetch("SELECT source_version FROM gpm_sources WHERE source_id = $1", source_id)
-            version = (current[0]["source_version"] + 1) if current else 1
+            current = await relational.source_version(source_id)
+            version = 1 if current is None else current + 1
         # Validated like any event: unsafe labels, dangling edges and duplicates raise here.
         with _as_event_error():
             return AstGraphUpserted.model_validate(
@@ -634,8 +609,8 @@ class GraphPostgresManager:
     ) -> IntentLinkUpserted:
         relational, _, _ = self._stores()
         if version is None:
-            current = await relational.fetch("SELECT source_version FROM gpm_intents WHERE intent_id = $1", intent_id)
-            version = (current[0]["source_version"] + 1) if current else 1
+            current = await relational.intent_version(intent_id)
+            version = 1 if current is None else current + 1
         with _as_event_error():
             return IntentLinkUpserted(
                 event_id=uuid4(),

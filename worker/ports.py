@@ -148,6 +148,18 @@ class ParkedLinks:
     oldest_expired: tuple[LinkRow, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class RegistryTotals:
+    """What the registry holds: live sources with their nodes and edges, intents and links."""
+
+    sources: int
+    nodes: int
+    edges: int
+    intents: int
+    links: int
+    parked: int
+
+
 @runtime_checkable
 class GraphStore(Protocol):
     """The graph side: applies a batch's changes atomically and idempotently."""

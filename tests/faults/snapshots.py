@@ -39,10 +39,10 @@ async def snapshot(ns: Namespace) -> dict[str, list[str]]:
         return {
             "nodes": _canonical(nodes),
             "edges": _canonical(edges),
-            "sources": _canonical(await relational.fetch("SELECT * FROM gpm_sources")),
-            "intents": _canonical(await relational.fetch("SELECT * FROM gpm_intents")),
-            "links": _canonical(await relational.fetch("SELECT * FROM gpm_intent_links")),
-            "processed": _canonical(await relational.fetch("SELECT event_id FROM gpm_processed_events")),
+            "sources": _canonical(await relational.fetch_read_only("SELECT * FROM gpm_sources")),
+            "intents": _canonical(await relational.fetch_read_only("SELECT * FROM gpm_intents")),
+            "links": _canonical(await relational.fetch_read_only("SELECT * FROM gpm_intent_links")),
+            "processed": _canonical(await relational.fetch_read_only("SELECT event_id FROM gpm_processed_events")),
         }
     finally:
         await relational.close()

@@ -74,7 +74,8 @@ async def test_crash_at_each_step_converges_to_the_crash_free_state(
     store = await ns.relational()
     try:
         states = {
-            r["state"]: r["n"] for r in await store.fetch("SELECT state, count(*) AS n FROM gpm_outbox GROUP BY state")
+            r["state"]: r["n"]
+            for r in await store.fetch_read_only("SELECT state, count(*) AS n FROM gpm_outbox GROUP BY state")
         }
     finally:
         await store.close()

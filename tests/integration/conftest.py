@@ -170,7 +170,7 @@ class Namespace:
         """Run a query on the namespace's PostgreSQL database."""
         store = await self.relational()
         try:
-            return await store.fetch(query, *args)
+            return await store.fetch_read_only(query, *args)
         finally:
             await store.close()
 

@@ -25,7 +25,7 @@ async def test_sigterm_drains_and_exits_zero_without_leaking_secrets(ns: Namespa
         async def applied() -> bool:
             store = await ns.relational()
             try:
-                return (await store.fetch("SELECT count(*) AS n FROM gpm_sources"))[0]["n"] == 3
+                return (await store.fetch_read_only("SELECT count(*) AS n FROM gpm_sources"))[0]["n"] == 3
             except StoreRejected:
                 return False  # the worker process has not created its tables yet
             finally:

@@ -170,7 +170,7 @@ async def test_writes_wait_for_the_backup_fence(ns: Namespace) -> None:
     """While a backup holds the write fence no batch starts; it goes through once the fence is gone."""
     async with GraphPostgresManager(ns.settings) as gpm:
         relational = gpm._stores()[0]
-        async with relational.write_fence():
+        async with relational.quiesced(settle_s=0):
             write = asyncio.create_task(gpm.store_ast_graph(FUNCTION, "fenced.py"))
             await asyncio.sleep(1.0)
             assert not write.done()

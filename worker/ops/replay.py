@@ -85,11 +85,7 @@ async def require_empty_stores(settings: Settings) -> None:
     relational = await PostgresRelationalStore.connect(settings.postgres)
     graph = connect_graph(settings.graph)
     try:
-        held = []
-        for table in ("gpm_sources", "gpm_intents", "gpm_processed_events"):
-            exists = await relational.fetch("SELECT to_regclass($1) IS NOT NULL AS found", table)
-            if exists[0]["found"] and await relational.fetch(f"SELECT 1 FROM {table} LIMIT 1"):  # noqa: S608 - fixed names
-                held.append(f"PostgreSQL table {table}")
+        held = [f"PostgreSQL table {table}" for table in await relational.tables_with_applied_state()]
         if not await graph.is_empty():
             held.append(f"graph database {settings.graph.database}")
     finally:

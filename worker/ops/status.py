@@ -42,19 +42,16 @@ async def collect(settings: Settings, topics: list[str] | None = None) -> Status
         members = await group.members()
     relational = await PostgresRelationalStore.connect(settings.postgres)
     try:
-        applied = await relational.fetch(
-            "SELECT topic, kafka_partition, max(processed_at) AS at FROM gpm_processed_events GROUP BY 1, 2"
-        )
-        outbox = await relational.fetch("SELECT state, count(*) AS n FROM gpm_outbox GROUP BY state")
+        last = await relational.last_applied()
+        outbox = await relational.outbox_counts()
         parked = await relational.parked_links(settings.worker.parked_link_ttl_s, sample=0)
     finally:
         await relational.close()
-    last = {(r["topic"], r["kafka_partition"]): r["at"] for r in applied}
     return Status(
         group_id=settings.kafka.group_id,
         members=members,
         partitions=[PartitionStatus(o, last.get((o.topic, o.partition))) for o in offsets],
-        outbox={r["state"]: int(r["n"]) for r in outbox},
+        outbox=outbox,
         parked_links=parked.parked,
         unresolved_links=parked.expired,
     )

@@ -1,6 +1,6 @@
 """Backup: one consistent, versioned, compressed snapshot of both stores.
 
-Consistency across two stores comes from the write fence (see worker.saga.fence): no
+Consistency across two stores comes from the write fence (PostgresRelationalStore.quiesced): no
 batch starts while the stores are read. A batch left 'pending' by a worker that died
 mid-batch is listed in the manifest (``in_flight_batches``); its events, never committed
 in Kafka, are applied again after a restore just as after the crash itself.
@@ -17,7 +17,6 @@ from typing import Any
 import structlog
 
 from worker.ports import SnapshotGraph
-from worker.saga.fence import quiesced
 from worker.snapshot.archive import FORMAT, FORMAT_VERSION, SnapshotWriter
 from worker.snapshot.dump import ProgressFn, dump_graph, dump_tables, no_progress
 from worker.stores.postgres import PostgresRelationalStore
@@ -37,7 +36,7 @@ async def take_backup(
 ) -> dict[str, Any]:
     """Write the snapshot file ``target``; return its manifest."""
     started = time.perf_counter()
-    async with quiesced(relational, settle_s) as in_flight:
+    async with relational.quiesced(settle_s) as in_flight:
         writer = SnapshotWriter(target)
         try:
             async with relational.snapshot() as tables:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
@@ -15,57 +14,20 @@ import structlog
 from asyncpg.transaction import Transaction
 
 from worker.config import PostgresSettings
-from worker.errors import ConfigError, OperationRefused, StoreRejected, StoreUnavailable
+from worker.errors import ConfigError, StoreRejected, StoreUnavailable
 from worker.events import AstGraphDeleted, AstGraphUpserted, IntentLinkDeleted, IntentLinkUpserted, Tombstone
-from worker.ports import AppliedState, BatchPlan, BatchRecord, GraphWriteStats, LinkRow, Outcome, ParkedLinks
+from worker.ports import AppliedState, BatchPlan, BatchRecord, GraphWriteStats, LinkRow, Outcome
+from worker.stores.postgres_errors import DRIVER_ERRORS, map_error, mapped
 from worker.stores.postgres_migrations import Connection, apply_migrations, bundled_migrations
+from worker.stores.postgres_operations import FENCED, WRITE_FENCE_KEY, PostgresOperations
 from worker.telemetry import metrics
 
 log = structlog.get_logger(__name__)
 P = ParamSpec("P")
 T = TypeVar("T")
 
-# SQLSTATE classes that clear up by themselves: connection exceptions (08), insufficient
-# resources (53), operator intervention (57, e.g. admin shutdown), and the two
-# concurrency failures (40001 serialization, 40P01 deadlock).
-_TRANSIENT_SQLSTATE_PREFIXES = ("08", "53", "57")
-_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01"})
-# The write fence: every batch takes it shared when it starts (begin_batch); a backup holds
-# it exclusively (worker/saga/fence.py), so no batch starts while both stores are read. Any constant works.
-WRITE_FENCE_KEY = 0x67706D5F66656E  # "gpm_fen"
-FENCED = "a backup or repair holds the write fence (one consistent point of both stores); writes resume after it"
 
-
-def _map_error(exc: BaseException) -> Exception:
-    if isinstance(exc, asyncpg.PostgresError):
-        state = exc.sqlstate or ""
-        if state in _TRANSIENT_SQLSTATES or state.startswith(_TRANSIENT_SQLSTATE_PREFIXES):
-            return StoreUnavailable(f"PostgreSQL unavailable: {type(exc).__name__}: {exc}")
-        return StoreRejected(f"PostgreSQL rejected the write: {type(exc).__name__} [{state}]: {exc}")
-    if isinstance(exc, asyncpg.InterfaceError) and isinstance(exc, ValueError):
-        # asyncpg's own DataError: a value it cannot encode for its column (the data, not the server).
-        return StoreRejected(f"PostgreSQL cannot take the data: {type(exc).__name__}: {exc}")
-    return StoreUnavailable(f"PostgreSQL unreachable: {type(exc).__name__}: {exc}")
-
-
-_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
-
-
-def _mapped(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
-    """Run ``fn`` and translate driver errors into the project's error tree."""
-
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        try:
-            return await fn(*args, **kwargs)
-        except _DRIVER_ERRORS as exc:
-            raise _map_error(exc) from exc
-
-    wrapper.__name__ = fn.__name__
-    wrapper.__doc__ = fn.__doc__
-    return wrapper
-
-
-class PostgresRelationalStore:
+class PostgresRelationalStore(PostgresOperations):
     """The RelationalStore port on an asyncpg pool."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
@@ -97,51 +59,24 @@ class PostgresRelationalStore:
                 raise ConfigError(msg) from None
             msg = f"cannot connect to PostgreSQL at {settings.redacted_dsn}: {type(exc).__name__}"
             raise StoreUnavailable(msg) from None
-        except (*_DRIVER_ERRORS, ValueError) as exc:
+        except (*DRIVER_ERRORS, ValueError) as exc:
             # The driver's message can echo the DSN; say which server without the secret.
             msg = f"cannot connect to PostgreSQL at {settings.redacted_dsn}: {type(exc).__name__}"
             raise StoreUnavailable(msg) from None
         return cls(pool)
 
-    @asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[Connection]:
-        async with self._pool.acquire() as conn, conn.transaction():
-            yield conn
-
-    @_mapped
+    @mapped
     async def migrate(self, upto: int | None = None) -> None:
         """Apply pending migrations (those up to version ``upto`` only, if given)."""
         migrations = [m for m in bundled_migrations() if upto is None or m.version <= upto]
         async with self._pool.acquire() as conn:
             await apply_migrations(conn, migrations)
 
-    @_mapped
+    @mapped
     async def schema_version(self) -> int:
         """The newest migration applied (0 before any)."""
         async with self._pool.acquire() as conn:
             return int(await conn.fetchval("SELECT coalesce(max(version), 0) FROM gpm_schema_migrations"))
-
-    @asynccontextmanager
-    async def write_fence(self) -> AsyncIterator[None]:
-        """Hold the write fence exclusively: batches already started finish, new ones wait.
-
-        A session lock on a connection of its own: if the holder dies, the server drops
-        the connection and the lock with it, so a crashed backup never fences forever.
-        """
-        try:
-            conn = await self._pool.acquire()
-        except _DRIVER_ERRORS as exc:
-            raise _map_error(exc) from exc
-        try:
-            await conn.execute("SELECT pg_advisory_lock($1)", WRITE_FENCE_KEY)
-            try:
-                yield
-            finally:
-                await conn.execute("SELECT pg_advisory_unlock($1)", WRITE_FENCE_KEY)
-        except _DRIVER_ERRORS as exc:
-            raise _map_error(exc) from exc
-        finally:
-            await self._pool.release(conn)
 
     @asynccontextmanager
     async def snapshot(self) -> AsyncIterator[TableSnapshot]:
@@ -152,10 +87,10 @@ class PostgresRelationalStore:
                 # so the same rows always give the same bytes.
                 await conn.execute("SET LOCAL TIME ZONE 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'")
                 yield TableSnapshot(conn)
-        except _DRIVER_ERRORS as exc:
-            raise _map_error(exc) from exc
+        except DRIVER_ERRORS as exc:
+            raise map_error(exc) from exc
 
-    @_mapped
+    @mapped
     async def restore_tables(self, tables: list[TableCopy]) -> None:
         """COPY rows into empty tables, all in one transaction; refuse if any table has rows."""
         async with self._transaction() as conn:
@@ -166,7 +101,7 @@ class PostgresRelationalStore:
             for table in tables:
                 await conn.copy_to_table(table.name, source=table.rows, columns=table.columns, format="text")
 
-    @_mapped
+    @mapped
     async def begin_batch(self, record: BatchRecord) -> AppliedState:
         """Outbox row 'pending' (or a new attempt of it) and the applied state, in one transaction."""
         positions = orjson.dumps([dataclasses.asdict(p) for p in record.positions]).decode()
@@ -204,7 +139,7 @@ class PostgresRelationalStore:
             processed_event_ids=frozenset(r["event_id"] for r in processed),
         )
 
-    @_mapped
+    @mapped
     async def links_for_sources(self, source_ids: tuple[str, ...]) -> tuple[LinkRow, ...]:
         """Links that point into the given sources."""
         if not source_ids:
@@ -223,8 +158,8 @@ class PostgresRelationalStore:
         """Registry, links and processed ledger written now; the outbox row 'applied' and the commit at ``finish``."""
         try:
             conn = await self._pool.acquire()
-        except _DRIVER_ERRORS as exc:
-            raise _map_error(exc) from exc
+        except DRIVER_ERRORS as exc:
+            raise map_error(exc) from exc
         transaction = conn.transaction()
         completion = PostgresBatchCompletion(conn, transaction, batch_id, plan)
         try:
@@ -234,12 +169,12 @@ class PostgresRelationalStore:
             try:
                 if not completion.committed and not conn.is_closed():
                     await transaction.rollback()
-            except _DRIVER_ERRORS as exc:  # the connection is gone: the server rolled back
+            except DRIVER_ERRORS as exc:  # the connection is gone: the server rolled back
                 log.debug("rollback of an unfinished batch failed", batch_id=str(batch_id), error=str(exc))
             finally:
                 await self._pool.release(conn)
 
-    @_mapped
+    @mapped
     async def fail_batch(self, batch_id: UUID, state: str, error: str) -> None:
         """Mark the attempt's end and keep the error for operators."""
         async with self._pool.acquire() as conn:
@@ -250,7 +185,7 @@ class PostgresRelationalStore:
                 error[:4000],
             )
 
-    @_mapped
+    @mapped
     async def abandon_pending(self, partitions: tuple[tuple[str, int], ...]) -> int:
         """Rows a crashed or revoked worker left 'pending' on partitions now ours."""
         if not partitions:
@@ -266,135 +201,7 @@ class PostgresRelationalStore:
             )
         return int(status.rsplit(" ", 1)[-1])
 
-    @_mapped
-    async def parked_links(self, older_than_s: float, sample: int = 20) -> ParkedLinks:
-        """How many links wait for their AST node, how many longer than ``older_than_s``, and some of those."""
-        async with self._pool.acquire() as conn:
-            counts = await conn.fetchrow(
-                """SELECT count(*) AS parked,
-                          count(*) FILTER (WHERE parked_since < now() - make_interval(secs => $1)) AS expired
-                   FROM gpm_intent_links WHERE parked_since IS NOT NULL""",
-                older_than_s,
-            )
-            oldest = await conn.fetch(
-                """SELECT intent_id, source_id, node_id FROM gpm_intent_links
-                   WHERE parked_since < now() - make_interval(secs => $1) ORDER BY parked_since LIMIT $2""",
-                older_than_s,
-                sample,
-            )
-        assert counts is not None  # noqa: S101 - an aggregate always returns one row
-        return ParkedLinks(
-            parked=counts["parked"],
-            expired=counts["expired"],
-            oldest_expired=tuple(LinkRow(r["intent_id"], r["source_id"], r["node_id"]) for r in oldest),
-        )
-
-    @_mapped
-    async def live_intents(self, intent_ids: list[str]) -> list[UUID]:
-        """Which of these intents have a live (not deleted) registry row."""
-        if not intent_ids:
-            return []
-        async with self._pool.acquire() as conn:
-            rows = await conn.fetch(
-                """SELECT intent_id FROM gpm_intents WHERE NOT deleted
-                   AND intent_id::text = ANY($1::text[]) ORDER BY intent_id""",
-                intent_ids,
-            )
-        return [r["intent_id"] for r in rows]
-
-    @_mapped
-    async def repair(
-        self,
-        orphans: list[str],
-        rebuild: list[str],
-        stuck: list[str],
-        rebuild_intents: Sequence[UUID] = (),
-    ) -> None:
-        """The relational side of a consistency repair, in one transaction.
-
-        ``orphans``: sources whose graph nodes were deleted: links into them wait again.
-        ``rebuild`` (sources) and ``rebuild_intents``: to re-apply: the ledger forgets their
-        last event and their version goes down by one, so that event, replayed, is applied again.
-        ``stuck``: outbox rows (batch ids) left 'pending' by a crash: closed as 'abandoned'.
-        """
-        async with self._transaction() as conn:
-            await conn.execute(
-                """UPDATE gpm_intent_links SET parked_since = coalesce(parked_since, now())
-                   WHERE source_id = ANY($1::text[])""",
-                orphans,
-            )
-            for table, key, kind, ids in (
-                ("gpm_sources", "source_id", "text", list(rebuild)),
-                ("gpm_intents", "intent_id", "uuid", list(rebuild_intents)),
-            ):
-                await conn.execute(
-                    f"""DELETE FROM gpm_processed_events WHERE event_id IN
-                        (SELECT event_id FROM {table} WHERE {key} = ANY($1::{kind}[]))""",  # noqa: S608 - fixed names
-                    ids,
-                )
-                await conn.execute(
-                    f"""UPDATE {table} SET source_version = source_version - 1, updated_at = now()
-                        WHERE {key} = ANY($1::{kind}[])""",  # noqa: S608 - fixed names
-                    ids,
-                )
-            # Their graph is broken: the replayed event must rewrite it, not find it unchanged.
-            await conn.execute(
-                "UPDATE gpm_sources SET graph_digest = NULL WHERE source_id = ANY($1::text[])", list(rebuild)
-            )
-            await conn.execute(
-                """UPDATE gpm_outbox SET state = 'abandoned', updated_at = now(),
-                       last_error = 'closed by a consistency repair: interrupted before completion'
-                   WHERE state = 'pending' AND batch_id = ANY($1::uuid[])""",
-                stuck,
-            )
-
-    @_mapped
-    async def preflight_facts(self, tables: list[str], bundled: list[int]) -> dict[str, Any]:
-        """Server version, user, and what that user may do: for the preflight report."""
-        async with self._pool.acquire() as conn:
-            facts = await conn.fetchrow(
-                """SELECT current_setting('server_version_num')::int AS version_num,
-                          current_setting('server_version') AS version, current_user AS user,
-                          has_schema_privilege(current_schema(), 'CREATE') AS can_create,
-                          to_regclass('gpm_schema_migrations') IS NOT NULL AS tracked,
-                          to_regclass('gpm_schema_migrations') IS NULL
-                            OR has_table_privilege('gpm_schema_migrations', 'SELECT, INSERT') AS can_track"""
-            )
-            assert facts is not None  # noqa: S101 - a SELECT without FROM returns one row
-            applied = (
-                {r["version"] for r in await conn.fetch("SELECT version FROM gpm_schema_migrations")}
-                if facts["tracked"] and facts["can_track"]
-                else set()
-            )
-            denied = [
-                r["t"]
-                for r in await conn.fetch(
-                    """SELECT t FROM unnest($1::text[]) AS t WHERE to_regclass(t) IS NOT NULL
-                       AND NOT has_table_privilege(t, 'SELECT, INSERT, UPDATE, DELETE')""",
-                    tables,
-                )
-            ]
-            if not facts["can_track"]:
-                denied.append("gpm_schema_migrations (SELECT, INSERT)")
-        return {**dict(facts), "pending": sorted(set(bundled) - applied), "denied": denied}
-
-    @_mapped
-    async def fetch(self, sql: str, *args: object) -> list[dict[str, Any]]:
-        """Run a read query and return plain dicts (for reports and tests)."""
-        async with self._pool.acquire() as conn:
-            return [dict(r) for r in await conn.fetch(sql, *args)]
-
-    @_mapped
-    async def fetch_read_only(self, sql: str, *args: object) -> list[dict[str, Any]]:
-        """Run a query in a READ ONLY transaction (PostgreSQL refuses any write in it)."""
-        try:
-            async with self._pool.acquire() as conn, conn.transaction(readonly=True):
-                return [dict(r) for r in await conn.fetch(sql, *args)]
-        except asyncpg.ReadOnlySQLTransactionError as exc:
-            msg = f"a read query may not write: {exc}"
-            raise OperationRefused(msg) from exc
-
-    @_mapped
+    @mapped
     async def ping(self) -> None:
         """Round trip to the server."""
         async with self._pool.acquire() as conn:
@@ -417,7 +224,7 @@ class PostgresBatchCompletion:
         self._plan = plan
         self.committed = False
 
-    @_mapped
+    @mapped
     async def start(self) -> None:
         """Everything the events themselves bring to PostgreSQL: what it may refuse, before the graph changes."""
         conn, plan = self._conn, self._plan
@@ -434,7 +241,7 @@ class PostgresBatchCompletion:
             ],
         )
 
-    @_mapped
+    @mapped
     async def finish(self, stats: GraphWriteStats) -> None:
         """Parked links as the graph found them, the outbox row 'applied', commit."""
         await _track_parked_links(self._conn, self._plan, stats.unresolved_links)
@@ -463,7 +270,7 @@ class TableSnapshot:
     def __init__(self, conn: Connection) -> None:
         self._conn = conn
 
-    @_mapped
+    @mapped
     async def columns(self, table: str) -> list[str]:
         """The table's columns, in order."""
         rows = await self._conn.fetch(
@@ -473,7 +280,7 @@ class TableSnapshot:
         )
         return [r["attname"] for r in rows]
 
-    @_mapped
+    @mapped
     async def copy_out(
         self, table: str, columns: list[str], order_by: str, sink: Callable[[bytes], Coroutine[Any, Any, None]]
     ) -> None:
