@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaConnectionError
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_base, retry_if_exception, retry_if_exception_type
 
 from worker import failpoints
+from worker.compose import open_graph, open_relational, open_stores, runner_limits
 from worker.config import Settings
 from worker.consume.runner import IngestRunner
 from worker.deadletter import DeadLetterSink, HaltingDeadLetterSink, KafkaDeadLetterSink
@@ -33,7 +34,6 @@ from worker.ports import GraphBackend
 from worker.preflight import run_preflight
 from worker.retrying import backoff, log_before_retry
 from worker.saga.coordinator import SagaCoordinator
-from worker.stores.graph import connect_graph
 from worker.stores.postgres import PostgresRelationalStore
 from worker.telemetry import configure_tracing, metrics
 
@@ -42,14 +42,9 @@ log = structlog.get_logger(__name__)
 
 async def migrate(settings: Settings) -> None:
     """Apply PostgreSQL migrations and the graph schema."""
-    relational = await PostgresRelationalStore.connect(settings.postgres)
-    graph = connect_graph(settings.graph, settings.worker.transaction_size)
-    try:
-        await relational.migrate()
-        await graph.migrate()
-    finally:
-        await graph.close()
-        await relational.close()
+    async with open_stores(settings) as stores:
+        await stores.relational.migrate()
+        await stores.graph.migrate()
 
 
 # Each resource gets this long to close at shutdown. Offsets are committed batch by batch,
@@ -155,7 +150,7 @@ class Worker:
                 else KafkaDeadLetterSink(producer, s.kafka.dlq_suffix, max_bytes=dlq_request_bytes(s))
             )
             coordinator = SagaCoordinator(relational, graph, dead_letters, s.worker)
-            self.runner = runner = IngestRunner(consumer, coordinator, dead_letters, s)
+            self.runner = runner = IngestRunner(consumer, coordinator, dead_letters, runner_limits(s))
             runner.subscribe()
             stack.push_async_callback(_bounded_close, "consumer", consumer.stop)
             # start() returns once the group has assigned partitions, which takes as long as the
@@ -248,7 +243,7 @@ class Worker:
         Returns False if the worker was asked to stop first.
         """
         s = self.settings
-        self._graph = connect_graph(s.graph, s.worker.transaction_size)
+        self._graph = open_graph(s)
         stack.push_async_callback(_bounded_close, "graph driver", self._graph.close)
         started = time.monotonic()
 
@@ -308,7 +303,7 @@ class Worker:
             # while it starts) once held an attempt for minutes.
             async with asyncio.timeout(s.worker.start_attempt_timeout_s):
                 if self._relational is None:
-                    self._relational = await PostgresRelationalStore.connect(s.postgres)
+                    self._relational = await open_relational(s)
                     stack.push_async_callback(_bounded_close, "PostgreSQL pool", self._relational.close)
                 if s.worker.preflight:
                     report = await run_preflight(self._relational, self._graph)

@@ -387,20 +387,14 @@ def _with_manager(work: Callable[[GraphPostgresManager, _StageBars], Awaitable[T
 @app.command()
 def preflight() -> None:
     """Check the servers' versions and the users' rights; exit 1 if anything is missing."""
+    from worker.compose import open_stores  # noqa: PLC0415
     from worker.preflight import run_preflight  # noqa: PLC0415
-    from worker.stores.graph import connect_graph  # noqa: PLC0415
-    from worker.stores.postgres import PostgresRelationalStore  # noqa: PLC0415
 
     settings = _settings()
 
     async def check() -> PreflightReport:
-        relational = await PostgresRelationalStore.connect(settings.postgres)
-        graph = connect_graph(settings.graph)
-        try:
-            return await run_preflight(relational, graph)
-        finally:
-            await graph.close()
-            await relational.close()
+        async with open_stores(settings) as stores:
+            return await run_preflight(stores.relational, stores.graph)
 
     report = _ops(check())
     out = _out()
@@ -573,7 +567,7 @@ def dev(
     ] = 100,
     transaction_size: Annotated[int, typer.Option(help="Graph rows per batch.")] = 1000,
     graph_backend: Annotated[
-        Literal["neo4j", "falkordb"],
+        Literal["neo4j", "falkordb"],  # config.GraphBackendName, spelt out: importing config slows --help
         typer.Option(help="neo4j: the Neo4j adapter over Bolt, on ArcadeDB; or falkordb."),
     ] = "neo4j",
 ) -> None:
@@ -590,8 +584,8 @@ def dev(
 
 
 async def _dev(stack: DevStack, settings: Settings, files: int) -> None:
+    from worker.compose import open_graph  # noqa: PLC0415
     from worker.devjob import corpus, ingest_corpus  # noqa: PLC0415
-    from worker.stores.graph import connect_graph  # noqa: PLC0415
 
     with _progress() as progress:
         parsing = progress.add_task("parsing files", total=files)
@@ -599,7 +593,7 @@ async def _dev(stack: DevStack, settings: Settings, files: int) -> None:
         ingesting = progress.add_task("ingesting", total=len(events))
         report = await ingest_corpus(stack, settings, events, lambda done: progress.update(ingesting, completed=done))
         progress.update(ingesting, completed=len(events))
-    graph = connect_graph(settings.graph)
+    graph = open_graph(settings)
     try:
         in_graph = await graph.query("MATCH (n:AstNode) RETURN count(n) AS nodes")
         functions = await graph.query(

@@ -38,6 +38,8 @@ _HOST = re.compile(r"[A-Za-z0-9._:-]{1,253}")
 _TOPIC_EXAMPLES = ("ast-graphs", "ast-graphs.a", "ast-graphs.team-a", "intent-links", "a")
 # Topics this worker consumes: ast-graphs, ast-graphs.<name>, intent-links; never their
 # dead-letter topics (".dlq"), which would otherwise match the ast-graphs.<name> form.
+# The graph backends an adapter exists for (worker/stores/neo4j.py, falkordb.py).
+GraphBackendName = Literal["neo4j", "falkordb"]
 DEFAULT_TOPIC_PATTERN = r"^(?!.*\.dlq$)(ast-graphs(\.[A-Za-z0-9_-]+)*|intent-links)$"
 
 
@@ -234,7 +236,7 @@ class GraphSettings(BaseModel):
     graph's key) for FalkorDB.
     """
 
-    backend: Literal["neo4j", "falkordb"] = "neo4j"
+    backend: GraphBackendName = "neo4j"
     uri: str = ""
     user: str = ""
     password: SecretStr = SecretStr("")
@@ -373,13 +375,6 @@ class Settings(BaseSettings):
         """The usual order, with secret files read per nested field (``GPM_POSTGRES__DSN``)."""
         secrets = NestedSecretsSettingsSource(file_secret_settings)
         return init_settings, env_settings, dotenv_settings, secrets
-
-
-def batches_in_flight(settings: Settings) -> int:
-    """``worker.batches_in_flight``, or the graph backend's default when it is unset."""
-    if settings.worker.batches_in_flight is not None:
-        return settings.worker.batches_in_flight
-    return 2 if settings.graph.backend == "falkordb" else 1
 
 
 def load_settings(env_file: Path | None = None, secrets_dir: Path | None = None) -> Settings:

@@ -20,12 +20,12 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from worker.app import Worker
+from worker.compose import open_relational
 from worker.config import Settings
 from worker.devstack import DevStack
 from worker.events import AstGraphUpserted, EventType, IntentLinkUpserted
 from worker.publish import publish_events
 from worker.sample import event_for_file, python_files
-from worker.stores.postgres import PostgresRelationalStore
 
 GRAPH_TOPIC = "ast-graphs"
 INTENT_TOPIC = "intent-links"
@@ -144,7 +144,7 @@ async def wait_until_committed(
 
 async def applied_totals(settings: Settings, seconds: float) -> IngestReport:
     """What PostgreSQL records as applied: live sources with their node and edge counts, outbox states."""
-    relational = await PostgresRelationalStore.connect(settings.postgres)
+    relational = await open_relational(settings)
     try:
         totals = await relational.registry_totals()
         outbox = await relational.outbox_counts()

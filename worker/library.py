@@ -27,6 +27,7 @@ from uuid import UUID, uuid4
 import structlog
 from pydantic import ValidationError
 
+from worker.compose import open_graph, open_relational
 from worker.config import Settings, load_settings
 from worker.deadletter import DeadLetter
 from worker.errors import EventError, GpmError, OperationRefused, StoreError, StoreRejected
@@ -47,7 +48,6 @@ from worker.snapshot.backup import take_backup
 from worker.snapshot.dump import ProgressFn, no_progress
 from worker.snapshot.export import ExportFormat, export_graph
 from worker.snapshot.restore import restore_backup
-from worker.stores.graph import connect_graph
 from worker.stores.postgres import PostgresRelationalStore
 from worker.telemetry import metrics, percentile
 
@@ -248,8 +248,8 @@ class GraphPostgresManager:
 
     async def _open(self) -> None:
         s = self.settings
-        self._relational = await PostgresRelationalStore.connect(s.postgres)
-        self._graph = connect_graph(s.graph, s.worker.transaction_size)
+        self._relational = await open_relational(s)
+        self._graph = open_graph(s)
         try:
             if s.worker.preflight:
                 (await run_preflight(self._relational, self._graph)).raise_for_failures()

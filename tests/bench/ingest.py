@@ -37,14 +37,14 @@ from typing import Any, BinaryIO
 
 from pydantic import SecretStr
 
-from worker.config import ENV_PREFIX, GraphSettings, Settings, batches_in_flight
+from worker.compose import batches_in_flight, connect_graph
+from worker.config import ENV_PREFIX, GraphSettings, Settings
 from worker.devjob import IngestReport, applied_totals, corpus, prepare_topics, publish_corpus, wait_until_committed
 from worker.devstack import DevStack
 from worker.events import AstGraphUpserted, GraphData, Node
 from worker.ports import GraphChanges
 from worker.runtime import tune_gc
 from worker.stores.cypher import node_key
-from worker.stores.graph import connect_graph
 from worker.telemetry import configure_logging
 
 LOOKUP = "MATCH (n:AstNode {key: $key}) RETURN n.node_id AS id"

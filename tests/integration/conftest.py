@@ -26,6 +26,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import SecretStr
 
 from worker.app import Worker
+from worker.compose import connect_graph
 from worker.config import GraphSettings, Settings
 from worker.devstack import DevStack
 from worker.devstack.arcadedb import ArcadeDBServer
@@ -33,7 +34,6 @@ from worker.devstack.falkordb import FalkorDBServer
 from worker.events import Envelope
 from worker.ports import GraphBackend
 from worker.publish import publish_events
-from worker.stores.graph import connect_graph
 from worker.stores.postgres import PostgresRelationalStore
 
 _counter = itertools.count()

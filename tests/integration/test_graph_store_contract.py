@@ -19,13 +19,13 @@ from pydantic import SecretStr
 
 from tests.factories import delete, graph, link, unlink, upsert
 from tests.integration.conftest import Namespace
+from worker.compose import connect_graph
 from worker.config import GraphSettings
 from worker.devstack.falkordb import FalkorDBServer
 from worker.errors import StoreRejected, StoreUnavailable
 from worker.events import GraphData
 from worker.ports import GraphBackend, GraphChanges, GraphStore, LinkRow, SnapshotGraph
 from worker.stores.cypher import node_key
-from worker.stores.graph import connect_graph
 
 pytestmark = pytest.mark.integration
 BACKENDS_RAN: set[str] = set()
@@ -75,7 +75,7 @@ async def store(
         settings = GraphSettings(backend="falkordb", uri=falkordb_server.uri, database=ns.name)
     else:
         settings = ns.settings.graph
-    backend = connect_graph(settings, chunk_size=7)  # tiny chunks: many statements per batch (Bolt)
+    backend = connect_graph(settings, transaction_size=7)  # tiny chunks: many statements per batch (Bolt)
     if request.param == "neo4j":
         await backend.query("MATCH (n) DETACH DELETE n")
     await backend.migrate()

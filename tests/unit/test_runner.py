@@ -15,6 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tests.factories import graph, link, upsert
+from worker.compose import runner_limits
 from worker.config import KafkaSettings, Settings, WorkerSettings
 from worker.consume.runner import IngestRunner, _Rebalance
 from worker.errors import StoreUnavailable
@@ -132,7 +133,7 @@ async def test_no_offset_is_committed_past_a_rewound_batch(
             transaction_size=transaction_size, linger_ms=0, retry_max_s=0.01, batches_in_flight=in_flight
         )
     )
-    runner = IngestRunner(consumer, coordinator, None, settings)  # type: ignore[arg-type]
+    runner = IngestRunner(consumer, coordinator, None, runner_limits(settings))  # type: ignore[arg-type]
     task = asyncio.create_task(runner.run())
     await _until(lambda: consumer.commits[-1:] == [4], task)
     runner.stopping.set()
@@ -171,7 +172,7 @@ async def _rebalanced_run(
     consumer: FakeConsumer, coordinator: RebalancingCoordinator, settings: Settings
 ) -> IngestRunner:
     """Run the loop (the coordinator revokes and reassigns during the first batch) until offset 6 is committed."""
-    runner = IngestRunner(consumer, coordinator, None, settings)  # type: ignore[arg-type]
+    runner = IngestRunner(consumer, coordinator, None, runner_limits(settings))  # type: ignore[arg-type]
     coordinator.runner = runner
     task = asyncio.create_task(runner.run())
     await _until(lambda: bool(consumer.commits) and consumer.commits[-1] >= 6, task)
@@ -257,7 +258,7 @@ async def test_batch_span_links_to_the_producers_spans() -> None:
     coordinator = RebalancingCoordinator(consumer)
     coordinator.rebalance = asyncio.create_task(asyncio.sleep(0))  # no rebalance in this test
     settings = Settings(worker=WorkerSettings(transaction_size=3, linger_ms=0))
-    runner = IngestRunner(consumer, coordinator, None, settings)  # type: ignore[arg-type]
+    runner = IngestRunner(consumer, coordinator, None, runner_limits(settings))  # type: ignore[arg-type]
     task = asyncio.create_task(runner.run())
     await _until(lambda: bool(consumer.commits), task)
     runner.stopping.set()
@@ -299,7 +300,7 @@ async def test_batches_overlap_only_when_their_sources_and_intents_are_disjoint(
     consumer = FakeConsumer([Record(i, encode_event(e)) for i, e in enumerate(events)])
     coordinator = SlowCoordinator()
     settings = Settings(worker=WorkerSettings(transaction_size=1, linger_ms=0, batches_in_flight=2))
-    runner = IngestRunner(consumer, coordinator, None, settings)  # type: ignore[arg-type]
+    runner = IngestRunner(consumer, coordinator, None, runner_limits(settings))  # type: ignore[arg-type]
     task = asyncio.create_task(runner.run())
     await _until(lambda: consumer.commits[-1:] == [5], task)
     runner.stopping.set()

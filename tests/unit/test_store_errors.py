@@ -48,7 +48,7 @@ def test_a_value_asyncpg_cannot_encode_is_a_rejection_not_an_outage() -> None:
     import asyncpg
 
     from worker.errors import StoreRejected
-    from worker.stores.postgres import _map_error
+    from worker.stores.postgres_errors import map_error
 
     data_error = asyncpg.exceptions._base.DataError("invalid input for query argument $2: 9223372036854775808")
-    assert isinstance(_map_error(data_error), StoreRejected)
+    assert isinstance(map_error(data_error), StoreRejected)

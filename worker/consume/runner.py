@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import time
+from dataclasses import dataclass
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -20,7 +21,6 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 from opentelemetry import propagate, trace
 
 from worker import failpoints
-from worker.config import Settings, batches_in_flight
 from worker.consume.batcher import Batch, Batcher
 from worker.consume.decoding import DecodeAhead
 from worker.consume.inflight import InFlight, footprint
@@ -87,6 +87,22 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka s
         log.info("partitions assigned", partitions=sorted(f"{tp.topic}:{tp.partition}" for tp in assigned))
 
 
+@dataclass(frozen=True, slots=True)
+class RunnerLimits:
+    """What the consumer loop needs of the settings, resolved by the composition root."""
+
+    topic_pattern: str
+    transaction_size: int
+    linger_s: float
+    batches_in_flight: int
+    max_poll_records: int
+    max_event_bytes: int
+    max_nodes_per_graph: int
+    strings_may_hold_nul: bool  # False for FalkorDB, which cannot store a NUL in a string
+    decode_processes: int
+    retry_max_s: float
+
+
 class IngestRunner:
     """Owns the consumer loop of one worker process."""
 
@@ -95,15 +111,15 @@ class IngestRunner:
         consumer: AIOKafkaConsumer,
         coordinator: SagaCoordinator,
         dead_letters: DeadLetterSink,
-        settings: Settings,
+        limits: RunnerLimits,
     ) -> None:
         self._consumer = consumer
         self.coordinator = coordinator
         self._dead_letters = dead_letters
-        self._settings = settings
-        self.batcher = Batcher(settings.worker.transaction_size, settings.worker.linger_ms / 1000, time.monotonic)
+        self._limits = limits
+        self.batcher = Batcher(limits.transaction_size, limits.linger_s, time.monotonic)
         self.flush_lock = asyncio.Lock()
-        self._flights = InFlight(batches_in_flight(settings))
+        self._flights = InFlight(limits.batches_in_flight)
         self.assigned: set[TopicPartition] = set()
         self.joined = False
         self._rewound: set[TopicPartition] = set()  # partitions the last rewind moved back
@@ -112,14 +128,12 @@ class IngestRunner:
         self.generation = 0  # bumped by every revoke
         self.stopping = asyncio.Event()
         self.last_heartbeat = time.monotonic()
-        limits = settings.worker
         self._decoder = DecodeAhead(
             functools.partial(
                 decode_event,
                 max_bytes=limits.max_event_bytes,
                 max_nodes=limits.max_nodes_per_graph,
-                # FalkorDB cannot store a NUL in a string: refuse such a graph at decode time.
-                strings_may_hold_nul=settings.graph.backend != "falkordb",
+                strings_may_hold_nul=limits.strings_may_hold_nul,
             ),
             processes=limits.decode_processes,
         )
@@ -135,11 +149,11 @@ class IngestRunner:
 
     def subscribe(self) -> None:
         """Subscribe by pattern with the rebalance listener."""
-        self._consumer.subscribe(pattern=self._settings.kafka.consumed_pattern(), listener=_Rebalance(self))
+        self._consumer.subscribe(pattern=self._limits.topic_pattern, listener=_Rebalance(self))
 
     async def run(self) -> None:
         """Consume until :attr:`stopping` is set; the batch in flight is finished first."""
-        limits = self._settings
+        limits = self._limits
         try:
             while not self.stopping.is_set():
                 self.last_heartbeat = time.monotonic()
@@ -147,7 +161,7 @@ class IngestRunner:
                     continue  # rewound: fetch again from the rewound offsets
                 timeout_ms = max(10, int(self.batcher.seconds_left() * 1000))
                 fetched = await self._consumer.getmany(
-                    timeout_ms=min(timeout_ms, 1000), max_records=limits.kafka.max_poll_records
+                    timeout_ms=min(timeout_ms, 1000), max_records=limits.max_poll_records
                 )
                 await self._accept_all(list(fetched.items()))
                 self._record_lag(fetched)
@@ -320,7 +334,7 @@ class IngestRunner:
         self._consumer.pause(*paused)
         try:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), timeout=self._settings.worker.retry_max_s)
+                await asyncio.wait_for(self.stopping.wait(), timeout=self._limits.retry_max_s)
         finally:
             self._consumer.resume(*(tp for tp in paused if tp in self._consumer.assignment()))
 

@@ -8,23 +8,28 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, Self
+from typing import Self
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import structlog
 from pydantic import SecretStr
 
-from worker.config import GraphSettings, HealthSettings, KafkaSettings, PostgresSettings, Settings, WorkerSettings
+from worker.config import (
+    GraphBackendName,
+    GraphSettings,
+    HealthSettings,
+    KafkaSettings,
+    PostgresSettings,
+    Settings,
+    WorkerSettings,
+)
 from worker.devstack.arcadedb import ArcadeDBServer
 from worker.devstack.broker import ExternalBroker, TansuBroker
 from worker.devstack.falkordb import FalkorDBServer
 from worker.devstack.postgres import EmbeddedPostgres
 
 log = structlog.get_logger(__name__)
-
-
-GraphBackendName = Literal["neo4j", "falkordb"]
 
 
 class DevStack:

@@ -16,11 +16,10 @@ from datetime import datetime
 
 from aiokafka import TopicPartition
 
+from worker.compose import open_stores
 from worker.config import Settings
 from worker.errors import GpmError
 from worker.ops.offsets import GroupOffsets
-from worker.stores.graph import connect_graph
-from worker.stores.postgres import PostgresRelationalStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,15 +81,10 @@ async def plan_reset(
 
 async def require_empty_stores(settings: Settings) -> None:
     """Raise GpmError unless the configured stores hold nothing yet (a reprocess would else merge into them)."""
-    relational = await PostgresRelationalStore.connect(settings.postgres)
-    graph = connect_graph(settings.graph)
-    try:
-        held = [f"PostgreSQL table {table}" for table in await relational.tables_with_applied_state()]
-        if not await graph.is_empty():
+    async with open_stores(settings) as stores:
+        held = [f"PostgreSQL table {table}" for table in await stores.relational.tables_with_applied_state()]
+        if not await stores.graph.is_empty():
             held.append(f"graph database {settings.graph.database}")
-    finally:
-        await graph.close()
-        await relational.close()
     if held:
         msg = f"not empty: {', '.join(held)}; --into-empty-stores needs fresh databases (and a new group id)"
         raise GpmError(msg)

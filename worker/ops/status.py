@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from worker.compose import open_relational
 from worker.config import Settings
 from worker.ops.offsets import GroupOffsets, PartitionOffsets
-from worker.stores.postgres import PostgresRelationalStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +40,7 @@ async def collect(settings: Settings, topics: list[str] | None = None) -> Status
     async with GroupOffsets.open(settings.kafka) as group:
         offsets = await group.offsets(await group.topics(topics))
         members = await group.members()
-    relational = await PostgresRelationalStore.connect(settings.postgres)
+    relational = await open_relational(settings)
     try:
         last = await relational.last_applied()
         outbox = await relational.outbox_counts()

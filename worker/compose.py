@@ -1,0 +1,90 @@
+"""The composition root: stores and components built from the settings, in one place.
+
+Everything that opens a store (the worker, the library, the CLI, the ops commands, the
+bench) comes here, so the settings are read once and each component receives only the
+values it uses. Defaults that depend on the graph backend are resolved here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from worker.config import GraphSettings, Settings
+from worker.consume.runner import RunnerLimits
+from worker.ports import GraphBackend
+from worker.stores.postgres import PostgresRelationalStore
+
+
+def batches_in_flight(settings: Settings) -> int:
+    """``worker.batches_in_flight``, or the graph backend's default when it is unset.
+
+    FalkorDB writes two batches side by side faster; over Bolt (ArcadeDB) two halved
+    throughput and raced on label creation, so one.
+    """
+    if settings.worker.batches_in_flight is not None:
+        return settings.worker.batches_in_flight
+    return 2 if settings.graph.backend == "falkordb" else 1
+
+
+def runner_limits(settings: Settings) -> RunnerLimits:
+    """The consumer loop's values, with the backend's defaults resolved."""
+    worker = settings.worker
+    return RunnerLimits(
+        topic_pattern=settings.kafka.consumed_pattern(),
+        transaction_size=worker.transaction_size,
+        linger_s=worker.linger_ms / 1000,
+        batches_in_flight=batches_in_flight(settings),
+        max_poll_records=settings.kafka.max_poll_records,
+        max_event_bytes=worker.max_event_bytes,
+        max_nodes_per_graph=worker.max_nodes_per_graph,
+        # FalkorDB cannot store a NUL in a string: such a graph is refused at decode time.
+        strings_may_hold_nul=settings.graph.backend != "falkordb",
+        decode_processes=worker.decode_processes,
+        retry_max_s=worker.retry_max_s,
+    )
+
+
+def connect_graph(settings: GraphSettings, transaction_size: int = 1000) -> GraphBackend:
+    """The configured backend's store (rows per statement: ``transaction_size``); connections open lazily."""
+    if settings.backend == "falkordb":
+        # Imported here: a Neo4j deployment needs no FalkorDB client loaded, and vice versa.
+        from worker.stores.falkordb import FalkorDBGraphStore  # noqa: PLC0415
+
+        return FalkorDBGraphStore.connect(settings, transaction_size)
+    from worker.stores.neo4j import Neo4jGraphStore  # noqa: PLC0415
+
+    return Neo4jGraphStore.connect(settings, transaction_size)
+
+
+def open_graph(settings: Settings) -> GraphBackend:
+    """The graph store these settings name, writing ``worker.transaction_size`` rows a statement."""
+    return connect_graph(settings.graph, settings.worker.transaction_size)
+
+
+async def open_relational(settings: Settings) -> PostgresRelationalStore:
+    """The PostgreSQL store's pool (StoreUnavailable or ConfigError if it cannot open)."""
+    return await PostgresRelationalStore.connect(settings.postgres)
+
+
+@dataclass(frozen=True, slots=True)
+class Stores:
+    """Both stores, opened together."""
+
+    relational: PostgresRelationalStore
+    graph: GraphBackend
+
+
+@asynccontextmanager
+async def open_stores(settings: Settings) -> AsyncIterator[Stores]:
+    """Both stores for the length of the block; closed in reverse order."""
+    relational = await open_relational(settings)
+    try:
+        graph = open_graph(settings)
+        try:
+            yield Stores(relational, graph)
+        finally:
+            await graph.close()
+    finally:
+        await relational.close()
