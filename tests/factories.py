@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -17,7 +14,7 @@ from worker.events import (
     IntentLinkDeleted,
     IntentLinkUpserted,
 )
-from worker.ports import GraphWriteStats, InboundEvent, Position
+from worker.ports import InboundEvent, Position
 
 
 def graph(nodes: list[tuple[str, str]], edges: list[tuple[str, str, str]] = (), **props: Any) -> GraphData:  # type: ignore[assignment]
@@ -71,16 +68,3 @@ def unlink(intent_id: uuid.UUID, version: int) -> IntentLinkDeleted:
 def inbound(event: Any, offset: int = 0, partition: int = 0, topic: str = "ast-graphs") -> InboundEvent:
     """Wrap an event as if it had been read from Kafka."""
     return InboundEvent(event=event, position=Position(topic, partition, offset), raw=b"{}")
-
-
-@dataclass
-class Completion:
-    """A BatchCompletion for fakes of the relational port: ``finish`` runs the callback."""
-
-    finish: Callable[[GraphWriteStats], Awaitable[None]]
-
-
-@asynccontextmanager
-async def completing_with(finish: Callable[[GraphWriteStats], Awaitable[None]]) -> AsyncIterator[Completion]:
-    """The port's ``completing`` block for a fake whose step 3 is one call at the end."""
-    yield Completion(finish)

@@ -2,127 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 from collections import Counter
-from contextlib import AbstractAsyncContextManager
-from uuid import UUID
 
 import pytest
 
-from tests.factories import Completion, completing_with, graph, inbound, upsert
+from tests.factories import graph, inbound, upsert
+from tests.fakes import FakeDeadLetters, FakeGraph, FakeRelational
 from worker.config import WorkerSettings
-from worker.deadletter import DeadLetter
-from worker.errors import StoreRejected, StoreUnavailable
-from worker.ports import AppliedState, BatchPlan, BatchRecord, GraphChanges, GraphWriteStats, LinkRow, Outcome
+from worker.errors import StoreUnavailable
+from worker.ports import Outcome
 from worker.saga.coordinator import SagaCoordinator
 
 G = graph([("a", "Module")])
-
-
-class FakeRelational:
-    """Outbox states and applied versions in dicts."""
-
-    def __init__(self, refuse: frozenset[str] = frozenset(), fail_at_commit: int = 0) -> None:
-        self.outbox: dict[UUID, list[str]] = {}
-        self.versions: dict[str, int] = {}
-        self.refuse = refuse  # sources whose rows PostgreSQL refuses at step 3
-        self.fail_at_commit = fail_at_commit  # commits that fail (after the graph write)
-
-    async def begin_batch(self, record: BatchRecord) -> AppliedState:
-        """Record 'pending'."""
-        self.outbox.setdefault(record.batch_id, []).append("pending")
-        return AppliedState(source_versions=dict(self.versions))
-
-    async def links_for_sources(self, source_ids: tuple[str, ...]) -> tuple[LinkRow, ...]:
-        """No links."""
-        return ()
-
-    def completing(self, batch_id: UUID, plan: BatchPlan) -> AbstractAsyncContextManager[Completion]:
-        """Step 3 as the port shapes it: a refusal before the graph write, finish() after it."""
-        if self.refuse.intersection(item.event.source_id for item in plan.winners):
-            raise StoreRejected("PostgreSQL rejected the write: CheckViolationError")
-        return completing_with(functools.partial(self.complete_batch, batch_id, plan))
-
-    async def complete_batch(self, batch_id: UUID, plan: BatchPlan, stats: GraphWriteStats) -> None:
-        """Record 'applied' and the versions."""
-        if self.fail_at_commit > 0:
-            self.fail_at_commit -= 1
-            raise StoreRejected("could not serialize access")
-        self.outbox[batch_id].append("applied")
-        for item in plan.winners:
-            self.versions[item.event.source_id] = item.event.source_version
-
-    async def fail_batch(self, batch_id: UUID, state: str, error: str) -> None:
-        """Record the failure state."""
-        self.outbox[batch_id].append(state)
-
-    async def abandon_pending(self, partitions: tuple[tuple[str, int], ...]) -> int:
-        """Nothing is ever left pending here."""
-        return 0
-
-    async def migrate(self) -> None:
-        """Nothing to do."""
-
-    async def ping(self) -> None:
-        """Always up."""
-
-    async def close(self) -> None:
-        """Nothing to close."""
-
-
-class FakeGraph:
-    """Rejects any batch containing a poison source; can be made unavailable for N calls."""
-
-    def __init__(
-        self,
-        poison: set[str] = frozenset(),  # type: ignore[assignment]
-        unavailable_calls: int = 0,
-        rejected_calls: int = 0,
-        crash_on: frozenset[str] = frozenset(),
-    ) -> None:
-        self.poison = poison
-        self.crash_on = crash_on  # sources on which the adapter raises something unexpected
-        self.unavailable_calls = unavailable_calls
-        self.rejected_calls = rejected_calls  # refusals that a retry does not meet (a lost race)
-        self.applied: list[str] = []
-        self.attempts: Counter[tuple[str, ...]] = Counter()
-
-    async def apply(self, changes: GraphChanges) -> GraphWriteStats:
-        """All or nothing, like the real store."""
-        sources = [e.source_id for e in changes.upserts]
-        self.attempts[tuple(sources)] += 1
-        if self.unavailable_calls > 0:
-            self.unavailable_calls -= 1
-            raise StoreUnavailable("graph down")
-        if self.rejected_calls > 0:
-            self.rejected_calls -= 1
-            raise StoreRejected("type already exists")
-        if self.poison.intersection(sources):
-            raise StoreRejected("constraint violated")
-        if self.crash_on.intersection(sources):
-            raise TypeError("unexpected value in the driver")
-        self.applied.extend(sources)
-        return GraphWriteStats(nodes_written=len(sources))
-
-    async def migrate(self) -> None:
-        """Nothing to do."""
-
-    async def ping(self) -> None:
-        """Always up."""
-
-    async def close(self) -> None:
-        """Nothing to close."""
-
-
-class FakeDeadLetters:
-    """Collects dead letters."""
-
-    def __init__(self) -> None:
-        self.letters: list[DeadLetter] = []
-
-    async def send(self, letter: DeadLetter) -> None:
-        """Keep it."""
-        self.letters.append(letter)
 
 
 SETTINGS = WorkerSettings(retry_initial_s=0.01, retry_max_s=0.02, retry_window_s=0.3)
@@ -130,7 +21,7 @@ SETTINGS = WorkerSettings(retry_initial_s=0.01, retry_max_s=0.02, retry_window_s
 
 async def test_a_rejected_event_is_isolated_and_the_rest_applied_in_order() -> None:
     """Bisection dead-letters only the poison event; the others are applied, in their order."""
-    relational, graph_store, letters = FakeRelational(), FakeGraph(poison={"bad.py"}), FakeDeadLetters()
+    relational, graph_store, letters = FakeRelational(), FakeGraph(poison=frozenset({"bad.py"})), FakeDeadLetters()
     coordinator = SagaCoordinator(relational, graph_store, letters, SETTINGS)
     names = ["a.py", "b.py", "bad.py", "c.py", "d.py"]
     result = await coordinator.apply([inbound(upsert(n, 1, G), offset=i) for i, n in enumerate(names)])

@@ -9,129 +9,22 @@ redelivers. The invariants are those of docs/architecture.md, checked after ever
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import functools
-from contextlib import AbstractAsyncContextManager
-from uuid import UUID
 
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from tests.factories import Completion, completing_with, delete, graph, inbound, upsert
+from tests.factories import delete, graph, inbound, upsert
+from tests.fakes import Crash, FakeDeadLetters, FakeGraph, FakeRelational
 from worker.config import WorkerSettings
 from worker.errors import StoreUnavailable
 from worker.events import AstGraphDeleted, AstGraphUpserted
 from worker.ports import (
-    AppliedState,
-    BatchPlan,
-    BatchRecord,
-    GraphChanges,
-    GraphWriteStats,
     InboundEvent,
-    LinkRow,
-    Outcome,
 )
 from worker.saga.coordinator import SagaCoordinator
 
 SOURCES = ("a.py", "b.py", "c.py")
-
-
-class Crash(BaseException):
-    """The process dies here; nothing after it runs."""
-
-
-class Graph:
-    """Source → (version, node ids); applies all or nothing."""
-
-    def __init__(self) -> None:
-        self.sources: dict[str, tuple[int, frozenset[str]]] = {}
-        self.fail_next = False
-
-    async def apply(self, changes: GraphChanges) -> GraphWriteStats:
-        """Atomic: raise before touching anything."""
-        if self.fail_next:
-            # Down for the whole delivery (every retry), so the outcome never depends on how
-            # many retries fit in the retry window: hypothesis needs deterministic steps.
-            raise StoreUnavailable("graph down")
-        for event in changes.upserts:
-            self.sources[event.source_id] = (event.source_version, frozenset(n["id"] for n in event.graph.nodes))
-        for event in changes.deletes:
-            self.sources.pop(event.source_id, None)
-        return GraphWriteStats(nodes_written=sum(len(e.graph.nodes) for e in changes.upserts))
-
-    async def migrate(self) -> None:
-        """Nothing."""
-
-    async def ping(self) -> None:
-        """Up."""
-
-    async def close(self) -> None:
-        """Nothing."""
-
-
-@dataclasses.dataclass
-class Relational:
-    """The outbox, ledger and registry; one transaction per call."""
-
-    versions: dict[str, int] = dataclasses.field(default_factory=dict)
-    processed: dict[UUID, str] = dataclasses.field(default_factory=dict)
-    outbox: dict[UUID, str] = dataclasses.field(default_factory=dict)
-    crash_before_complete: bool = False
-
-    async def begin_batch(self, record: BatchRecord) -> AppliedState:
-        """'pending' + state."""
-        self.outbox[record.batch_id] = "pending"
-        return AppliedState(source_versions=dict(self.versions), processed_event_ids=frozenset(self.processed))
-
-    async def links_for_sources(self, source_ids: tuple[str, ...]) -> tuple[LinkRow, ...]:
-        """No links in this model."""
-        return ()
-
-    def completing(self, batch_id: UUID, plan: BatchPlan) -> AbstractAsyncContextManager[Completion]:
-        """Step 3 as the port shapes it: finish() commits what complete_batch records."""
-        return completing_with(functools.partial(self.complete_batch, batch_id, plan))
-
-    async def complete_batch(self, batch_id: UUID, plan: BatchPlan, stats: GraphWriteStats) -> None:
-        """Registry with the version guard, ledger, 'applied'."""
-        if self.crash_before_complete:
-            self.crash_before_complete = False
-            raise Crash
-        for item in plan.winners:
-            current = self.versions.get(item.event.source_id, -1)
-            self.versions[item.event.source_id] = max(current, item.event.source_version)
-        for item, outcome in plan.outcomes:
-            if outcome is not Outcome.DUPLICATE:
-                self.processed.setdefault(item.event.event_id, outcome.value)
-        self.outbox[batch_id] = "applied"
-
-    async def fail_batch(self, batch_id: UUID, state: str, error: str) -> None:
-        """Record the failure."""
-        self.outbox[batch_id] = state
-
-    async def abandon_pending(self, partitions: tuple[tuple[str, int], ...]) -> int:
-        """Close interrupted rows."""
-        pending = [k for k, v in self.outbox.items() if v == "pending"]
-        for key in pending:
-            self.outbox[key] = "abandoned"
-        return len(pending)
-
-    async def migrate(self) -> None:
-        """Nothing."""
-
-    async def ping(self) -> None:
-        """Up."""
-
-    async def close(self) -> None:
-        """Nothing."""
-
-
-class DeadLetters:
-    """Nothing is rejected in this model; any letter is a bug."""
-
-    async def send(self, letter: object) -> None:
-        """Fail loudly."""
-        raise AssertionError(f"unexpected dead letter: {letter}")
 
 
 FAST = WorkerSettings(retry_initial_s=0.001, retry_max_s=0.001, retry_window_s=0.001)
@@ -142,14 +35,14 @@ class SagaMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.graph = Graph()
-        self.relational = Relational()
+        self.graph = FakeGraph()
+        self.relational = FakeRelational()
         self.log: list[InboundEvent] = []
         self.committed = 0
         self.coordinator = self._new_coordinator()
 
     def _new_coordinator(self) -> SagaCoordinator:
-        return SagaCoordinator(self.relational, self.graph, DeadLetters(), FAST)  # type: ignore[arg-type]
+        return SagaCoordinator(self.relational, self.graph, FakeDeadLetters(strict=True), FAST)  # type: ignore[arg-type]
 
     @rule(source=st.sampled_from(SOURCES), version=st.integers(0, 6), nodes=st.integers(1, 4), deleted=st.booleans())
     def publish(self, source: str, version: int, nodes: int, deleted: bool) -> None:
@@ -223,7 +116,7 @@ class SagaMachine(RuleBasedStateMachine):
     @invariant()
     def no_outbox_row_is_left_pending_between_batches(self) -> None:
         """Every row ends applied, compensated or abandoned once its call returns."""
-        assert "pending" not in self.relational.outbox.values()
+        assert all(states[-1] != "pending" for states in self.relational.outbox.values())
 
 
 SagaMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=25, deadline=None)
