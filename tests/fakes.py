@@ -43,6 +43,7 @@ class FakeRelational:
     versions: dict[str, int] = dataclasses.field(default_factory=dict)
     processed: dict[UUID, str] = dataclasses.field(default_factory=dict)
     outbox: dict[UUID, list[str]] = dataclasses.field(default_factory=dict)
+    partitions: dict[UUID, frozenset[tuple[str, int]]] = dataclasses.field(default_factory=dict)
     refuse: frozenset[str] = frozenset()  # sources whose rows PostgreSQL refuses at step 3
     fail_at_commit: int = 0  # commits that fail (after the graph write)
     crash_before_complete: bool = False  # the process dies at the next commit
@@ -54,7 +55,10 @@ class FakeRelational:
     async def begin_batch(self, record: BatchRecord) -> AppliedState:
         """'pending' + the applied state."""
         self.outbox.setdefault(record.batch_id, []).append("pending")
-        return AppliedState(source_versions=dict(self.versions), processed_event_ids=frozenset(self.processed))
+        self.partitions[record.batch_id] = frozenset((p.topic, p.partition) for p in record.positions)
+        # Like PostgreSQL: of the processed ids, only those of this batch's events.
+        processed = frozenset(self.processed).intersection(record.event_ids)
+        return AppliedState(source_versions=dict(self.versions), processed_event_ids=processed)
 
     async def links_for_sources(self, source_ids: tuple[str, ...]) -> tuple[LinkRow, ...]:
         """No links in this model."""
@@ -87,8 +91,12 @@ class FakeRelational:
         self.outbox[batch_id].append(state)
 
     async def abandon_pending(self, partitions: tuple[tuple[str, int], ...]) -> int:
-        """Close interrupted rows."""
-        pending = [key for key, states in self.outbox.items() if states[-1] == "pending"]
+        """Close the rows left pending on these partitions."""
+        pending = [
+            key
+            for key, states in self.outbox.items()
+            if states[-1] == "pending" and self.partitions[key].intersection(partitions)
+        ]
         for key in pending:
             self.outbox[key].append("abandoned")
         return len(pending)
