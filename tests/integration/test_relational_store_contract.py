@@ -50,9 +50,7 @@ def _record(batch: list[InboundEvent]) -> BatchRecord:
     )
 
 
-async def _apply(
-    store: RelationalStore, batch: list[InboundEvent], stats: GraphWriteStats = NO_STATS
-) -> BatchRecord:
+async def _apply(store: RelationalStore, batch: list[InboundEvent], stats: GraphWriteStats = NO_STATS) -> BatchRecord:
     """Saga steps 1 and 3 as the coordinator runs them (no graph here)."""
     record = _record(batch)
     plan = plan_batch(batch, await store.begin_batch(record))
