@@ -32,6 +32,7 @@ from worker.devstack import DevStack
 from worker.devstack.arcadedb import ArcadeDBServer
 from worker.devstack.falkordb import FalkorDBServer
 from worker.events import Envelope
+from worker.ops.offsets import committed_offsets
 from worker.ports import GraphBackend
 from worker.publish import publish_events
 from worker.stores.postgres import PostgresRelationalStore
@@ -142,7 +143,7 @@ class Namespace:
         await admin.start()
         try:
             tps = [TopicPartition(topic, p) for p in range(partitions)]
-            offsets = await admin.list_consumer_group_offsets(self.settings.kafka.group_id, partitions=tps)
+            offsets = await committed_offsets(admin, self.settings.kafka.group_id, tps)
         finally:
             await admin.close()
         return {tp.partition: meta.offset for tp, meta in offsets.items() if meta is not None and meta.offset >= 0}

@@ -23,6 +23,27 @@ from aiokafka.structs import OffsetAndMetadata
 from worker.config import KafkaSettings
 from worker.errors import GpmError, StoreUnavailable
 
+# A broker that has just started has no group coordinator for a few seconds (Apache Kafka
+# loads __consumer_offsets first): such retriable errors are waited out this long.
+COORDINATOR_WAIT_S = 15.0
+
+
+async def committed_offsets(
+    admin: AIOKafkaAdminClient, group_id: str, partitions: list[TopicPartition]
+) -> dict[TopicPartition, OffsetAndMetadata]:
+    """The group's committed offsets, waiting out a coordinator that is not ready yet."""
+    deadline = asyncio.get_running_loop().time() + COORDINATOR_WAIT_S
+    while True:
+        try:
+            offsets: dict[TopicPartition, OffsetAndMetadata] = await admin.list_consumer_group_offsets(
+                group_id, partitions=partitions
+            )
+            return offsets
+        except KafkaError as exc:
+            if not exc.retriable or asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
 
 @dataclass(frozen=True, slots=True)
 class PartitionOffsets:
@@ -92,7 +113,7 @@ class GroupOffsets:
         tps = await self.partitions(topics)
         if not tps:
             return []
-        committed = await self._admin.list_consumer_group_offsets(self._settings.group_id, partitions=tps)
+        committed = await committed_offsets(self._admin, self._settings.group_id, tps)
         ends = await self._consumer.end_offsets(tps)
         starts = await self._consumer.beginning_offsets(tps)
         result = []
