@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -168,12 +169,12 @@ class Namespace:
         return self.settings.model_copy(update={"graph": graph})
 
     async def sql(self, query: str, *args: object) -> list[dict[str, Any]]:
-        """Run a query on the namespace's PostgreSQL database."""
-        store = await self.relational()
+        """Run any statement on the namespace's PostgreSQL database (tests also write: roles, constraints)."""
+        conn = await asyncpg.connect(self.settings.postgres.dsn.get_secret_value())
         try:
-            return await store.fetch_read_only(query, *args)
+            return [dict(r) for r in await conn.fetch(query, *args)]
         finally:
-            await store.close()
+            await conn.close()
 
     async def wait_committed(self, expected: int, timeout_s: float = 60) -> None:
         """Wait until at least ``expected`` offsets are committed over the namespace's topics."""
