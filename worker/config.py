@@ -251,6 +251,9 @@ class GraphSettings(BaseModel):
     max_transaction_retry_time_s: float = Field(15.0, ge=0)
     # Upper bound for one batch's write transaction (FalkorDB: its one query), server-side.
     transaction_timeout_s: float = Field(120.0, gt=0)
+    # Bolt only. "auto": a handful of statements with dynamic labels on Neo4j 5.26 and later,
+    # a statement per label group elsewhere (ArcadeDB, older Neo4j); "grouped" forces the latter.
+    write_shape: Literal["auto", "grouped"] = "auto"
 
     @model_validator(mode="after")
     def _backend_defaults(self) -> GraphSettings:

@@ -38,11 +38,12 @@ async def committed_offsets(
             offsets: dict[TopicPartition, OffsetAndMetadata] = await admin.list_consumer_group_offsets(
                 group_id, partitions=partitions
             )
-            return offsets
         except KafkaError as exc:
             if not exc.retriable or asyncio.get_running_loop().time() > deadline:
                 raise
             await asyncio.sleep(0.5)
+        else:
+            return offsets
 
 
 @dataclass(frozen=True, slots=True)
