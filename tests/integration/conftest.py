@@ -11,7 +11,9 @@ import asyncio
 import contextlib
 import itertools
 import os
+import shutil
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -331,6 +333,34 @@ async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 60
             return
         await asyncio.sleep(0.2)
     pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+
+
+def _docker_available() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True, check=False, timeout=20).returncode == 0  # noqa: S607
+
+
+@pytest.fixture(scope="session")
+def neo4j_settings() -> Iterator[GraphSettings | None]:
+    """A real Neo4j 5 if one can be had here, else None."""
+    if uri := os.environ.get("NEO4J_URI"):
+        yield GraphSettings(
+            uri=uri,
+            user=os.environ.get("NEO4J_USER", "neo4j"),
+            password=SecretStr(os.environ.get("NEO4J_PASSWORD", "")),
+            database=os.environ.get("NEO4J_DATABASE", "neo4j"),
+        )
+        return
+    if not _docker_available():
+        yield None
+        return
+    from testcontainers.neo4j import Neo4jContainer
+
+    with Neo4jContainer("neo4j:5.26-community") as container:
+        yield GraphSettings(
+            uri=container.get_connection_url(), user="neo4j", password=SecretStr(container.password), database="neo4j"
+        )
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

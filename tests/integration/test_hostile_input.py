@@ -66,13 +66,21 @@ class Stores:
         self.nul_storable = ns.settings.graph.backend != "falkordb"
 
 
-@pytest.fixture(params=["bolt", "falkordb"])
+@pytest.fixture(params=["bolt", "falkordb", "neo4j"])
 async def stores(request: pytest.FixtureRequest, ns: Namespace) -> AsyncIterator[Stores]:
-    """The namespace's PostgreSQL with ArcadeDB over Bolt, or with FalkorDB."""
+    """The namespace's PostgreSQL with ArcadeDB over Bolt, with FalkorDB, or with a real Neo4j (NEO4J_URI)."""
     if request.param == "falkordb":
         ns.use_falkordb(request.getfixturevalue("falkordb_server"))
+    if request.param == "neo4j":
+        neo4j = request.getfixturevalue("neo4j_settings")
+        if neo4j is None:
+            pytest.skip("real Neo4j not available here: NEO4J_URI is unset and Docker is unreachable")
+        ns.settings = ns.settings.model_copy(update={"graph": neo4j})
     relational = await ns.relational()
     graph = ns.graph()
+    if request.param == "neo4j":
+        # One shared database (Community has one): emptied, as the namespace's own ones start.
+        await graph.query("MATCH (n) CALL { WITH n DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS")
     await relational.migrate()
     await graph.migrate()
     yield Stores(ns, relational, graph)

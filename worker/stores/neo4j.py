@@ -27,7 +27,7 @@ from worker.config import GraphSettings
 from worker.errors import ConfigError, DatabaseMissing, OperationRefused, StoreRejected, StoreUnavailable, translated
 from worker.ports import GraphChanges, GraphWriteStats, LinkRow
 from worker.stores.cypher import NODE_FIELDS, BatchRows, batch_rows, checked_parameters, cypher_name, statement_span
-from worker.stores.neo4j_shapes import DYNAMIC_EDGES, DYNAMIC_NODES, WriteShape, dynamic_rows, shape_for
+from worker.stores.neo4j_shapes import DYNAMIC_NODES, WriteShape, dynamic_rows, edges_of_type, shape_for
 
 log = structlog.get_logger(__name__)
 
@@ -166,8 +166,8 @@ class _BatchWriter:
             nodes, edges = dynamic_rows(rows)
             if nodes:
                 await self.run(DYNAMIC_NODES, nodes)
-            if edges:
-                await self.run(DYNAMIC_EDGES, edges)
+            for rel_type, typed in edges.items():
+                await self.run(edges_of_type(rel_type), typed)
         else:
             await self._write_grouped(rows)
         await self._write_intents(rows)
