@@ -9,7 +9,7 @@ from worker.errors import StoreRejected
 from worker.ports import GraphChanges
 from worker.stores.cypher import NODE_FIELDS, batch_rows, node_key
 from worker.stores.neo4j import _edge_statement, _node_statement
-from worker.stores.neo4j_shapes import DYNAMIC_NODES, WriteShape, dynamic_rows, edges_of_type, shape_for
+from worker.stores.neo4j_shapes import DYNAMIC_NODES, WriteShape, dynamic_rows, edges_statement, shape_for
 
 NODE = ["k", "a.py", "f", "FunctionDef", 1, "f", 3]
 IDS = {"k1": "4:x:1", "k2": "4:x:2"}
@@ -70,14 +70,17 @@ def test_dynamic_rows_carry_every_group_in_one_list_with_labels_as_values() -> N
             )
         )
     )
-    nodes, edges = dynamic_rows(rows)
+    nodes, edges, rel_types = dynamic_rows(rows)
     assert sorted(n["type"] for n in nodes) == ["FunctionDef", "Module"]
     assert all(n["source_version"] == 2 and n["odd name"] == 1 for n in nodes)
     assert {n["key"] for n in nodes} == {node_key("a.py", "m"), node_key("a.py", "f")}
-    assert edges == {"BODY": [{"s": node_key("a.py", "m"), "t": node_key("a.py", "f"), "props": {"index": 0}}]}
+    assert edges == [{"s": node_key("a.py", "m"), "t": node_key("a.py", "f"), "type": "BODY", "props": {"index": 0}}]
+    assert rel_types == ["BODY"]
     assert "$(r.type)" in DYNAMIC_NODES
     # Relationship types stay in the text (Neo4j 5.26.0 gives every row the first row's dynamic type).
-    assert "[e:BODY]" in edges_of_type("BODY")
-    assert "{key: r.s}" in edges_of_type("BODY")
+    query = edges_statement(["VALUE", "BODY"])
+    assert query.index("[e:BODY]") < query.index("[e:VALUE]")
+    assert "WHEN r.type = 'BODY' THEN" in query
+    assert "{key: r.s}" in query
     with pytest.raises(StoreRejected):
-        edges_of_type("BODY]->(b) DETACH DELETE a //")
+        edges_statement(["BODY]->(b) DETACH DELETE a //"])

@@ -27,7 +27,7 @@ from worker.config import GraphSettings
 from worker.errors import ConfigError, DatabaseMissing, OperationRefused, StoreRejected, StoreUnavailable, translated
 from worker.ports import GraphChanges, GraphWriteStats, LinkRow
 from worker.stores.cypher import NODE_FIELDS, BatchRows, batch_rows, checked_parameters, cypher_name, statement_span
-from worker.stores.neo4j_shapes import DYNAMIC_NODES, WriteShape, dynamic_rows, edges_of_type, shape_for
+from worker.stores.neo4j_shapes import DYNAMIC_NODES, WriteShape, dynamic_rows, edges_statement, shape_for
 
 log = structlog.get_logger(__name__)
 
@@ -163,11 +163,11 @@ class _BatchWriter:
         if rows.rewritten:
             await self.run("UNWIND $rows AS id MATCH (n:AstNode {source_id: id}) DETACH DELETE n", rows.rewritten)
         if self._shape is WriteShape.DYNAMIC:
-            nodes, edges = dynamic_rows(rows)
+            nodes, edges, rel_types = dynamic_rows(rows)
             if nodes:
                 await self.run(DYNAMIC_NODES, nodes)
-            for rel_type, typed in edges.items():
-                await self.run(edges_of_type(rel_type), typed)
+            if edges:
+                await self.run(edges_statement(rel_types), edges)
         else:
             await self._write_grouped(rows)
         await self._write_intents(rows)

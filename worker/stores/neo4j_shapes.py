@@ -9,9 +9,9 @@ silently creates unlabelled nodes) and matches edges by element id 3x faster.
 - ``GROUPED``: a statement per (label, property names) group, the label in the query
   text after a strict check, edges matched by element id. For ArcadeDB and Neo4j < 5.26.
 - ``DYNAMIC``: Neo4j 5.26 and later. All nodes in one ``UNWIND`` with the type as a
-  dynamic label (a parameter: nothing of the data enters query text), then one statement
-  per relationship type (a handful per batch), edges matched by ``key`` through the
-  unique constraint.
+  dynamic label (a parameter: nothing of the data enters query text), then all edges in
+  one more, matched by ``key`` through the unique constraint, with a ``FOREACH`` branch
+  per relationship type of the batch (checked names in the text; a batch has about 34).
 
 Relationship types are not dynamic too because Neo4j 5.26.0 gets them wrong: in
 ``CREATE (a)-[e:$(r.type)]->(b)`` every row takes the first row's type, and so do later
@@ -51,23 +51,30 @@ def shape_for(agent: str) -> WriteShape:
 DYNAMIC_NODES: LiteralString = "UNWIND $rows AS r CREATE (n:AstNode:$(r.type)) SET n = r"
 
 
-def edges_of_type(rel_type: str) -> LiteralString:
-    """Relationships of one type (checked, in the text) between nodes found by key."""
-    return (
-        "UNWIND $rows AS r MATCH (a:AstNode {key: r.s}) MATCH (b:AstNode {key: r.t}) "
-        "CREATE (a)-[e:" + cypher_name(rel_type) + "]->(b) SET e = r.props"
+def edges_statement(rel_types: list[str]) -> LiteralString:
+    """All edges of a batch in one statement: a branch per type (checked, in the text), nodes found by key.
+
+    Measured raw on Neo4j 5.26.0, 50 files in batches of 2,000 rows, 34 types a batch at
+    the median: 15,474 and 18,098 rows/s against 14,311 for a statement per type.
+    """
+    branches = "".join(
+        " FOREACH (_ IN CASE WHEN r.type = '" + name + "' THEN [1] ELSE [] END | CREATE (a)-[e:" + name + "]->(b)"
+        " SET e = r.props)"
+        for name in (cypher_name(rel_type) for rel_type in sorted(rel_types))
     )
+    return "UNWIND $rows AS r MATCH (a:AstNode {key: r.s}) MATCH (b:AstNode {key: r.t})" + branches
 
 
-def dynamic_rows(rows: BatchRows) -> tuple[list[dict[str, Any]], dict[str, list[dict[str, Any]]]]:
-    """The batch's nodes as one list of maps (for DYNAMIC_NODES), its edges as maps per type."""
+def dynamic_rows(rows: BatchRows) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """The batch's nodes and edges as one list of maps each, and the edges' types (for edges_statement)."""
     nodes: list[dict[str, Any]] = []
     for (_, names), group in rows.nodes.items():
         fields = (*NODE_FIELDS, *names)
         nodes.extend(dict(zip(fields, row, strict=True)) for row in group)
-    edges: dict[str, list[dict[str, Any]]] = {}
+    edges: list[dict[str, Any]] = []
     for (rel_type, names), group in rows.edges.items():
-        edges.setdefault(rel_type, []).extend(
-            {"s": start, "t": end, "props": dict(zip(names, props, strict=True))} for start, end, *props in group
+        edges.extend(
+            {"s": start, "t": end, "type": rel_type, "props": dict(zip(names, props, strict=True))}
+            for start, end, *props in group
         )
-    return nodes, edges
+    return nodes, edges, sorted({rel_type for rel_type, _ in rows.edges})
