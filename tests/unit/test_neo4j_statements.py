@@ -8,8 +8,16 @@ from tests.factories import graph, upsert
 from worker.errors import StoreRejected
 from worker.ports import GraphChanges
 from worker.stores.cypher import NODE_FIELDS, batch_rows, node_key
-from worker.stores.neo4j import _edge_statement, _node_statement
-from worker.stores.neo4j_shapes import DYNAMIC_NODES, WriteShape, dynamic_rows, edges_statement, shape_for
+from worker.stores.neo4j_shapes import (
+    DYNAMIC_NODES,
+    KINDS_PER_STATEMENT,
+    EdgeKinds,
+    WriteShape,
+    dynamic_nodes,
+    edge_statement,
+    node_statement,
+    shape_for,
+)
 
 NODE = ["k", "a.py", "f", "FunctionDef", 1, "f", 3]
 IDS = {"k1": "4:x:1", "k2": "4:x:2"}
@@ -17,12 +25,12 @@ IDS = {"k1": "4:x:1", "k2": "4:x:2"}
 
 def test_plain_property_names_are_named_in_the_statement_and_rows_stay_lists() -> None:
     """Each value is read by position; the node is created with its properties in one step."""
-    query, rows = _node_statement("FunctionDef", ("name", "count"), [NODE])
+    query, rows = node_statement("FunctionDef", ("name", "count"), [NODE])
     assert "CREATE (n:AstNode:FunctionDef {`key`: r[0], " in query
     assert "`name`: r[5], `count`: r[6]})" in query
     assert "SET" not in query
     assert rows == [NODE]
-    query, rows = _edge_statement("BODY", ("index",), [["k1", "k2", 0]], IDS)
+    query, rows = edge_statement("BODY", ("index",), [["k1", "k2", 0]], IDS)
     assert query.endswith("CREATE (a)-[e:BODY {`index`: r[2]}]->(b)")
     assert rows == [["4:x:1", "4:x:2", 0]]
 
@@ -30,13 +38,16 @@ def test_plain_property_names_are_named_in_the_statement_and_rows_stay_lists() -
 @pytest.mark.parametrize("name", ["odd name", "a.b", "x`}) DETACH DELETE (n", "tick\\u0060", "é", "1st"])
 def test_other_property_names_never_reach_the_statement(name: str) -> None:
     """A name that is not a plain identifier travels as a map key, so no escaping rule can be got wrong."""
-    query, rows = _node_statement("FunctionDef", ("name", name), [NODE])
+    query, rows = node_statement("FunctionDef", ("name", name), [NODE])
     assert name not in query.replace("FunctionDef", "")
     assert query.endswith("SET n = r RETURN r.key AS key, elementId(n) AS id")
     assert rows == [dict(zip((*NODE_FIELDS, "name", name), NODE, strict=True))]
-    query, rows = _edge_statement("BODY", (name,), [["k1", "k2", 0]], IDS)
+    query, rows = edge_statement("BODY", (name,), [["k1", "k2", 0]], IDS)
     assert name not in query.replace("BODY", "")
-    assert rows == [{"s": "4:x:1", "t": "4:x:2", "props": {name: 0}}]
+    assert rows == [["4:x:1", "4:x:2", {name: 0}]]
+    [(query, rows)] = EdgeKinds().statements({("BODY", (name,)): [["k1", "k2", 0]]}, IDS)
+    assert name not in query.replace("BODY", "")
+    assert rows == [["4:x:1", "4:x:2", 0, {name: 0}]]
 
 
 @pytest.mark.parametrize(
@@ -57,8 +68,8 @@ def test_dynamic_labels_only_for_a_real_neo4j_from_5_26(agent: str, shape: Write
     assert shape_for(agent) is shape
 
 
-def test_dynamic_rows_carry_every_group_in_one_list_with_labels_as_values() -> None:
-    """One node list and one edge list for the whole batch; odd property names are plain map keys."""
+def test_dynamic_nodes_are_one_list_with_labels_as_values() -> None:
+    """One node list for the whole batch; odd property names are plain map keys; ids come back paired with keys."""
     rows = batch_rows(
         GraphChanges(
             upserts=(
@@ -70,17 +81,44 @@ def test_dynamic_rows_carry_every_group_in_one_list_with_labels_as_values() -> N
             )
         )
     )
-    nodes, edges, rel_types = dynamic_rows(rows)
+    nodes = dynamic_nodes(rows)
     assert sorted(n["type"] for n in nodes) == ["FunctionDef", "Module"]
     assert all(n["source_version"] == 2 and n["odd name"] == 1 for n in nodes)
     assert {n["key"] for n in nodes} == {node_key("a.py", "m"), node_key("a.py", "f")}
-    assert edges == [{"s": node_key("a.py", "m"), "t": node_key("a.py", "f"), "type": "BODY", "props": {"index": 0}}]
-    assert rel_types == ["BODY"]
     assert "$(r.type)" in DYNAMIC_NODES
+    assert "collect(r.key) AS keys, collect(elementId(n)) AS ids" in DYNAMIC_NODES
+
+
+def test_edge_statements_keep_their_text_whatever_kinds_a_batch_holds() -> None:
+    """Texts depend on the kinds seen so far, not on the batch, so Neo4j plans each once."""
+    kinds = EdgeKinds()
+    [(first, rows)] = kinds.statements({("VALUE", ()): [["k1", "k2"]], ("BODY", ("index",)): [["k2", "k1", 7]]}, IDS)
     # Relationship types stay in the text (Neo4j 5.26.0 gives every row the first row's dynamic type).
-    query = edges_statement(["VALUE", "BODY"])
-    assert query.index("[e:BODY]") < query.index("[e:VALUE]")
-    assert "WHEN r.type = 'BODY' THEN" in query
-    assert "{key: r.s}" in query
+    assert first.index("[e:VALUE]") < first.index("[e:BODY {`index`: r[3]}]")
+    assert "WHEN r[2] = 0 THEN" in first
+    assert "WHEN r[2] = 1 THEN" in first
+    assert "elementId(a) = r[0]" in first
+    assert rows == [["4:x:1", "4:x:2", 0], ["4:x:2", "4:x:1", 1, 7]]
+    [(again, rows)] = kinds.statements({("BODY", ("index",)): [["k1", "k2", 3]]}, IDS)
+    assert again == first
+    assert rows == [["4:x:1", "4:x:2", 1, 3]]
     with pytest.raises(StoreRejected):
-        edges_statement(["BODY]->(b) DETACH DELETE a //"])
+        kinds.statements({("BODY]->(b) DETACH DELETE a //", ()): [["k1", "k2"]]}, IDS)
+    [(unchanged, _)] = kinds.statements({("VALUE", ()): [["k1", "k2"]]}, IDS)
+    assert unchanged == first  # the refused name was not kept
+
+
+def test_edge_kinds_fill_a_statement_then_start_the_next() -> None:
+    """The 17th kind goes to a second statement; the first statement's text no longer changes."""
+    kinds = EdgeKinds()
+    names = [f"T{n}" for n in range(KINDS_PER_STATEMENT + 1)]
+    statements = kinds.statements({(name, ()): [["k1", "k2"]] for name in names}, IDS)
+    assert len(statements) == 2
+    (full, full_rows), (second, second_rows) = statements
+    assert full.count("FOREACH") == KINDS_PER_STATEMENT
+    assert [row[2] for row in full_rows] == list(range(KINDS_PER_STATEMENT))
+    assert second.count("FOREACH") == 1
+    assert "[e:T16]" in second
+    assert second_rows == [["4:x:1", "4:x:2", 0]]
+    [(only, _)] = kinds.statements({("T3", ()): [["k1", "k2"]]}, IDS)
+    assert only == full

@@ -1,22 +1,33 @@
 """How a batch is laid out as Cypher statements over Bolt, per server: two shapes.
 
-What a write costs depends on the server. Neo4j pays per statement, not per row: a batch
-of AST nodes splits into dozens of (label, property names) groups, each a statement, and
-edges matched by ``elementId`` are slower there than by key (figures in
-docs/benchmark.md). ArcadeDB is the other way round: it has no dynamic labels (``$(...)``
-silently creates unlabelled nodes) and matches edges by element id 3x faster.
+What a write costs depends on the server (figures in docs/benchmark.md):
 
 - ``GROUPED``: a statement per (label, property names) group, the label in the query
-  text after a strict check, edges matched by element id. For ArcadeDB and Neo4j < 5.26.
+  text after a strict check, then a statement per (type, property names) edge group,
+  the ends found by the element ids the node statements returned. For ArcadeDB (which
+  accepts ``$(...)`` and silently writes unlabelled nodes) and Neo4j < 5.26.
 - ``DYNAMIC``: Neo4j 5.26 and later. All nodes in one ``UNWIND`` with the type as a
-  dynamic label (a parameter: nothing of the data enters query text), then all edges in
-  one more, matched by ``key`` through the unique constraint, with a ``FOREACH`` branch
-  per relationship type of the batch (checked names in the text; a batch has about 34).
+  dynamic label (a parameter: nothing of the data enters query text), returning their
+  element ids; then the edges, by element id, in a statement per 16 edge kinds.
+
+Two things measured on Neo4j 5.26.0 shape the edges (raw, 50 files, 5,000 rows a batch):
+
+- **Planning.** A statement whose text changes from batch to batch is planned again
+  each time, and a statement with dozens of branches costs 0.2-0.3 s to plan: one text
+  per batch's set of types (the code before) spent most of its edge time planning.
+  So texts depend only on the kinds this store has seen, in the order it first saw
+  them (``EdgeKinds``), never on which of them a batch holds: after the first batches
+  every text is in the server's plan cache. Cold and warm, 26-28k and 28-30k rows/s,
+  against 15-18k for one text per batch and 19-28k for a statement per kind.
+- **Matching.** Edge ends found by element id cost a third of a lookup by key through
+  the unique index, once the ids come back as two lists in one record (a record per
+  node cost the Python driver more than the lookups saved).
 
 Relationship types are not dynamic too because Neo4j 5.26.0 gets them wrong: in
 ``CREATE (a)-[e:$(r.type)]->(b)`` every row takes the first row's type, and so do later
-runs of the same statement (seen here with CREATE, MERGE, a CALL subquery and a WITH;
-the generated hostile-input test found it). Dynamic node labels are right, row by row.
+runs of the same statement (seen here with CREATE, MERGE, a CALL subquery, a WITH,
+``$all([...])`` and the interpreted runtime; the generated hostile-input test found it).
+Dynamic node labels are right, row by row.
 """
 
 from __future__ import annotations
@@ -48,33 +59,137 @@ def shape_for(agent: str) -> WriteShape:
     return WriteShape.GROUPED
 
 
-DYNAMIC_NODES: LiteralString = "UNWIND $rows AS r CREATE (n:AstNode:$(r.type)) SET n = r"
+# Property names that can be written into a statement as they are (backticked all the same,
+# so a name like `count` is never read as a keyword). A group with any other name (a dot,
+# a space, a backslash...) sends its values as a map instead: no escaping rules to get right.
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+Kind = tuple[str, tuple[str, ...]]
+"""A label or relationship type with the property names its rows carry, in row order."""
 
 
-def edges_statement(rel_types: list[str]) -> LiteralString:
-    """All edges of a batch in one statement: a branch per type (checked, in the text), nodes found by key.
+def _inline(names: tuple[str, ...], offset: int = 0) -> str | None:
+    """The map `` {`a`: r[0], ...}`` naming a list row's values ("" for none), or None if a name is not plain."""
+    if not all(_PLAIN_NAME.fullmatch(name) for name in names):
+        return None
+    if not names:
+        return ""
+    return " {" + ", ".join(f"`{name}`: r[{offset + i}]" for i, name in enumerate(names)) + "}"
 
-    Measured raw on Neo4j 5.26.0, 50 files in batches of 2,000 rows, 34 types a batch at
-    the median: 15,474 and 18,098 rows/s against 14,311 for a statement per type.
+
+def node_statement(label: str, names: tuple[str, ...], nodes: list[list[Any]]) -> tuple[LiteralString, list[Any]]:
+    """GROUPED: create one node per row and return its key and element id.
+
+    The properties are named in the statement when they can be: the node is then written
+    once, where ``SET n = r`` creates it and updates it (measured on ArcadeDB: the whole
+    import about 15% faster), and the rows travel as lists, without a key per value.
+    Both labels in the CREATE is also what ArcadeDB needs: it stores a multi-label node as
+    one compound type, and adding a label to an existing node inside a transaction trips
+    its unique index (seen on 26.10).
     """
-    branches = "".join(
-        " FOREACH (_ IN CASE WHEN r.type = '" + name + "' THEN [1] ELSE [] END | CREATE (a)-[e:" + name + "]->(b)"
-        " SET e = r.props)"
-        for name in (cypher_name(rel_type) for rel_type in sorted(rel_types))
-    )
-    return "UNWIND $rows AS r MATCH (a:AstNode {key: r.s}) MATCH (b:AstNode {key: r.t})" + branches
+    fields = (*NODE_FIELDS, *names)
+    labels = "AstNode:" + cypher_name(label)
+    properties = _inline(fields)
+    if properties is None:
+        query = "UNWIND $rows AS r CREATE (n:" + labels + ") SET n = r RETURN r.key AS key, elementId(n) AS id"
+        return query, [dict(zip(fields, row, strict=True)) for row in nodes]
+    return "UNWIND $rows AS r CREATE (n:" + labels + properties + ") RETURN r[0] AS key, elementId(n) AS id", nodes
 
 
-def dynamic_rows(rows: BatchRows) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[str]]:
-    """The batch's nodes and edges as one list of maps each, and the edges' types (for edges_statement)."""
+_BY_ELEMENT_ID = "UNWIND $rows AS r MATCH (a) WHERE elementId(a) = r[0] MATCH (b) WHERE elementId(b) = r[1]"
+
+
+def edge_statement(
+    rel_type: str, names: tuple[str, ...], edges: list[list[Any]], element_ids: dict[str, str]
+) -> tuple[LiteralString, list[Any]]:
+    """GROUPED: create one relationship per row, between the two nodes the row names by element id."""
+    properties = _inline(names, offset=2)
+    if properties is None:
+        rows: list[Any] = [
+            [element_ids[s], element_ids[t], dict(zip(names, props, strict=True))] for s, t, *props in edges
+        ]
+        return _BY_ELEMENT_ID + " CREATE (a)-[e:" + cypher_name(rel_type) + "]->(b) SET e = r[2]", rows
+    rows = [[element_ids[s], element_ids[t], *props] for s, t, *props in edges]
+    return _BY_ELEMENT_ID + " CREATE (a)-[e:" + cypher_name(rel_type) + properties + "]->(b)", rows
+
+
+DYNAMIC_NODES: LiteralString = (
+    "UNWIND $rows AS r CREATE (n:AstNode:$(r.type)) SET n = r "
+    # Both lists are collected from the same rows, so they pair up whatever the row order.
+    "RETURN collect(r.key) AS keys, collect(elementId(n)) AS ids"
+)
+
+
+def dynamic_nodes(rows: BatchRows) -> list[dict[str, Any]]:
+    """DYNAMIC: the batch's nodes as one list of maps, labels as values (for ``DYNAMIC_NODES``)."""
     nodes: list[dict[str, Any]] = []
     for (_, names), group in rows.nodes.items():
         fields = (*NODE_FIELDS, *names)
         nodes.extend(dict(zip(fields, row, strict=True)) for row in group)
-    edges: list[dict[str, Any]] = []
-    for (rel_type, names), group in rows.edges.items():
-        edges.extend(
-            {"s": start, "t": end, "type": rel_type, "props": dict(zip(names, props, strict=True))}
-            for start, end, *props in group
-        )
-    return nodes, edges, sorted({rel_type for rel_type, _ in rows.edges})
+    return nodes
+
+
+KINDS_PER_STATEMENT = 16
+"""Edge kinds a DYNAMIC edge statement covers: measured 16 against 8, 32 and 64, cold and warm."""
+
+
+class EdgeKinds:
+    """DYNAMIC edges: the edge kinds a store has written, in the order first seen, and their statements.
+
+    Kind number ``n`` is branch ``n % 16`` of the statement for kinds ``16 * (n // 16)``
+    onwards. The list only grows, so a statement's text changes only while its 16 are
+    being filled; then it stays in the server's plan cache whatever the batches hold.
+    Each row is ``[start id, end id, branch, *properties]`` (or the properties as one map
+    when a name is not plain). The kinds are bounded by the types the producers use;
+    each new one costs one plan.
+    """
+
+    def __init__(self) -> None:
+        self._kinds: list[Kind] = []
+        self._numbers: dict[Kind, int] = {}
+        self._texts: dict[tuple[int, int], LiteralString] = {}
+
+    def statements(
+        self, edges: dict[Kind, list[list[Any]]], element_ids: dict[str, str]
+    ) -> list[tuple[LiteralString, list[list[Any]]]]:
+        """The batch's edges as (statement, rows) pairs, one per group of 16 kinds that has rows."""
+        rows_by_group: dict[int, list[list[Any]]] = {}
+        for kind, group in edges.items():
+            number = self._number(kind)
+            branch = number % KINDS_PER_STATEMENT
+            rows = rows_by_group.setdefault(number // KINDS_PER_STATEMENT, [])
+            if _inline(kind[1]) is None:
+                rows.extend(
+                    [element_ids[s], element_ids[t], branch, dict(zip(kind[1], p, strict=True))] for s, t, *p in group
+                )
+            else:
+                rows.extend([element_ids[s], element_ids[t], branch, *p] for s, t, *p in group)
+        return [(self._text(group), rows) for group, rows in sorted(rows_by_group.items())]
+
+    def _number(self, kind: Kind) -> int:
+        number = self._numbers.get(kind)
+        if number is None:
+            cypher_name(kind[0])  # a name the text cannot take is refused before it is kept
+            number = self._numbers[kind] = len(self._kinds)
+            self._kinds.append(kind)
+        return number
+
+    def _text(self, group: int) -> LiteralString:
+        kinds = self._kinds[group * KINDS_PER_STATEMENT : (group + 1) * KINDS_PER_STATEMENT]
+        text = self._texts.get((group, len(kinds)))
+        if text is None:
+            text = _BY_ELEMENT_ID + "".join(_branch(branch, kind) for branch, kind in enumerate(kinds))
+            self._texts[group, len(kinds)] = text
+        return text
+
+
+def _branch(branch: int, kind: Kind) -> LiteralString:
+    """One kind's CREATE, taken by the rows whose third value is ``branch``."""
+    rel_type, names = cypher_name(kind[0]), kind[1]
+    properties = _inline(names, offset=3)
+    create = (
+        "CREATE (a)-[e:" + rel_type + (properties or "") + "]->(b)" + (" SET e = r[3]" if properties is None else "")
+    )
+    # The branch number is an int formatted by this module, never data.
+    when: LiteralString = str(branch)  # type: ignore[assignment,unused-ignore]
+    return " FOREACH (_ IN CASE WHEN r[2] = " + when + " THEN [1] ELSE [] END | " + create + ")"
