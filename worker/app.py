@@ -150,7 +150,8 @@ class Worker:
                 else KafkaDeadLetterSink(producer, s.kafka.dlq_suffix, max_bytes=dlq_request_bytes(s))
             )
             coordinator = SagaCoordinator(relational, graph, dead_letters, s.worker)
-            self.runner = runner = IngestRunner(consumer, coordinator, dead_letters, runner_limits(s))
+            limits = runner_limits(s, await graph.parallel_batches())
+            self.runner = runner = IngestRunner(consumer, coordinator, dead_letters, limits)
             runner.subscribe()
             stack.push_async_callback(_bounded_close, "consumer", consumer.stop)
             # start() returns once the group has assigned partitions, which takes as long as the
@@ -166,6 +167,7 @@ class Worker:
                 group_id=s.kafka.group_id,
                 topic_pattern=s.kafka.topic_pattern,
                 graph_backend=s.graph.backend,
+                batches_in_flight=limits.batches_in_flight,
             )
             self.started.set()
             report = asyncio.create_task(self._report_parked_links(relational), name="parked-links-report")

@@ -17,25 +17,26 @@ from worker.ports import GraphBackend
 from worker.stores.postgres import PostgresRelationalStore
 
 
-def batches_in_flight(settings: Settings) -> int:
-    """``worker.batches_in_flight``, or the graph backend's default when it is unset.
+def batches_in_flight(settings: Settings, server_default: int = 1) -> int:
+    """``worker.batches_in_flight``, or the graph server's own figure when it is unset.
 
-    FalkorDB writes two batches side by side faster; over Bolt (ArcadeDB) two halved
-    throughput and raced on label creation, so one.
+    ``server_default`` is ``GraphBackend.parallel_batches()``: two on FalkorDB and Neo4j
+    5.26+, which write two batches side by side faster; one over Bolt on ArcadeDB, where
+    two halved throughput and raced on label creation.
     """
     if settings.worker.batches_in_flight is not None:
         return settings.worker.batches_in_flight
-    return 2 if settings.graph.backend == "falkordb" else 1
+    return server_default
 
 
-def runner_limits(settings: Settings) -> RunnerLimits:
-    """The consumer loop's values, with the backend's defaults resolved."""
+def runner_limits(settings: Settings, parallel_batches: int = 1) -> RunnerLimits:
+    """The consumer loop's values, with the graph server's defaults (``parallel_batches``) resolved."""
     worker = settings.worker
     return RunnerLimits(
         topic_pattern=settings.kafka.consumed_pattern(),
         transaction_size=worker.transaction_size,
         linger_s=worker.linger_ms / 1000,
-        batches_in_flight=batches_in_flight(settings),
+        batches_in_flight=batches_in_flight(settings, parallel_batches),
         max_poll_records=settings.kafka.max_poll_records,
         max_event_bytes=worker.max_event_bytes,
         max_nodes_per_graph=worker.max_nodes_per_graph,

@@ -319,8 +319,9 @@ class WorkerSettings(BaseModel):
     decode_processes: int = Field(1, ge=0, le=16)
     # Batches applied at once when they write disjoint sources and hold no intent event;
     # their offsets are still committed in order (see worker/consume/inflight.py). Unset:
-    # 2 on FalkorDB (measured faster), 1 over Bolt: on ArcadeDB two writers halved the
-    # throughput and raced creating a label's type (a refusal the saga now tries again).
+    # the graph server's figure (GraphBackend.parallel_batches): 2 on FalkorDB and Neo4j
+    # 5.26+ (measured faster), 1 on ArcadeDB, where two writers halved the throughput and
+    # raced creating a label's type (a refusal the saga now tries again).
     batches_in_flight: int | None = Field(None, ge=1, le=8)
     retry_initial_s: float = Field(0.5, gt=0)
     retry_max_s: float = Field(30.0, gt=0)

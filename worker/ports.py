@@ -255,6 +255,9 @@ class SnapshotGraph(Protocol):
 class GraphBackend(GraphStore, SnapshotGraph, Protocol):
     """A whole graph backend: what the worker, the library, the CLI and snapshots use of it."""
 
+    async def parallel_batches(self) -> int:
+        """How many batches on disjoint sources this server writes fastest side by side (measured per server)."""
+
     async def query(self, cypher: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run a Cypher query; rows as plain dicts."""
 

@@ -77,15 +77,16 @@ async def _empty_graph(graph: GraphSettings, *, wipe: bool) -> None:
             msg = f"the graph database {graph.database!r} at {graph.uri} is not empty: pass --wipe to empty it first"
             raise SystemExit(msg)
         print(f"  wiping {graph.database!r} at {graph.uri} (--wipe)", flush=True)
-        await store.query("MATCH (n) CALL { WITH n DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS")
+        await wipe(store)
     finally:
         await store.close()
 
 
-async def _server_agent(graph: GraphSettings) -> str:
+async def _server(graph: GraphSettings) -> tuple[str, int]:
+    """The server's agent, and how many batches it writes side by side by default."""
     store = connect_graph(graph)
     try:
-        return await store.server_agent()
+        return await store.server_agent(), await store.parallel_batches()
     finally:
         await store.close()
 
@@ -378,6 +379,7 @@ def _measure(
         )
     reports = [d.report for d in drains]
     lookups = [latency for d in drains for latency in d.latencies]
+    server, parallel = asyncio.run(_server(settings.graph))
     seconds = statistics.median(r.seconds for r in reports)
     last = reports[-1]
     rows_per_s = statistics.median((r.nodes + r.edges) / r.seconds for r in reports)
@@ -386,13 +388,13 @@ def _measure(
         "date": datetime.now(UTC).date().isoformat(),
         "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}",
         "backend": "external" if _external_graph else ("arcadedb-bolt" if args.backend == "neo4j" else "falkordb"),
-        "server": asyncio.run(_server_agent(settings.graph)),
+        "server": server,
         "files": last.files,
         "nodes": last.nodes,
         "edges": last.edges,
         "runs": len(reports),
         "transaction_size": transaction_size,
-        "batches_in_flight": batches_in_flight(settings),
+        "batches_in_flight": batches_in_flight(settings, parallel),
         "seconds": round(seconds, 2),
         # Extrapolated from this run's median rate unless the corpus had 300 files.
         "seconds_300_files": round(seconds * 300 / last.files, 2),
@@ -464,6 +466,8 @@ def main() -> None:
     """Run the benchmark and print the figures."""
     global _external_graph, _wipe  # noqa: PLW0603 - set once, from the command line
     args = _arguments()
+    if args.worker_log:
+        args.worker_log.mkdir(parents=True, exist_ok=True)
     if args.graph_uri:
         _external_graph = GraphSettings(
             uri=args.graph_uri,

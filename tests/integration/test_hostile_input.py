@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.graph_wipe import wipe
 from tests.hostile import documents
 from tests.integration.conftest import Namespace
 from worker.deadletter import DeadLetter
@@ -80,7 +81,7 @@ async def stores(request: pytest.FixtureRequest, ns: Namespace) -> AsyncIterator
     graph = ns.graph()
     if request.param == "neo4j":
         # One shared database (Community has one): emptied, as the namespace's own ones start.
-        await graph.query("MATCH (n) CALL { WITH n DETACH DELETE n } IN TRANSACTIONS OF 10000 ROWS")
+        await wipe(graph)
     await relational.migrate()
     await graph.migrate()
     yield Stores(ns, relational, graph)

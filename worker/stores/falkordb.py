@@ -325,6 +325,10 @@ class FalkorDBGraphStore:
             if "Division by zero" not in str(exc):
                 raise
 
+    async def parallel_batches(self) -> int:
+        """Two: one batch's PostgreSQL steps overlap the other's graph write (docs/benchmark.md)."""
+        return 2
+
     async def server_agent(self) -> str:
         """The server's self-description, e.g. 'FalkorDB/4.16.3' (from its module version)."""
         with _translated():

@@ -224,6 +224,10 @@ class Neo4jGraphStore:
                 log.info("graph write shape", shape=self._shape.value, server=agent)
         return self._shape
 
+    async def parallel_batches(self) -> int:
+        """Two on Neo4j 5.26+ (measured 13.5k against 11.5k nodes/s); one on ArcadeDB, where two raced on labels."""
+        return 2 if await self.write_shape() is WriteShape.DYNAMIC else 1
+
     async def query(self, cypher: LiteralString, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         """Run a query and return plain dicts."""
         checked = checked_parameters(params)
