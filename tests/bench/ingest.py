@@ -77,7 +77,7 @@ async def _empty_graph(graph: GraphSettings, *, wipe: bool) -> None:
             msg = f"the graph database {graph.database!r} at {graph.uri} is not empty: pass --wipe to empty it first"
             raise SystemExit(msg)
         print(f"  wiping {graph.database!r} at {graph.uri} (--wipe)", flush=True)
-        await wipe(store)
+        await wipe_graph(store)
     finally:
         await store.close()
 
