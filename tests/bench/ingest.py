@@ -37,6 +37,7 @@ from typing import Any, BinaryIO
 
 from pydantic import SecretStr
 
+from tests.graph_wipe import wipe as wipe_graph
 from worker.compose import batches_in_flight, connect_graph
 from worker.config import ENV_PREFIX, GraphSettings, Settings
 from worker.devjob import IngestReport, applied_totals, corpus, prepare_topics, publish_corpus, wait_until_committed
