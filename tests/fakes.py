@@ -64,6 +64,10 @@ class FakeRelational:
         """No links in this model."""
         return ()
 
+    async def graph_digests(self, source_ids: tuple[str, ...]) -> dict[str, bytes]:
+        """No digests in this model: every graph is validated whole."""
+        return {}
+
     def completing(self, batch_id: UUID, plan: BatchPlan) -> AbstractAsyncContextManager[Completion]:
         """Step 3 as the port shapes it: a refusal before the graph write, finish() after it."""
         if self.refuse.intersection(item.event.source_id for item in plan.winners):

@@ -353,9 +353,16 @@ def graph_digest(graph: GraphData) -> bytes:
     Node and edge order and property order do not matter: the same graph, re-published in
     another order, has the same digest.
     """
-    nodes = sorted(graph.nodes, key=lambda node: node["id"])
-    edges = sorted(graph.edges, key=lambda edge: (edge["source"], edge["type"], edge["target"]))
-    return hashlib.blake2b(orjson.dumps([nodes, edges], option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+    return _digest_of(graph.nodes, graph.edges)
+
+
+def _digest_of(nodes: list[Any], edges: list[Any]) -> bytes:
+    """``graph_digest`` of node and edge lists (raises on lists that are no graph: see _unchanged_upsert)."""
+    in_order = sorted(nodes, key=lambda node: node["id"])
+    edges_in_order = sorted(edges, key=lambda edge: (edge["source"], edge["type"], edge["target"]))
+    return hashlib.blake2b(
+        orjson.dumps([in_order, edges_in_order], option=orjson.OPT_SORT_KEYS), digest_size=16
+    ).digest()
 
 
 class AstNodeRef(BaseModel):
@@ -559,14 +566,30 @@ def has_long_number(data: bytes, digits: int = 19) -> bool:
     return b"0" * digits in data.translate(_DIGITS_AS_ZEROS)
 
 
-def decode_event(raw: bytes | None, *, max_bytes: int, max_nodes: int, strings_may_hold_nul: bool = True) -> Event:
+def decode_event(
+    raw: bytes | None,
+    *,
+    max_bytes: int,
+    max_nodes: int,
+    strings_may_hold_nul: bool = True,
+    known_digest: bytes | None = None,
+) -> Event:
     """Parse and validate one record value, or raise EventError with a clear reason.
 
     ``strings_may_hold_nul=False`` is for a graph backend that cannot store a NUL in a
     string property (FalkorDB): such an event is refused here, with the reason
     ``unstorable``, rather than by the store later.
+
+    ``known_digest`` is the digest of the graph applied for the record's source, as
+    PostgreSQL keeps it. An upsert whose parsed nodes and edges have that digest holds the
+    very nodes and edges of a graph that was validated (and stored) before: only the rest
+    of the event is validated, and the graph is taken as parsed. Validation was most of a
+    re-ingest's cost, where most graphs come again unchanged. Anything else, or any doubt,
+    is validated whole.
     """
     document, context = _parse(raw, max_bytes=max_bytes, max_nodes=max_nodes)
+    if known_digest is not None and (unchanged := _unchanged_upsert(document, context, known_digest)):
+        return unchanged
     try:
         event = _EVENT_ADAPTER.validate_python(document, context=context)
     except ValidationError as exc:
@@ -576,6 +599,29 @@ def decode_event(raw: bytes | None, *, max_bytes: int, max_nodes: int, strings_m
     if nul and (where := _nul_string(event.graph)):  # type: ignore[union-attr]  # an upsert, checked above
         raise EventError("unstorable", f"{where}: the graph store (FalkorDB) cannot store NUL characters")
     return event
+
+
+def _unchanged_upsert(
+    document: dict[str, Any], context: dict[str, bool] | None, known_digest: bytes
+) -> AstGraphUpserted | None:
+    """The upsert with its graph taken as parsed, if that graph has ``known_digest``; else None."""
+    graph = document.get("graph")
+    if document.get("event_type") != EventType.AST_GRAPH_UPSERTED or not isinstance(graph, dict):
+        return None
+    nodes, edges = graph.get("nodes"), graph.get("edges", [])
+    if not isinstance(nodes, list) or not isinstance(edges, list) or not graph.keys() <= {"nodes", "edges", "metadata"}:
+        return None
+    try:
+        if _digest_of(nodes, edges) != known_digest:
+            return None
+        shell = {**document, "graph": {"nodes": [], "edges": [], "metadata": graph.get("metadata", {})}}
+        event = _EVENT_ADAPTER.validate_python(shell, context=context)
+    except (TypeError, KeyError, orjson.JSONEncodeError, ValidationError):
+        return None  # not a graph, or not a valid event: validated whole, which says why
+    if not isinstance(event, AstGraphUpserted):
+        return None
+    whole = GraphData.model_construct(nodes=nodes, edges=edges, metadata=event.graph.metadata)
+    return event.model_copy(update={"graph": whole})
 
 
 def _parse(raw: bytes | None, *, max_bytes: int, max_nodes: int) -> tuple[dict[str, Any], dict[str, bool] | None]:

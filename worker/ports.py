@@ -201,6 +201,9 @@ class RelationalStore(Protocol):
     async def links_for_sources(self, source_ids: tuple[str, ...]) -> tuple[LinkRow, ...]:
         """Existing intent links that point into these sources."""
 
+    async def graph_digests(self, source_ids: tuple[str, ...]) -> dict[str, bytes]:
+        """The digest of each live source's applied graph (``graph_digest``), where one is kept."""
+
     def completing(self, batch_id: UUID, plan: BatchPlan) -> AbstractAsyncContextManager[BatchCompletion]:
         """Saga step 3, opened before the graph write and committed by ``finish`` after it.
 

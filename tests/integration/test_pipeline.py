@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable
@@ -368,3 +369,21 @@ async def test_event_rejected_by_the_store_is_isolated_and_dead_lettered(ns: Nam
     assert rejected in {"first.py", "clash.py"}
     sources = {r["source_id"] for r in await ns.sql("SELECT source_id FROM gpm_sources")}
     assert sources == {"ok0.py", "ok1.py", "ok2.py", "first.py", "clash.py"} - {rejected}
+
+
+async def test_a_new_version_of_an_unchanged_graph_moves_only_the_registry(ns: Namespace, running: Running) -> None:
+    """The re-ingest case: checked against the applied graph's digest, nothing is rewritten; a changed graph is."""
+    changed = graph([("m", "Module"), ("g", "ClassDef")], [("m", "BODY", "g")])
+    await ns.publish(ns.graph_topic, [upsert("same.py", 1, MOD), upsert("changed.py", 1, MOD)])
+    await eventually(lambda: _has(ns, "SELECT count(*) AS n FROM gpm_sources", 2), what="v1 applied")
+    await _graph(ns, "MATCH (n:AstNode) SET n.marker = 1")
+    same = MOD.model_copy(update={"metadata": {"commit": "abc"}})
+    await ns.publish(ns.graph_topic, [upsert("same.py", 2, same), upsert("changed.py", 2, changed)])
+    await eventually(lambda: _has(ns, "SELECT count(*) AS n FROM gpm_processed_events", 4), what="v2 applied")
+    marked = await _graph(ns, "MATCH (n:AstNode) RETURN n.source_id AS s, count(n.marker) AS n ORDER BY s")
+    assert marked == [{"s": "changed.py", "n": 0}, {"s": "same.py", "n": 3}]
+    rows = {
+        r["source_id"]: (r["source_version"], r["graph_version"], r["node_count"], json.loads(r["metadata"]))
+        for r in await ns.sql("SELECT source_id, source_version, graph_version, node_count, metadata FROM gpm_sources")
+    }
+    assert rows == {"same.py": (2, 1, 3, {"commit": "abc"}), "changed.py": (2, 2, 2, {})}

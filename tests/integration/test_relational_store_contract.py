@@ -16,6 +16,7 @@ from tests.factories import graph, inbound, link, upsert
 from tests.fakes import FakeRelational
 from tests.integration.conftest import Namespace
 from worker.errors import OperationRefused
+from worker.events import graph_digest
 from worker.ports import BatchRecord, GraphWriteStats, InboundEvent, LinkRow, Outcome, RelationalStore
 from worker.saga.plan import plan_batch
 
@@ -125,6 +126,8 @@ async def test_the_named_queries_report_what_was_applied(ns: Namespace) -> None:
         assert await store.current_links(intent) == (1, {("a.py", "f"), ("later.py", "x")})
         assert await store.current_links(uuid.uuid4()) == (None, set())
         assert await store.registered_sources() == {"a.py": (totals.nodes, 2)}
+        assert await store.graph_digests(("a.py", "z.py", "never.py")) == {"a.py": graph_digest(G)}
+        assert await store.graph_digests(()) == {}
         assert await store.registered_intents() == {str(intent): (1, 1)}
         assert set(await store.last_applied()) == {("ast-graphs", 0), ("intent-links", 0)}
         assert await store.tables_with_applied_state() == ["gpm_sources", "gpm_intents", "gpm_processed_events"]

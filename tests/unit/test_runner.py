@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
@@ -17,9 +18,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from tests.factories import graph, link, upsert
 from worker.compose import runner_limits
 from worker.config import KafkaSettings, Settings, WorkerSettings
+from worker.consume import runner as runner_module
 from worker.consume.runner import IngestRunner, _Rebalance
 from worker.errors import StoreUnavailable
-from worker.events import encode_event
+from worker.events import Event, encode_event, graph_digest
 from worker.ports import InboundEvent
 
 P0 = TopicPartition("ast-graphs", 0)
@@ -311,3 +313,53 @@ async def test_batches_overlap_only_when_their_sources_and_intents_are_disjoint(
     assert all(active == (intent,) for active in coordinator.overlaps if intent in active)
     assert consumer.commits == sorted(consumer.commits)
     assert sorted(coordinator.applied) == [0, 1, 2, 3, 4]
+
+
+class DigestKeepingCoordinator:
+    """Knows the applied graph's digest of some sources; records what was applied."""
+
+    def __init__(self, digests: dict[str, bytes]) -> None:
+        self.digests = digests
+        self.asked: list[tuple[str, ...]] = []
+        self.applied: list[InboundEvent] = []
+
+    async def graph_digests(self, source_ids: tuple[str, ...]) -> dict[str, bytes]:
+        """The digests asked for that it knows."""
+        self.asked.append(source_ids)
+        return {s: d for s, d in self.digests.items() if s in source_ids}
+
+    async def apply(self, events: list[InboundEvent]) -> None:
+        """Record the events."""
+        self.applied.extend(events)
+
+
+async def test_each_graph_record_is_decoded_with_its_sources_applied_digest(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One digest query per fetch, by record key; graph records get their source's digest, others none."""
+    same = graph([("n", "Name")])
+    events = [upsert("known.py", 2, same), upsert("new.py", 1, same), link(uuid.uuid4(), 1, [("known.py", "n")])]
+    records = [
+        Record(0, encode_event(events[0]), key=b"known.py"),
+        Record(1, encode_event(events[1]), key=b"new.py"),
+        Record(2, encode_event(events[2]), key=b"known.py"),
+    ]
+    for record, topic in zip(records, ["ast-graphs", "ast-graphs", "intent-links"], strict=True):
+        record.topic = topic  # type: ignore[attr-defined]
+    seen: list[bytes | None] = []
+    real = runner_module.decode_event
+
+    def spy(raw: bytes, *, known_digest: bytes | None = None, **limits: Any) -> Event:
+        seen.append(known_digest)
+        return real(raw, known_digest=known_digest, **limits)
+
+    monkeypatch.setattr(runner_module, "decode_event", spy)
+    consumer = FakeConsumer(records)
+    coordinator = DigestKeepingCoordinator({"known.py": graph_digest(same)})
+    settings = Settings(worker=WorkerSettings(transaction_size=10, linger_ms=0, decode_processes=0))
+    runner = IngestRunner(consumer, coordinator, None, runner_limits(settings))  # type: ignore[arg-type]
+    task = asyncio.create_task(runner.run())
+    await _until(lambda: len(coordinator.applied) == 3, task)
+    runner.stopping.set()
+    await task
+    assert coordinator.asked == [("known.py", "new.py")]
+    assert seen == [graph_digest(same), None, None]
+    assert [item.event for item in coordinator.applied] == events

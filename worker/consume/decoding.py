@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import structlog
 
@@ -35,13 +35,20 @@ from worker.runtime import tune_gc
 log = structlog.get_logger(__name__)
 
 R = TypeVar("R")
-Decode = Callable[[bytes], Event]
 
 
-def _outcome(decode: Decode, value: bytes) -> Event | EventError:
+class Decode(Protocol):
+    """``decode_event`` with the worker's limits bound (picklable: a partial of a module function)."""
+
+    def __call__(self, raw: bytes, *, known_digest: bytes | None = None) -> Event:
+        """The event, or EventError; ``known_digest``: the source's applied graph's (see decode_event)."""
+        ...
+
+
+def _outcome(decode: Decode, value: bytes, known_digest: bytes | None) -> Event | EventError:
     """Module-level, so a child process can run it: the event or why it is invalid."""
     try:
-        return decode(value)
+        return decode(value, known_digest=known_digest)
     except EventError as exc:
         return exc
 
@@ -97,10 +104,12 @@ class DecodeAhead:
             executor.submit(_ready)
         return executor
 
-    def _submit(self, value: bytes, executor: Executor | None = None) -> asyncio.Future[Event | EventError]:
+    def _submit(
+        self, value: bytes, known_digest: bytes | None, executor: Executor | None = None
+    ) -> asyncio.Future[Event | EventError]:
         loop = asyncio.get_running_loop()
         try:
-            return loop.run_in_executor(executor or self._executor, _outcome, self._decode, value)
+            return loop.run_in_executor(executor or self._executor, _outcome, self._decode, value, known_digest)
         except BrokenProcessPool as exc:
             # A pool that broke before its loss was noticed refuses new work at once: hand
             # that back as the record's outcome, so _result recovers it like the others.
@@ -109,7 +118,7 @@ class DecodeAhead:
             return future
 
     async def _result(
-        self, future: asyncio.Future[Event | EventError], executor: Executor, value: bytes
+        self, future: asyncio.Future[Event | EventError], executor: Executor, value: bytes, known_digest: bytes | None
     ) -> Event | EventError:
         try:
             return await future
@@ -124,17 +133,21 @@ class DecodeAhead:
             broken.shutdown(wait=False, cancel_futures=True)
         alone = self._new_executor()
         try:
-            return await self._submit(value, alone)
+            return await self._submit(value, known_digest, alone)
         except BrokenProcessPool:
             return EventError("decoder-crashed", "decoding this record killed the decoder process")
         finally:
             alone.shutdown(wait=False, cancel_futures=True)
 
     async def decoded(
-        self, records: Sequence[R], value: Callable[[R], bytes]
+        self,
+        records: Sequence[R],
+        value: Callable[[R], bytes],
+        known_digest: Callable[[R], bytes | None] = lambda _: None,
     ) -> AsyncGenerator[tuple[R, Event | EventError], None]:
         """Each record with its decoded event (or why it is invalid), in order.
 
+        ``known_digest``: the digest of the graph applied for a record's source, if any.
         Stopping early (a rebalance, a rewind) cancels the decodings not yet started.
         """
         pending: deque[tuple[R, Executor, asyncio.Future[Event | EventError]]] = deque()
@@ -142,7 +155,7 @@ class DecodeAhead:
 
         def submit() -> None:
             for record in upcoming:
-                pending.append((record, self._executor, self._submit(value(record))))
+                pending.append((record, self._executor, self._submit(value(record), known_digest(record))))
                 return
 
         for _ in range(self._window):
@@ -150,7 +163,7 @@ class DecodeAhead:
         try:
             while pending:
                 record, executor, future = pending.popleft()
-                outcome = await self._result(future, executor, value(record))
+                outcome = await self._result(future, executor, value(record), known_digest(record))
                 submit()
                 yield record, outcome
         finally:

@@ -45,6 +45,17 @@ def _value(record: ConsumerRecord[bytes, bytes]) -> bytes:
     return value
 
 
+def _source_of(record: ConsumerRecord[bytes, bytes]) -> str | None:
+    """The source a graph record's key names (the producers' convention), or None."""
+    if record.key is None or record.value is None or record.topic.startswith(INTENT_TOPIC_PREFIX):
+        return None
+    key: bytes = record.key
+    try:
+        return key.decode()
+    except UnicodeDecodeError:
+        return None
+
+
 def _producer_links(batch: Batch) -> list[trace.Link]:
     """Links to the producers' spans, from the W3C ``traceparent`` headers of the batch's records."""
     links: list[trace.Link] = []
@@ -198,8 +209,17 @@ class IngestRunner:
 
     async def _accept_all(self, fetched: list[tuple[TopicPartition, list[ConsumerRecord[bytes, bytes]]]]) -> None:
         generation = self.generation
+        # A graph that comes again unchanged (a re-ingest, a replay) is not validated again:
+        # decode_event checks it against the digest PostgreSQL keeps for its source.
+        sources = {source for _, records in fetched for record in records if (source := _source_of(record))}
+        digests = await self.coordinator.graph_digests(tuple(sorted(sources))) if sources else {}
+
+        def known_digest(record: ConsumerRecord[bytes, bytes]) -> bytes | None:
+            source = _source_of(record)
+            return digests.get(source) if source else None
+
         for n, (tp, records) in enumerate(fetched):
-            decoded = self._decoder.decoded(records, _value)
+            decoded = self._decoder.decoded(records, _value, known_digest)
             async with contextlib.aclosing(decoded):
                 index = 0
                 async for record, outcome in decoded:

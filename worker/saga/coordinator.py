@@ -108,6 +108,17 @@ class SagaCoordinator:
                     result.add(*await self._apply_confirming_rejection(events))
         return result
 
+    async def graph_digests(self, source_ids: tuple[str, ...]) -> dict[str, bytes]:
+        """The applied graphs' digests of these sources, for decoding (``decode_event``'s ``known_digest``).
+
+        Only a shortcut: when PostgreSQL does not answer, every event is validated whole.
+        """
+        try:
+            return await self._relational.graph_digests(source_ids)
+        except StoreError as exc:
+            log.info("applied graph digests unavailable; validating every graph", error=str(exc))
+            return {}
+
     async def recover(self, partitions: tuple[tuple[str, int], ...]) -> None:
         """On assignment: close the outbox rows a previous owner left 'pending' on these partitions.
 

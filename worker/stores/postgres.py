@@ -140,6 +140,19 @@ class PostgresRelationalStore(PostgresOperations):
         )
 
     @mapped
+    async def graph_digests(self, source_ids: tuple[str, ...]) -> dict[str, bytes]:
+        """The digest of each live source's applied graph (sources without one are left out)."""
+        if not source_ids:
+            return {}
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT source_id, graph_digest FROM gpm_sources
+                   WHERE source_id = ANY($1::text[]) AND NOT deleted AND graph_digest IS NOT NULL""",
+                list(source_ids),
+            )
+        return {r["source_id"]: bytes(r["graph_digest"]) for r in rows}
+
+    @mapped
     async def links_for_sources(self, source_ids: tuple[str, ...]) -> tuple[LinkRow, ...]:
         """Links that point into the given sources."""
         if not source_ids:
