@@ -15,7 +15,8 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, NotRequired, TypeVar
@@ -322,6 +323,11 @@ class GraphData(BaseModel):
         """Graph rows this graph writes: the unit ``transaction_size`` counts."""
         return len(self.nodes) + len(self.edges)
 
+    @property
+    def left_behind(self) -> bool:
+        """Whether this graph came again unchanged and was left in its record (see ``LeftBehind``)."""
+        return isinstance(self.nodes, LeftBehind)
+
 
 def _json_problem(value: object, where: str, depth: int) -> str | None:
     """Why a free-form JSON value cannot be stored in jsonb unchanged, or None."""
@@ -347,12 +353,56 @@ def _json_problem(value: object, where: str, depth: int) -> str | None:
     return problem
 
 
+_LEFT_BEHIND = "this graph came again unchanged and was left in its record (restore_graph reads it)"
+
+
+class LeftBehind(Sequence[Any]):
+    """The nodes (or edges) of a graph that came again unchanged, kept as their number only.
+
+    Nothing of such a graph is written, so the worker does not carry it from the decoder
+    process (pickling it cost as much as checking it); reading one is a bug, and raises.
+    ``restore_graph`` reads it back from the record when it is needed after all.
+    """
+
+    __slots__ = ("_count",)
+
+    def __init__(self, count: int) -> None:
+        self._count = count
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __getitem__(self, index: int | slice) -> Any:  # noqa: ANN401 - a Sequence of anything
+        raise LookupError(_LEFT_BEHIND)
+
+    def __iter__(self) -> Iterator[Any]:
+        raise LookupError(_LEFT_BEHIND)
+
+    def __reduce__(self) -> tuple[type[LeftBehind], tuple[int]]:
+        return LeftBehind, (self._count,)
+
+
+# Digests computed where a graph was decoded (a decoder process), for the graph objects the
+# worker holds: plan_batch asks for each upsert's digest, and computing it again cost the
+# consume loop half a second per 133k nodes. Weak: an entry goes with its graph.
+_digests: dict[int, tuple[weakref.ref[GraphData], bytes]] = {}
+
+
+def remember_digest(graph: GraphData, digest: bytes) -> None:
+    """Tell ``graph_digest`` what ``graph``'s digest is (computed elsewhere from the same content)."""
+    key = id(graph)
+    _digests[key] = (weakref.ref(graph, lambda _: _digests.pop(key, None)), digest)
+
+
 def graph_digest(graph: GraphData) -> bytes:
     """A digest of the graph's nodes and edges (metadata aside: PostgreSQL keeps it in every version).
 
     Node and edge order and property order do not matter: the same graph, re-published in
     another order, has the same digest.
     """
+    known = _digests.get(id(graph))
+    if known is not None and known[0]() is graph:
+        return known[1]
     return _digest_of(graph.nodes, graph.edges)
 
 
@@ -583,9 +633,10 @@ def decode_event(
     ``known_digest`` is the digest of the graph applied for the record's source, as
     PostgreSQL keeps it. An upsert whose parsed nodes and edges have that digest holds the
     very nodes and edges of a graph that was validated (and stored) before: only the rest
-    of the event is validated, and the graph is taken as parsed. Validation was most of a
-    re-ingest's cost, where most graphs come again unchanged. Anything else, or any doubt,
-    is validated whole.
+    of the event is validated, and the graph comes back left behind (``LeftBehind``: its
+    counts, its metadata and its digest, no nodes). Validation was most of a re-ingest's
+    cost, where most graphs come again unchanged. Anything else, or any doubt, is
+    validated whole.
     """
     document, context = _parse(raw, max_bytes=max_bytes, max_nodes=max_nodes)
     if known_digest is not None and (unchanged := _unchanged_upsert(document, context, known_digest)):
@@ -620,8 +671,28 @@ def _unchanged_upsert(
         return None  # not a graph, or not a valid event: validated whole, which says why
     if not isinstance(event, AstGraphUpserted):
         return None
-    whole = GraphData.model_construct(nodes=nodes, edges=edges, metadata=event.graph.metadata)
-    return event.model_copy(update={"graph": whole})
+    # Counted lists where the model says lists: what reads them gets their length only.
+    left: dict[str, Any] = {"nodes": LeftBehind(len(nodes)), "edges": LeftBehind(len(edges))}
+    graph = GraphData.model_construct(**left, metadata=event.graph.metadata)
+    remember_digest(graph, known_digest)
+    return event.model_copy(update={"graph": graph})
+
+
+def restore_graph(event: AstGraphUpserted, raw: bytes) -> AstGraphUpserted:
+    """``event`` with the graph it left behind read back from its record ``raw`` (no validation: see decode_event)."""
+    if not event.graph.left_behind:
+        return event
+    document = parse_document(raw)["graph"]
+    graph = GraphData.model_construct(
+        nodes=document["nodes"], edges=document.get("edges", []), metadata=event.graph.metadata
+    )
+    remember_digest(graph, graph_digest(event.graph))
+    return event.model_copy(update={"graph": graph})
+
+
+def parse_document(raw: bytes) -> dict[str, Any]:
+    """The JSON document of a record ``decode_event`` accepted, parsed as it did (no checks)."""
+    return json.loads(raw) if has_long_number(raw) else orjson.loads(raw)  # type: ignore[no-any-return]
 
 
 def _parse(raw: bytes | None, *, max_bytes: int, max_nodes: int) -> tuple[dict[str, Any], dict[str, bool] | None]:

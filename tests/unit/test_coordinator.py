@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 
 import pytest
@@ -10,6 +11,7 @@ from tests.factories import graph, inbound, upsert
 from tests.fakes import FakeDeadLetters, FakeGraph, FakeRelational
 from worker.config import WorkerSettings
 from worker.errors import StoreUnavailable
+from worker.events import AstGraphUpserted, decode_event, encode_event, graph_digest
 from worker.ports import Outcome
 from worker.saga.coordinator import SagaCoordinator
 
@@ -111,3 +113,17 @@ async def test_a_failure_after_the_graph_commit_is_retried_never_dead_lettered()
     assert result.outcomes == Counter({Outcome.APPLIED: 1})
     (states,) = relational.outbox.values()
     assert states == ["pending", "failed", "pending", "applied"]
+
+
+async def test_a_graph_left_behind_that_must_be_written_after_all_is_read_back_from_its_record() -> None:
+    """Found unchanged at decode time, changed since (another version applied meanwhile): written whole."""
+    event = upsert("a.py", 2, graph([("a", "Module"), ("b", "Expr")], [("a", "BODY", "b")]))
+    raw = encode_event(event)
+    left = decode_event(raw, max_bytes=10_000, max_nodes=10, known_digest=graph_digest(event.graph))
+    assert isinstance(left, AstGraphUpserted)
+    assert left.graph.left_behind
+    relational, graph_store, letters = FakeRelational(), FakeGraph(), FakeDeadLetters()
+    item = dataclasses.replace(inbound(left), raw=raw)
+    result = await SagaCoordinator(relational, graph_store, letters, SETTINGS).apply([item])
+    assert result.outcomes[Outcome.APPLIED] == 1
+    assert graph_store.sources["a.py"] == (2, frozenset({"a", "b"}))

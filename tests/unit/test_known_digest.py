@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from typing import Any
 
 import orjson
@@ -13,7 +14,7 @@ from tests.factories import graph, upsert
 from tests.hostile import documents
 from worker.consume.decoding import DecodeAhead
 from worker.errors import EventError
-from worker.events import AstGraphUpserted, Event, GraphData, decode_event, encode_event, graph_digest
+from worker.events import AstGraphUpserted, Event, GraphData, decode_event, encode_event, graph_digest, restore_graph
 
 LIMITS = {"max_bytes": 1_000_000, "max_nodes": 1000}
 EVENT = upsert("pkg/mod.py", 2, graph([("a", "Module"), ("b", "FunctionDef")], [("a", "BODY", "b")]))
@@ -21,20 +22,31 @@ DIGEST = graph_digest(EVENT.graph)
 
 
 def _outcome(raw: bytes, known_digest: bytes | None = None) -> Event | str:
+    """The event (its graph restored if it was left behind) or the refusal."""
     try:
-        return decode_event(raw, **LIMITS, known_digest=known_digest)
+        event = decode_event(raw, **LIMITS, known_digest=known_digest)
     except EventError as exc:
         return str(exc)
+    return restore_graph(event, raw) if isinstance(event, AstGraphUpserted) else event
 
 
-def test_an_unchanged_graph_decodes_to_the_same_event() -> None:
-    """With the applied graph's digest the event is the one full validation gives, graph included."""
-    raw = encode_event(EVENT)
+def test_an_unchanged_graph_is_left_behind_with_its_counts_metadata_and_digest() -> None:
+    """With the applied graph's digest the graph stays in the record; restored, it is the fully validated event."""
+    event = EVENT.model_copy(update={"graph": EVENT.graph.model_copy(update={"metadata": {"commit": "abc"}})})
+    raw = encode_event(event)
     fast = decode_event(raw, **LIMITS, known_digest=DIGEST)
-    assert fast == decode_event(raw, **LIMITS)
     assert isinstance(fast, AstGraphUpserted)
-    assert fast.graph.model_dump() == EVENT.graph.model_dump()
+    assert fast.graph.left_behind
+    assert (len(fast.graph.nodes), len(fast.graph.edges), fast.rows) == (2, 1, 3)
+    assert fast.graph.metadata == {"commit": "abc"}
     assert graph_digest(fast.graph) == DIGEST
+    with pytest.raises(LookupError, match="left in its record"):
+        list(fast.graph.nodes)
+    assert pickle.loads(pickle.dumps(fast)).graph.left_behind  # noqa: S301 - our own bytes
+    restored = restore_graph(fast, raw)
+    assert not restored.graph.left_behind
+    assert restored == decode_event(raw, **LIMITS) == event
+    assert graph_digest(restored.graph) == DIGEST
 
 
 def test_the_rest_of_the_event_is_still_validated() -> None:
@@ -90,7 +102,10 @@ async def test_the_decoder_passes_each_record_its_known_digest() -> None:
         outcomes = [o async for _, o in decoder.decoded(values, lambda v: v, lambda _: DIGEST)]
     finally:
         decoder.close()
-    assert outcomes[0] == EVENT
+    assert isinstance(outcomes[0], AstGraphUpserted)
+    assert outcomes[0].graph.left_behind
+    assert graph_digest(outcomes[0].graph) == DIGEST  # sent along by the decoder process
+    assert restore_graph(outcomes[0], values[0]) == EVENT
     assert isinstance(outcomes[1], EventError)
 
 

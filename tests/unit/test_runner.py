@@ -21,7 +21,7 @@ from worker.config import KafkaSettings, Settings, WorkerSettings
 from worker.consume import runner as runner_module
 from worker.consume.runner import IngestRunner, _Rebalance
 from worker.errors import StoreUnavailable
-from worker.events import Event, encode_event, graph_digest
+from worker.events import AstGraphUpserted, Event, encode_event, graph_digest, restore_graph
 from worker.ports import InboundEvent
 
 P0 = TopicPartition("ast-graphs", 0)
@@ -362,4 +362,7 @@ async def test_each_graph_record_is_decoded_with_its_sources_applied_digest(monk
     await task
     assert coordinator.asked == [("known.py", "new.py")]
     assert seen == [graph_digest(same), None, None]
-    assert [item.event for item in coordinator.applied] == events
+    applied = [item.event for item in coordinator.applied]
+    assert isinstance(applied[0], AstGraphUpserted)
+    assert applied[0].graph.left_behind  # unchanged: its graph stayed in its record
+    assert [restore_graph(applied[0], records[0].value), *applied[1:]] == events

@@ -24,12 +24,13 @@ from collections import deque
 from collections.abc import AsyncGenerator, Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import structlog
 
 from worker.errors import EventError
-from worker.events import Event
+from worker.events import AstGraphUpserted, Event, graph_digest, remember_digest
 from worker.runtime import tune_gc
 
 log = structlog.get_logger(__name__)
@@ -45,12 +46,30 @@ class Decode(Protocol):
         ...
 
 
-def _outcome(decode: Decode, value: bytes, known_digest: bytes | None) -> Event | EventError:
+@dataclass(frozen=True, slots=True)
+class _Decoded:
+    """An event and, for an upsert, its graph's digest: computed where it was decoded, off the consume loop."""
+
+    event: Event
+    digest: bytes | None
+
+
+def _outcome(decode: Decode, value: bytes, known_digest: bytes | None) -> _Decoded | EventError:
     """Module-level, so a child process can run it: the event or why it is invalid."""
     try:
-        return decode(value, known_digest=known_digest)
+        event = decode(value, known_digest=known_digest)
     except EventError as exc:
         return exc
+    return _Decoded(event, graph_digest(event.graph) if isinstance(event, AstGraphUpserted) else None)
+
+
+def _received(outcome: _Decoded | EventError) -> Event | EventError:
+    """The event, its digest remembered for plan_batch (the graph object is the worker's own now)."""
+    if isinstance(outcome, EventError):
+        return outcome
+    if outcome.digest is not None and isinstance(outcome.event, AstGraphUpserted):
+        remember_digest(outcome.event.graph, outcome.digest)
+    return outcome.event
 
 
 def _start_decoder() -> None:
@@ -106,22 +125,26 @@ class DecodeAhead:
 
     def _submit(
         self, value: bytes, known_digest: bytes | None, executor: Executor | None = None
-    ) -> asyncio.Future[Event | EventError]:
+    ) -> asyncio.Future[_Decoded | EventError]:
         loop = asyncio.get_running_loop()
         try:
             return loop.run_in_executor(executor or self._executor, _outcome, self._decode, value, known_digest)
         except BrokenProcessPool as exc:
             # A pool that broke before its loss was noticed refuses new work at once: hand
             # that back as the record's outcome, so _result recovers it like the others.
-            future: asyncio.Future[Event | EventError] = loop.create_future()
+            future: asyncio.Future[_Decoded | EventError] = loop.create_future()
             future.set_exception(exc)
             return future
 
     async def _result(
-        self, future: asyncio.Future[Event | EventError], executor: Executor, value: bytes, known_digest: bytes | None
+        self,
+        future: asyncio.Future[_Decoded | EventError],
+        executor: Executor,
+        value: bytes,
+        known_digest: bytes | None,
     ) -> Event | EventError:
         try:
-            return await future
+            return _received(await future)
         except BrokenProcessPool:
             pass
         # The decoder process died, and every decoding in flight with it: the culprit is one
@@ -133,7 +156,7 @@ class DecodeAhead:
             broken.shutdown(wait=False, cancel_futures=True)
         alone = self._new_executor()
         try:
-            return await self._submit(value, known_digest, alone)
+            return _received(await self._submit(value, known_digest, alone))
         except BrokenProcessPool:
             return EventError("decoder-crashed", "decoding this record killed the decoder process")
         finally:
@@ -150,7 +173,7 @@ class DecodeAhead:
         ``known_digest``: the digest of the graph applied for a record's source, if any.
         Stopping early (a rebalance, a rewind) cancels the decodings not yet started.
         """
-        pending: deque[tuple[R, Executor, asyncio.Future[Event | EventError]]] = deque()
+        pending: deque[tuple[R, Executor, asyncio.Future[_Decoded | EventError]]] = deque()
         upcoming = iter(records)
 
         def submit() -> None:

@@ -35,7 +35,7 @@ from worker import failpoints
 from worker.config import WorkerSettings
 from worker.deadletter import DeadLetter, DeadLetterSink, class_name, stack_of
 from worker.errors import ConfigError, StoreError, StoreRejected, StoreUnavailable, UnexpectedFailure
-from worker.events import IntentLinkDeleted, IntentLinkUpserted
+from worker.events import AstGraphUpserted, IntentLinkDeleted, IntentLinkUpserted, restore_graph
 from worker.ports import (
     BatchPlan,
     BatchRecord,
@@ -76,6 +76,13 @@ class BatchResult:
         self.unchanged |= plan.unchanged
         self.nodes_written += stats.nodes_written
         self.edges_written += stats.edges_written
+
+
+def _with_graph(item: InboundEvent) -> InboundEvent:
+    """The item with any graph it left behind at decode time restored from its record."""
+    if isinstance(item.event, AstGraphUpserted) and item.event.graph.left_behind:
+        return dataclasses.replace(item, event=restore_graph(item.event, item.raw))
+    return item
 
 
 class SagaCoordinator:
@@ -215,6 +222,11 @@ class SagaCoordinator:
             state = await self._relational.begin_batch(record)
         failpoints.hit("after-outbox")
         plan = plan_batch(events, state)
+        if any(e.graph.left_behind for e in plan.changes.upserts):
+            # Found unchanged when decoded, changed since (a batch in flight wrote another
+            # version): its graph is read back from its record, and the batch planned again.
+            events = [_with_graph(item) for item in events]
+            plan = plan_batch(events, state)
         changes = plan.changes
         if changes.upserts:
             # Re-attach existing links into the sources being rewritten, except for intents
