@@ -52,7 +52,7 @@ bench: install
 FUZZ_EXAMPLES ?= 2000
 fuzz: install
 	GPM_TEST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest --timeout 3600 \
-		tests/unit/test_contract_agreement.py tests/integration/test_hostile_input.py
+		tests/unit/test_contract_agreement.py tests/unit/test_known_digest.py tests/integration/test_hostile_input.py
 
 run: install
 	$(BIN)/gpm run

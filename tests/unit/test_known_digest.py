@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 from typing import Any
 
@@ -17,6 +18,7 @@ from worker.errors import EventError
 from worker.events import AstGraphUpserted, Event, GraphData, decode_event, encode_event, graph_digest, restore_graph
 
 LIMITS = {"max_bytes": 1_000_000, "max_nodes": 1000}
+EXAMPLES = int(os.environ.get("GPM_TEST_FUZZ_EXAMPLES", "200"))  # `make fuzz` runs many more
 EVENT = upsert("pkg/mod.py", 2, graph([("a", "Module"), ("b", "FunctionDef")], [("a", "BODY", "b")]))
 DIGEST = graph_digest(EVENT.graph)
 
@@ -81,7 +83,7 @@ def test_any_other_graph_is_validated_whole(change: Any) -> None:
     assert _outcome(raw, DIGEST) == _outcome(raw)
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@settings(max_examples=EXAMPLES, suppress_health_check=[HealthCheck.too_slow], deadline=None)
 @given(documents())
 def test_known_digests_never_change_an_outcome(document: dict[str, Any]) -> None:
     """Generated events: given the digest of their graph as validated on its own, the outcome is the same."""
