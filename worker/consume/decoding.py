@@ -5,7 +5,10 @@ mostly waiting on the stores. Decoding the next records while the loop awaits th
 current batch's saga overlaps the two. In a thread the decoding still holds the GIL the
 loop needs to lay out and send the batch (py-spy on FalkorDB: the GIL was the limit), so
 by default it runs in a child process, and only the decoded event (plain lists and dicts,
-about a seventh of the decoding's cost to unpickle) comes back.
+about a seventh of the decoding's cost to unpickle) comes back, with its graph's digest
+(computed there, so ``plan_batch`` does not compute it on the loop). A graph found
+unchanged against its source's applied digest does not come back at all: it is left in
+its record (``events.LeftBehind``), since pickling it cost as much as checking it.
 
 Results come back strictly in record order, and at most ``window`` records are decoded
 ahead, so memory stays bounded by the fetch the loop already holds. A decoder process
