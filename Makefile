@@ -38,8 +38,10 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# The Neo4j cases run on a real Neo4j: NEO4J_URI if set, else the shared test server beside
+# the repository (../shared/servers/neo4j-5.26), started and stopped around the suite.
 test: install
-	$(BIN)/pytest
+	tests/with-neo4j $(BIN)/pytest
 
 # Lint, types, schema drift and the whole test suite: what CI runs.
 check: lint test
@@ -51,7 +53,7 @@ bench: install
 # The hostile-input and contract-agreement property tests, with many more examples than CI runs.
 FUZZ_EXAMPLES ?= 2000
 fuzz: install
-	GPM_TEST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest --timeout 3600 \
+	GPM_TEST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) tests/with-neo4j $(BIN)/pytest --timeout 3600 \
 		tests/unit/test_contract_agreement.py tests/unit/test_known_digest.py tests/integration/test_hostile_input.py
 
 run: install

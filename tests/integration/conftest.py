@@ -341,6 +341,22 @@ def _docker_available() -> bool:
     return subprocess.run(["docker", "info"], capture_output=True, check=False, timeout=20).returncode == 0  # noqa: S607
 
 
+# Set by tests/with-neo4j when it gave the suite a real Neo4j: a Neo4j case then fails
+# rather than skips if the server cannot be had.
+NEO4J_REQUIRED = os.environ.get("GPM_TEST_REQUIRE_NEO4J") == "1"
+NO_NEO4J = "real Neo4j not available here: NEO4J_URI is unset and Docker is unreachable"
+
+
+def real_neo4j(request: pytest.FixtureRequest) -> GraphSettings:
+    """The real Neo4j's settings for a test that needs one; skips loudly (or fails, when required) without."""
+    settings: GraphSettings | None = request.getfixturevalue("neo4j_settings")
+    if settings is None:
+        if NEO4J_REQUIRED:
+            pytest.fail("GPM_TEST_REQUIRE_NEO4J=1 but no real Neo4j could be had")
+        pytest.skip(NO_NEO4J)
+    return settings
+
+
 @pytest.fixture(scope="session")
 def neo4j_settings() -> Iterator[GraphSettings | None]:
     """A real Neo4j 5 if one can be had here, else None."""
@@ -370,3 +386,13 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     broker = f"the external broker at {EXTERNAL_BROKER} (GPM_TEST_KAFKA)" if EXTERNAL_BROKER else "tansu (embedded)"
     terminalreporter.write_line(f"integration suites ran against: {broker}; outage tests always on tansu")
     terminalreporter.write_line(contract.pytest_terminal_summary_line())
+    skipped = [r for r in terminalreporter.stats.get("skipped", []) if NO_NEO4J in str(r.longrepr)]
+    if skipped:
+        terminalreporter.write_line(
+            f"REAL NEO4J NOT USED: {len(skipped)} cases that need one were SKIPPED "
+            "(set NEO4J_URI, or run the suite through tests/with-neo4j beside ../shared/servers/neo4j-5.26)",
+            red=True,
+            bold=True,
+        )
+    elif uri := os.environ.get("NEO4J_URI"):
+        terminalreporter.write_line(f"real Neo4j cases ran against {uri}; none skipped")

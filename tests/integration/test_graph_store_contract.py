@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from tests.factories import delete, graph, link, unlink, upsert
 from tests.graph_wipe import wipe
-from tests.integration.conftest import Namespace
+from tests.integration.conftest import Namespace, real_neo4j
 from worker.compose import connect_graph
 from worker.config import GraphSettings
 from worker.devstack.falkordb import FalkorDBServer
@@ -35,17 +35,14 @@ BACKENDS_RAN: set[str] = set()
 async def store(
     request: pytest.FixtureRequest,
     ns: Namespace,
-    neo4j_settings: GraphSettings | None,
     falkordb_server: FalkorDBServer,
 ) -> AsyncIterator[GraphBackend]:
     """A migrated, empty graph store of the given backend (on a real Neo4j, in each write shape)."""
     if request.param.startswith("neo4j"):
-        if neo4j_settings is None:
-            pytest.skip("real Neo4j not available here: NEO4J_URI is unset and Docker is unreachable")
         # "neo4j" takes the shape the server is detected for (dynamic labels from 5.26 on);
         # "neo4j-grouped" the one ArcadeDB and older Neo4j get, so both are tested on Neo4j.
         shape = "grouped" if request.param == "neo4j-grouped" else "auto"
-        settings = neo4j_settings.model_copy(update={"write_shape": shape})
+        settings = real_neo4j(request).model_copy(update={"write_shape": shape})
     elif request.param == "falkordb":
         settings = GraphSettings(backend="falkordb", uri=falkordb_server.uri, database=ns.name)
     else:

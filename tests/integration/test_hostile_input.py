@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from tests.graph_wipe import wipe
 from tests.hostile import documents
-from tests.integration.conftest import Namespace
+from tests.integration.conftest import Namespace, real_neo4j
 from worker.deadletter import DeadLetter
 from worker.errors import EventError
 from worker.events import AstGraphDeleted, AstGraphUpserted, Event, IntentLinkDeleted, IntentLinkUpserted, decode_event
@@ -73,10 +73,7 @@ async def stores(request: pytest.FixtureRequest, ns: Namespace) -> AsyncIterator
     if request.param == "falkordb":
         ns.use_falkordb(request.getfixturevalue("falkordb_server"))
     if request.param == "neo4j":
-        neo4j = request.getfixturevalue("neo4j_settings")
-        if neo4j is None:
-            pytest.skip("real Neo4j not available here: NEO4J_URI is unset and Docker is unreachable")
-        ns.settings = ns.settings.model_copy(update={"graph": neo4j})
+        ns.settings = ns.settings.model_copy(update={"graph": real_neo4j(request)})
     relational = await ns.relational()
     graph = ns.graph()
     if request.param == "neo4j":
