@@ -24,8 +24,9 @@ from aiokafka.errors import KafkaConnectionError
 from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_base, retry_if_exception, retry_if_exception_type
 
 from worker import failpoints
-from worker.compose import open_graph, open_relational, open_stores, runner_limits
+from worker.compose import open_graph, open_relational, open_stores, read_limits, runner_limits
 from worker.config import Settings
+from worker.consume import record_batches
 from worker.consume.runner import IngestRunner
 from worker.deadletter import DeadLetterSink, HaltingDeadLetterSink, KafkaDeadLetterSink
 from worker.errors import ConfigError, DatabaseMissing, Halted, StoreError, StoreUnavailable
@@ -132,6 +133,8 @@ class Worker:
             if producer is None:
                 log.info("worker stopped before the broker answered")
                 return
+            # Every record's bytes are read by the worker's bounded reader, not aiokafka's.
+            record_batches.install(read_limits(s))
             consumer = AIOKafkaConsumer(
                 **s.kafka.client_options(),
                 group_id=s.kafka.group_id,

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from worker.config import GraphSettings, Settings
+from worker.consume.record_batches import ReadLimits
 from worker.consume.runner import RunnerLimits
 from worker.ports import GraphBackend
 from worker.stores.postgres import PostgresRelationalStore
@@ -44,6 +45,16 @@ def runner_limits(settings: Settings, parallel_batches: int = 1) -> RunnerLimits
         strings_may_hold_nul=settings.graph.backend != "falkordb",
         decode_processes=worker.decode_processes,
         retry_max_s=worker.retry_max_s,
+    )
+
+
+def read_limits(settings: Settings) -> ReadLimits:
+    """What one record and one fetched batch may cost the consumer's memory (see README: memory)."""
+    return ReadLimits(
+        max_value_bytes=settings.worker.max_event_bytes,
+        # Room for one event of the largest size with others beside it in its batch.
+        max_batch_bytes=2 * settings.worker.max_event_bytes,
+        fetch_budget=settings.kafka.max_partition_fetch_bytes,
     )
 
 

@@ -32,8 +32,12 @@ ORIGINAL_PREFIX = "gpm.original."
 # Set on a letter whose value is not the whole original: "true", and the original's size.
 TRUNCATED_HEADER = "gpm.value.truncated"
 ORIGINAL_SIZE_HEADER = "gpm.value.original-bytes"
+# Set on a letter whose key is not the whole original: the original key's size.
+ORIGINAL_KEY_SIZE_HEADER = "gpm.key.original-bytes"
 # What a truncated letter keeps of the value: enough to see what the record was.
 PREFIX_BYTES = 64 * 1024
+# What the smallest letter keeps of a key.
+KEY_PREFIX_BYTES = 1024
 # Room left for the record's framing, key and headers within the producer's request size.
 _OVERHEAD = 16 * 1024
 _SIZE_ERRORS = (MessageSizeTooLargeError, RecordTooLargeError)
@@ -80,13 +84,26 @@ class DeadLetter:
         headers = sum(len(k) + len(v) for k, v in self.dlq_headers())
         return len(self.key or b"") + len(self.value or b"") + headers
 
+    def truncated(self, original_bytes: int) -> DeadLetter:
+        """The letter, marked as carrying a prefix of a value of ``original_bytes``."""
+        marks = {**dict(self.marks), TRUNCATED_HEADER: b"true", ORIGINAL_SIZE_HEADER: str(original_bytes).encode()}
+        return dataclasses.replace(self, marks=tuple(marks.items()))
+
     def shrunk(self, keep: int | None) -> DeadLetter:
-        """A copy with only ``keep`` bytes of the value (None: no value, no original headers), saying so."""
-        original = len(self.value or b"")
-        marks = ((TRUNCATED_HEADER, b"true"), (ORIGINAL_SIZE_HEADER, str(original).encode()))
-        if keep is None:
-            return dataclasses.replace(self, value=None, headers=(), detail=self.detail[:2000], marks=marks)
-        return dataclasses.replace(self, value=(self.value or b"")[:keep], marks=marks)
+        """A copy with only ``keep`` bytes of the value, saying so.
+
+        ``keep=None``: the smallest letter: no value, none of the record's headers, and at
+        most :data:`KEY_PREFIX_BYTES` of its key; with the position and the reason, it fits.
+        """
+        marked = self if TRUNCATED_HEADER in dict(self.marks) else self.truncated(len(self.value or b""))
+        if keep is not None:
+            return dataclasses.replace(marked, value=(self.value or b"")[:keep])
+        key, marks = self.key, dict(marked.marks)
+        if key is not None and len(key) > KEY_PREFIX_BYTES:
+            key, marks[ORIGINAL_KEY_SIZE_HEADER] = key[:KEY_PREFIX_BYTES], str(len(key)).encode()
+        return dataclasses.replace(
+            marked, key=key, value=None, headers=(), detail=self.detail[:2000], marks=tuple(marks.items())
+        )
 
 
 def class_name(exc: BaseException) -> str:

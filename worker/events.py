@@ -90,7 +90,7 @@ RESERVED_RELATIONSHIPS = frozenset({"IMPLEMENTED_BY"})
 # Written by the stores on every node; a producer property with one of these names
 # would be silently overwritten, so it is refused instead.
 RESERVED_PROPERTIES = frozenset({"key", "source_id", "node_id", "type", "source_version"})
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class EventType(StrEnum):
@@ -103,14 +103,14 @@ class EventType(StrEnum):
 
 
 def _no_control_chars(value: str) -> str:
-    if _CONTROL.search(value):
+    if CONTROL_CHARACTERS.search(value):
         msg = "must not contain control characters"
         raise ValueError(msg)
     return value
 
 
 def _no_control_chars_in(value: str, where: str) -> None:
-    if _CONTROL.search(value):
+    if CONTROL_CHARACTERS.search(value):
         msg = f"{where} must not contain control characters"
         raise ValueError(msg)
 
@@ -288,7 +288,7 @@ class GraphData(BaseModel):
             and ends <= ids
             and len({(edge["source"], edge["type"], edge["target"]) for edge in edges}) == len(edges)
             and RESERVED_PROPERTIES.isdisjoint(names)
-            and not _CONTROL.search("".join(ids))
+            and not CONTROL_CHARACTERS.search("".join(ids))
             and not _BAD_PROPERTY_NAME.search("".join(names))
         )
 
@@ -548,15 +548,21 @@ def tombstone(key: bytes | None, topic: str, partition: int, offset: int, timest
         source_id = (key or b"").decode()
     except UnicodeDecodeError:
         source_id = ""
-    if not source_id or len(source_id) > 512 or _CONTROL.search(source_id):  # noqa: PLR2004 - Identifier's bound
+    if not source_id or len(source_id) > 512 or CONTROL_CHARACTERS.search(source_id):  # noqa: PLR2004 - Identifier's bound
         raise EventError("invalid", "a record without a value (a tombstone) must be keyed by a source id")
+    try:
+        occurred_at = datetime.fromtimestamp(timestamp_ms / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        # The producer sets CreateTime: any int64. A tombstone's time is its record's.
+        msg = f"a tombstone's record timestamp {timestamp_ms} ms is outside the years 1 to 9999"
+        raise EventError("invalid", msg) from None
     return Tombstone.model_construct(
         event_id=uuid5(_TOMBSTONE_IDS, f"{topic}:{partition}:{offset}"),
         event_type=EventType.AST_GRAPH_DELETED,
         schema_version=1,
         source_id=source_id,
         source_version=-1,  # set by plan_batch
-        occurred_at=datetime.fromtimestamp(timestamp_ms / 1000, UTC),
+        occurred_at=occurred_at,
         producer=TOMBSTONE_PRODUCER,
     )
 
@@ -663,7 +669,7 @@ def _unchanged_upsert(
     if not isinstance(nodes, list) or not isinstance(edges, list) or not graph.keys() <= {"nodes", "edges", "metadata"}:
         return None
     try:
-        if _digest_of(nodes, edges) != known_digest:
+        if _digest_of(_with_properties(nodes), _with_properties(edges)) != known_digest:
             return None
         shell = {**document, "graph": {"nodes": [], "edges": [], "metadata": graph.get("metadata", {})}}
         event = _EVENT_ADAPTER.validate_python(shell, context=context)
@@ -678,13 +684,22 @@ def _unchanged_upsert(
     return event.model_copy(update={"graph": graph})
 
 
+def _with_properties(items: list[Any]) -> list[Any]:
+    """Nodes or edges as validation leaves them: ``properties`` present, ``{}`` where the producer left it out."""
+    if all(type(item) is dict and "properties" in item for item in items):
+        return items
+    return [{**item, "properties": {}} if type(item) is dict and "properties" not in item else item for item in items]
+
+
 def restore_graph(event: AstGraphUpserted, raw: bytes) -> AstGraphUpserted:
     """``event`` with the graph it left behind read back from its record ``raw`` (no validation: see decode_event)."""
     if not event.graph.left_behind:
         return event
     document = parse_document(raw)["graph"]
     graph = GraphData.model_construct(
-        nodes=document["nodes"], edges=document.get("edges", []), metadata=event.graph.metadata
+        nodes=_with_properties(document["nodes"]),
+        edges=_with_properties(document.get("edges", [])),
+        metadata=event.graph.metadata,
     )
     remember_digest(graph, graph_digest(event.graph))
     return event.model_copy(update={"graph": graph})

@@ -7,13 +7,21 @@ from typing import Any
 import pytest
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 
-from worker.deadletter import ORIGINAL_SIZE_HEADER, PREFIX_BYTES, TRUNCATED_HEADER, DeadLetter, KafkaDeadLetterSink
+from worker.deadletter import (
+    KEY_PREFIX_BYTES,
+    ORIGINAL_KEY_SIZE_HEADER,
+    ORIGINAL_SIZE_HEADER,
+    PREFIX_BYTES,
+    TRUNCATED_HEADER,
+    DeadLetter,
+    KafkaDeadLetterSink,
+)
 from worker.errors import StoreUnavailable
 from worker.ports import Position
 
 
 class FakeProducer:
-    """Refuses values above ``limit`` bytes as the broker does (or fails as if the broker were down)."""
+    """Refuses records above ``limit`` bytes (key, value, headers) as the broker does, or fails as if it were down."""
 
     def __init__(self, limit: int = 10**9, *, down: bool = False) -> None:
         self.limit = limit
@@ -24,7 +32,7 @@ class FakeProducer:
         """Keep what fits."""
         if self.down:
             raise KafkaConnectionError("broker down")
-        if len(value or b"") > self.limit:
+        if len(value or b"") + len(key or b"") + sum(len(k) + len(v) for k, v in headers) > self.limit:
             raise MessageSizeTooLargeError("The message is too large")
         self.sent.append({"topic": topic, "value": value, "key": key, "headers": dict(headers)})
 
@@ -55,13 +63,47 @@ async def test_a_letter_beyond_the_request_size_is_sent_as_a_prefix_saying_so() 
 
 async def test_a_broker_refusing_the_size_gets_smaller_letters_down_to_none() -> None:
     """A topic whose max.message.bytes is tiny still gets the letter: without its value, with its reason."""
-    producer = FakeProducer(limit=10)
+    producer = FakeProducer(limit=2000)  # the error headers fit, the value does not
     await KafkaDeadLetterSink(producer, max_bytes=1 << 20).send(_letter(100_000))  # type: ignore[arg-type]
     (sent,) = producer.sent
     assert sent["value"] is None
     assert sent["headers"][ORIGINAL_SIZE_HEADER] == b"100000"
     assert sent["headers"]["__connect.errors.offset"] == b"7"
     assert "trace" not in sent["headers"]
+
+
+async def test_a_huge_key_and_headers_still_leave_a_letter_that_can_be_sent() -> None:
+    """Key and headers count too: the smallest letter keeps 1 KiB of the key, no headers, and the sizes."""
+    letter = DeadLetter(
+        Position("ast-graphs", 0, 7), b"k" * 2_000_000, b"x" * 10, (("h", b"v" * 2_000_000),), "oversized", "big key"
+    )
+    producer = FakeProducer(limit=1 << 20)
+    await KafkaDeadLetterSink(producer, max_bytes=1 << 20).send(letter)  # type: ignore[arg-type]
+    (sent,) = producer.sent
+    assert sent["key"] == b"k" * KEY_PREFIX_BYTES
+    assert sent["value"] is None
+    assert "h" not in sent["headers"]
+    assert sent["headers"][ORIGINAL_KEY_SIZE_HEADER] == b"2000000"
+    assert sent["headers"][ORIGINAL_SIZE_HEADER] == b"10"
+    assert sent["headers"]["__connect.errors.reason"] == b"oversized"
+
+
+def test_a_prefix_the_reader_kept_is_marked_with_the_original_size() -> None:
+    """A value the reader cut (a Refused prefix) goes to its letter marked as truncated, with the whole size."""
+    from worker.consume.intake import dead_letter
+    from worker.consume.record_batches import Refused
+    from worker.errors import EventError
+
+    class Record:
+        topic, partition, offset, timestamp = "ast-graphs", 0, 7, 0
+        key, headers = b"k", [("h", None)]
+        value = Refused(b"x" * 10, "oversized", "too big", 500)
+
+    letter = dead_letter(Record(), Position("ast-graphs", 0, 7), EventError("oversized", "too big"))
+    headers = dict(letter.dlq_headers())
+    assert (headers[TRUNCATED_HEADER], headers[ORIGINAL_SIZE_HEADER]) == (b"true", b"500")
+    assert letter.headers == (("h", b""),)
+    assert letter.value == b"x" * 10
 
 
 async def test_a_broker_outage_is_an_outage() -> None:

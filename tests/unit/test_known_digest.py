@@ -51,6 +51,27 @@ def test_an_unchanged_graph_is_left_behind_with_its_counts_metadata_and_digest()
     assert graph_digest(restored.graph) == DIGEST
 
 
+def test_a_graph_published_without_empty_properties_is_still_known() -> None:
+    """Producers may leave out ``properties`` where it is empty; the applied digest has ``{}``: the same graph."""
+    bare = GraphData.model_validate(
+        {
+            "nodes": [{"id": "a", "type": "Module"}, {"id": "b", "type": "Name"}],
+            "edges": [{"source": "a", "target": "b", "type": "BODY"}],
+        }
+    )
+    event = upsert("pkg/bare.py", 2, bare)
+    document = event.model_dump(mode="json")
+    for item in (*document["graph"]["nodes"], *document["graph"]["edges"]):
+        assert item.pop("properties") == {}
+    raw = json.dumps(document).encode()
+    fast = decode_event(raw, **LIMITS, known_digest=graph_digest(bare))
+    assert isinstance(fast, AstGraphUpserted)
+    assert fast.graph.left_behind
+    restored = restore_graph(fast, raw)
+    assert restored == decode_event(raw, **LIMITS) == event
+    assert all(item["properties"] == {} for item in (*restored.graph.nodes, *restored.graph.edges))
+
+
 def test_the_rest_of_the_event_is_still_validated() -> None:
     """An unchanged graph does not excuse a bad envelope or bad metadata: same refusal as without the digest."""
     document = EVENT.model_dump(mode="json")

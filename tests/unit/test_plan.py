@@ -96,6 +96,10 @@ def test_a_tombstone_deletes_what_precedes_it_and_yields_to_what_follows() -> No
     # Replayed: its event id comes from its position, so it is a duplicate.
     again = plan_batch([inbound(dead(9), offset=9)], AppliedState(processed_event_ids=frozenset({dead(9).event_id})))
     assert [o for _, o in again.outcomes] == [Outcome.DUPLICATE]
+    # For a source never registered: nothing to delete, nothing registered (no row at version -1).
+    unknown = plan_batch([inbound(dead(3), offset=3)], AppliedState())
+    assert [o for _, o in unknown.outcomes] == [Outcome.SUPERSEDED]
+    assert unknown.changes.deletes == ()
 
 
 def test_a_new_version_of_an_unchanged_graph_is_not_written_again() -> None:

@@ -44,7 +44,7 @@ R = TypeVar("R")
 class Decode(Protocol):
     """``decode_event`` with the worker's limits bound (picklable: a partial of a module function)."""
 
-    def __call__(self, raw: bytes, *, known_digest: bytes | None = None) -> Event:
+    def __call__(self, raw: bytes | None, *, known_digest: bytes | None = None) -> Event:
         """The event, or EventError; ``known_digest``: the source's applied graph's (see decode_event)."""
         ...
 
@@ -57,7 +57,7 @@ class _Decoded:
     digest: bytes | None
 
 
-def _outcome(decode: Decode, value: bytes, known_digest: bytes | None) -> _Decoded | EventError:
+def _outcome(decode: Decode, value: bytes | None, known_digest: bytes | None) -> _Decoded | EventError:
     """Module-level, so a child process can run it: the event or why it is invalid."""
     try:
         event = decode(value, known_digest=known_digest)
@@ -127,7 +127,7 @@ class DecodeAhead:
         return executor
 
     def _submit(
-        self, value: bytes, known_digest: bytes | None, executor: Executor | None = None
+        self, value: bytes | None, known_digest: bytes | None, executor: Executor | None = None
     ) -> asyncio.Future[_Decoded | EventError]:
         loop = asyncio.get_running_loop()
         try:
@@ -143,7 +143,7 @@ class DecodeAhead:
         self,
         future: asyncio.Future[_Decoded | EventError],
         executor: Executor,
-        value: bytes,
+        value: bytes | None,
         known_digest: bytes | None,
     ) -> Event | EventError:
         try:
@@ -168,7 +168,7 @@ class DecodeAhead:
     async def decoded(
         self,
         records: Sequence[R],
-        value: Callable[[R], bytes],
+        value: Callable[[R], bytes | None],
         known_digest: Callable[[R], bytes | None] = lambda _: None,
     ) -> AsyncGenerator[tuple[R, Event | EventError], None]:
         """Each record with its decoded event (or why it is invalid), in order.

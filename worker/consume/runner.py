@@ -24,9 +24,10 @@ from worker import failpoints
 from worker.consume.batcher import Batch, Batcher
 from worker.consume.decoding import DecodeAhead
 from worker.consume.inflight import InFlight, footprint
-from worker.deadletter import DeadLetter, DeadLetterSink, class_name
+from worker.consume.intake import dead_letter, headers_of, inbound, source_named, value_to_decode
+from worker.deadletter import DeadLetterSink
 from worker.errors import EventError, StoreUnavailable
-from worker.events import Event, decode_event, tombstone
+from worker.events import Event, decode_event
 from worker.ports import InboundEvent, Position
 from worker.saga.coordinator import SagaCoordinator
 from worker.telemetry import metrics
@@ -36,24 +37,6 @@ tracer = trace.get_tracer("graph_postgres_manager.consume")
 
 
 MAX_LINKS = 128  # spans keep at most 128 links by default; more would be dropped anyway
-# Tombstones delete sources; on the intent topics (intent-links, intent-links-<name>) they are refused.
-INTENT_TOPIC_PREFIX = "intent-links"
-
-
-def _value(record: ConsumerRecord[bytes, bytes]) -> bytes:
-    value: bytes = record.value
-    return value
-
-
-def _source_of(record: ConsumerRecord[bytes, bytes]) -> str | None:
-    """The source a graph record's key names (the producers' convention), or None."""
-    if record.key is None or record.value is None or record.topic.startswith(INTENT_TOPIC_PREFIX):
-        return None
-    key: bytes = record.key
-    try:
-        return key.decode()
-    except UnicodeDecodeError:
-        return None
 
 
 def _producer_links(batch: Batch) -> list[trace.Link]:
@@ -211,15 +194,15 @@ class IngestRunner:
         generation = self.generation
         # A graph that comes again unchanged (a re-ingest, a replay) is not validated again:
         # decode_event checks it against the digest PostgreSQL keeps for its source.
-        sources = {source for _, records in fetched for record in records if (source := _source_of(record))}
+        sources = {source for _, records in fetched for record in records if (source := source_named(record))}
         digests = await self.coordinator.graph_digests(tuple(sorted(sources))) if sources else {}
 
         def known_digest(record: ConsumerRecord[bytes, bytes]) -> bytes | None:
-            source = _source_of(record)
+            source = source_named(record)
             return digests.get(source) if source else None
 
         for n, (tp, records) in enumerate(fetched):
-            decoded = self._decoder.decoded(records, _value, known_digest)
+            decoded = self._decoder.decoded(records, value_to_decode, known_digest)
             async with contextlib.aclosing(decoded):
                 index = 0
                 async for record, outcome in decoded:
@@ -246,22 +229,16 @@ class IngestRunner:
         """Batch one decoded record (or its dead letter); False if a flush it caused was rewound."""
         metrics.events_consumed.labels(topic=tp.topic).inc()
         position = Position(tp.topic, tp.partition, record.offset)
-        headers = tuple((k, v) for k, v in (record.headers or ()))
-        if record.value is None and not tp.topic.startswith(INTENT_TOPIC_PREFIX):
-            # A tombstone: the source its key names is deleted (compacted topics' convention).
-            try:
-                event = tombstone(record.key, tp.topic, tp.partition, record.offset, record.timestamp)
-            except EventError as refused:
-                event = refused
+        event = inbound(record, event)
         if isinstance(event, EventError):
             log.warning(
                 "invalid event", topic=tp.topic, partition=tp.partition, offset=record.offset, reason=event.reason
             )
-            self.batcher.reject(
-                DeadLetter(position, record.key, record.value, headers, event.reason, event.detail, class_name(event))
-            )
+            self.batcher.reject(dead_letter(record, position, event))
             return True
-        item = InboundEvent(event=event, position=position, raw=record.value, key=record.key, headers=headers)
+        item = InboundEvent(
+            event=event, position=position, raw=record.value, key=record.key, headers=headers_of(record)
+        )
         if self.batcher.would_overflow(item) and not await self._flush():
             return False  # the item was not added: it is re-read with the rewound batch
         if self.generation != generation:

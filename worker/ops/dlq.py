@@ -69,6 +69,11 @@ async def read_letters(
     partition is read until the end its fetches report (its high watermark), so a broker
     whose ListOffsets answer lags (tansu) cannot make letters look absent.
     """
+    try:
+        pattern = re.compile(grep) if grep else None
+    except re.error as exc:
+        msg = f"--grep {grep!r} is not a regular expression: {exc}"
+        raise OperationRefused(msg) from None
     async with GroupOffsets.open(settings) as group:
         sources = await group.topics()
         existing = await group.all_topics()
@@ -77,7 +82,6 @@ async def read_letters(
             dlq_topics = [t for t in dlq_topics if t in {topic + settings.dlq_suffix, topic}]
         tps = await group.partitions(dlq_topics) if dlq_topics else []
     letters = await _read_all(settings, tps) if tps else []
-    pattern = re.compile(grep) if grep else None
     return [
         letter
         for letter in letters
@@ -123,7 +127,7 @@ def original_headers(letter: Letter) -> list[tuple[str, bytes]]:
     return [
         (key, value)
         for key, value in letter.headers
-        if not key.startswith((HEADER_PREFIX, ORIGINAL_PREFIX + HEADER_PREFIX, "gpm.value.", REDRIVEN_FROM))
+        if not key.startswith((HEADER_PREFIX, ORIGINAL_PREFIX + HEADER_PREFIX, "gpm.value.", "gpm.key.", REDRIVEN_FROM))
     ]
 
 

@@ -40,7 +40,8 @@ def plan_batch(events: list[InboundEvent], state: AppliedState) -> BatchPlan:
     """Pick the newest new event per aggregate; everything else is superseded or duplicate.
 
     A tombstone (a record without a value) deletes what precedes it: it takes the version
-    applied or the newest earlier in the batch, whichever is higher, and wins at that version.
+    applied or the newest earlier in the batch, whichever is higher, and wins at that version;
+    for a source with neither it is superseded (it registers nothing).
     """
     winners: dict[tuple[str, str], tuple[int, InboundEvent]] = {}  # aggregate -> (index, item)
     seen_ids: set[UUID] = set()
@@ -57,6 +58,8 @@ def plan_batch(events: list[InboundEvent], state: AppliedState) -> BatchPlan:
         applied = _applied_version(event, state)
         if isinstance(event, Tombstone):
             version = max(applied, current[1].event.source_version if current else -1)
+            if version < 0:
+                continue  # nothing of that source to delete: the tombstone changes nothing
             winners[aggregate] = (
                 index,
                 dataclasses.replace(item, event=event.model_copy(update={"source_version": version})),
