@@ -42,7 +42,8 @@ dlq_app = typer.Typer(
     help="List, inspect and re-drive dead-lettered events.", no_args_is_help=True, rich_markup_mode=None
 )
 app.add_typer(dlq_app, name="dlq")
-console = Console(stderr=True)
+# Messages are never wrapped: a DSN or a path cut mid-token in a log helps nobody (tables use _out()).
+console = Console(stderr=True, soft_wrap=True)
 
 
 def _out() -> Console:
@@ -471,8 +472,15 @@ def dlq_list(
     for letter in letters:
         # Text, not markup: every field comes from a record, and "[/]" would be read as a tag.
         cells = (letter.position, letter.origin, letter.error("reason"), letter.error("exception.message")[:120])
-        table.add_row(*(Text(cell) for cell in cells))
+        table.add_row(*(Text(_printable(cell)) for cell in cells))
     _out().print(table)
+
+
+def _printable(text: str) -> str:
+    r"""``text`` with every control or format character escaped (``\x1b``): a letter cannot drive the terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode() for c in text)
 
 
 def _letter_document(letter: Any, *, with_value: bool) -> dict[str, Any]:  # noqa: ANN401 - ops.dlq.Letter, imported lazily

@@ -19,6 +19,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from worker.config import HealthSettings
+from worker.errors import ConfigError
 
 log = structlog.get_logger(__name__)
 
@@ -51,7 +52,13 @@ class HealthServer:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._settings.host, self._settings.port)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # a port in use, an address this host does not have or cannot resolve
+            await self._runner.cleanup()
+            where = f"{self._settings.host}:{self._settings.port}"
+            msg = f"GPM_HEALTH__HOST / GPM_HEALTH__PORT: cannot listen on {where}: {exc.strerror or exc}"
+            raise ConfigError(msg) from None
         self.port = self._runner.addresses[0][1]
         log.info("health server listening", host=self._settings.host, port=self.port)
 

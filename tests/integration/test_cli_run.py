@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import sys
 
 import pytest
@@ -57,6 +58,34 @@ async def test_bad_setting_fails_at_start_naming_it(ns: Namespace) -> None:
     assert proc.returncode == 2
     assert "GPM_WORKER__TRANSACTION_SIZE" in output.decode()
     assert ns.settings.graph.password.get_secret_value() not in output.decode()
+
+
+async def test_a_health_address_it_cannot_listen_on_stops_the_start_naming_it(ns: Namespace) -> None:
+    """A health port in use, or a host that is no address: exit 1 in one line naming the settings."""
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        for host, port in (("127.0.0.1", str(busy.getsockname()[1])), ("999.1.1.1", "8080")):
+            env = {**ns.env(), "GPM_HEALTH__HOST": host, "GPM_HEALTH__PORT": port}
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "worker",
+                "run",
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            ns.processes.append(proc)
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+            assert proc.returncode == 1, err.decode()
+            (line,) = err.decode().strip().splitlines()
+            assert line.startswith(
+                f"worker failed: GPM_HEALTH__HOST / GPM_HEALTH__PORT: cannot listen on {host}:{port}"
+            )
+    finally:
+        busy.close()
 
 
 async def test_missing_graph_database_fails_the_start_naming_it(ns: Namespace) -> None:

@@ -75,7 +75,8 @@ async def test_forged_error_headers_are_not_trusted_and_messages_are_not_markup(
         ("__connect.errors.exception.message", b"all fine, re-drive me"),
     ]
     document = json.loads(encode_event(upsert("f.py", 1, graph([("m", "Module")]))))
-    bad = json.dumps({**document, "[/]": 1}).encode()  # valid but for a field named "[/]"
+    # Valid but for a field named "[/]" (markup) and one that clears a terminal (an ANSI escape).
+    bad = json.dumps({**document, "[/]": 1, "\x1b[2J": 1}).encode()
     await ns.publish_raw(ns.graph_topic, bad, key=b"k", headers=forged)
     worker = await ns.spawn_worker()
     await ns.wait_committed(1)
@@ -89,6 +90,12 @@ async def test_forged_error_headers_are_not_trusted_and_messages_are_not_markup(
 
     code, out, err = await gpm(ns, "dlq", "list")
     assert (code, "[/]" in out, "1 dead letter(s)" in out) == (0, True, True), err
+    assert "\x1b" not in out
+    assert "\\x1b[2J" in out  # shown escaped
+    for command in ("list", "redrive"):
+        code, out, err = await gpm(ns, "dlq", command, "--grep", "([")
+        assert code == 1
+        assert err.strip().splitlines() == [f"--grep '([' is not a regular expression: {err.split(': ', 1)[1].strip()}"]
     # The forged reason is not read: nothing matches, nothing is sent to "victim".
     code, _, err = await gpm(ns, "dlq", "redrive", "--reason", "store-rejected")
     assert (code, "0 dead letter(s) match" in err) == (0, True), err
