@@ -54,7 +54,8 @@ bench: install
 FUZZ_EXAMPLES ?= 2000
 fuzz: install
 	GPM_TEST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) tests/with-neo4j $(BIN)/pytest --timeout 3600 \
-		tests/unit/test_contract_agreement.py tests/unit/test_known_digest.py tests/integration/test_hostile_input.py
+		tests/unit/test_contract_agreement.py tests/unit/test_known_digest.py tests/unit/test_record_batches.py \
+		tests/integration/test_hostile_input.py tests/integration/test_hostile_records.py
 
 run: install
 	$(BIN)/gpm run

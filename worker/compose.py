@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from worker.config import GraphSettings, Settings
-from worker.consume.record_batches import ReadLimits
+from worker.consume.record_batches import MAX_HEADER_BYTES, MAX_KEY_BYTES, ReadLimits
 from worker.consume.runner import RunnerLimits
 from worker.ports import GraphBackend
 from worker.stores.postgres import PostgresRelationalStore
@@ -52,8 +52,8 @@ def read_limits(settings: Settings) -> ReadLimits:
     """What one record and one fetched batch may cost the consumer's memory (see README: memory)."""
     return ReadLimits(
         max_value_bytes=settings.worker.max_event_bytes,
-        # Room for one event of the largest size with others beside it in its batch.
-        max_batch_bytes=2 * settings.worker.max_event_bytes,
+        # Room for one record of the largest size (event, key and headers) with others beside it.
+        max_batch_bytes=2 * settings.worker.max_event_bytes + MAX_KEY_BYTES + MAX_HEADER_BYTES,
         fetch_budget=settings.kafka.max_partition_fetch_bytes,
     )
 

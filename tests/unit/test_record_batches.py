@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import tracemalloc
 import zlib
@@ -272,7 +273,11 @@ def _records(draw: st.DrawFn) -> list[tuple[int, bytes | None, bytes | None, lis
     return rows
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@settings(
+    max_examples=max(200, int(os.environ.get("GPM_TEST_FUZZ_EXAMPLES", "0"))),
+    suppress_health_check=[HealthCheck.too_slow],
+    deadline=None,
+)
 @given(rows=_records(), codec=st.sampled_from(list(CODECS.values())))
 def test_any_record_comes_out_as_it_went_in(
     rows: list[tuple[int, bytes | None, bytes | None, list[tuple[Any, bytes | None]]]], codec: int

@@ -127,7 +127,7 @@ def _inflate(codec: int, data: bytes, bound: int) -> bytes:
 
 
 def _too_large(bound: int) -> _UnreadableError:
-    return _UnreadableError(f"it inflates past {bound} bytes (GPM_WORKER__MAX_EVENT_BYTES x 2)")
+    return _UnreadableError(f"it inflates past {bound} bytes (2 x GPM_WORKER__MAX_EVENT_BYTES + 80 KiB)")
 
 
 def _gunzip(data: bytes, bound: int) -> bytes:
