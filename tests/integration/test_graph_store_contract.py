@@ -142,6 +142,26 @@ async def test_more_edge_kinds_than_one_statement_covers(store: GraphBackend) ->
         assert {(r["a"], r["t"], r["b"], str(r["p"])) for r in rows} == expected
 
 
+async def test_edges_with_property_names_past_the_kinds_budget_keep_their_properties(store: GraphBackend) -> None:
+    """300 property-name sets of one type, in shuffled orders: past 256 kinds a type's names share a map kind."""
+    count = 300
+    nodes = [{"id": f"n{i}", "type": "Name"} for i in range(count + 1)]
+    edges = []
+    for i in range(count):
+        names = [f"p{i}", "common", f"q{i % 7}"]
+        ordered = names if i % 2 else names[::-1]  # the same names in another order: one kind
+        edges.append({"source": f"n{i}", "target": f"n{i + 1}", "type": "E", "properties": dict.fromkeys(ordered, i)})
+    data = GraphData.model_validate({"nodes": nodes, "edges": edges})
+    await store.apply(GraphChanges(upserts=(upsert("names.py", 1, data),)))
+    rows = await store.query(
+        "MATCH (a:AstNode {source_id: $s})-[e]->(b:AstNode) RETURN a.node_id AS a, type(e) AS t, properties(e) AS p",
+        {"s": "names.py"},
+    )
+    assert sorted((r["a"], r["t"], sorted(r["p"].items())) for r in rows) == sorted(
+        (e["source"], "E", sorted(e["properties"].items())) for e in edges
+    )
+
+
 async def test_is_a_graph_store(store: GraphBackend) -> None:
     """The adapter satisfies the GraphStore, SnapshotGraph and GraphBackend protocols."""
     assert isinstance(store, GraphStore)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.factories import graph, link, upsert
@@ -241,3 +243,19 @@ def test_a_list_of_floats_and_a_float_written_whole_are_kept_as_floats() -> None
     assert isinstance(event, AstGraphUpserted)
     props = event.graph.nodes[0]["properties"]
     assert [type(v) for v in (props["l"][0], props["f"], props["i"], props["s"])] == [float, float, int, str]
+
+
+def test_more_relationship_types_than_a_graph_may_have_are_refused() -> None:
+    """At most 1000 relationship types in one graph: each new one is a query plan on Neo4j."""
+    from worker.events import MAX_RELATIONSHIP_TYPES
+
+    def event(types: int) -> bytes:
+        nodes = [{"id": f"n{i}", "type": "Name"} for i in range(types + 1)]
+        edges = [{"source": f"n{i}", "target": f"n{i + 1}", "type": f"T{i}"} for i in range(types)]
+        document = json.loads(encode_event(upsert("a.py", 1, graph([("n0", "Name")]))))
+        document["graph"] = {"nodes": nodes, "edges": edges}
+        return json.dumps(document).encode()
+
+    decode_event(event(MAX_RELATIONSHIP_TYPES), max_bytes=10**7, max_nodes=10**5)
+    with pytest.raises(EventError, match="1001 relationship types in one graph; at most 1000"):
+        decode_event(event(MAX_RELATIONSHIP_TYPES + 1), max_bytes=10**7, max_nodes=10**5)

@@ -122,3 +122,41 @@ def test_edge_kinds_fill_a_statement_then_start_the_next() -> None:
     assert second_rows == [["4:x:1", "4:x:2", 0]]
     [(only, _)] = kinds.statements({("T3", ()): [["k1", "k2"]]}, IDS)
     assert only == full
+
+
+def test_property_names_count_in_a_kind_only_up_to_a_budget_then_a_type_shares_its_map_kind() -> None:
+    """A producer inventing property names cannot make thousands of kinds (each a plan on Neo4j)."""
+    from worker.stores.neo4j_shapes import MAX_INLINE_KINDS
+
+    kinds = EdgeKinds()
+    many = {("E", (f"p{n}",)): [["k1", "k2", n]] for n in range(MAX_INLINE_KINDS + 50)}
+    statements = kinds.statements(many, IDS)
+    assert len(kinds) == MAX_INLINE_KINDS + 1  # the inline kinds, then one map kind for E
+    last_text, last_rows = statements[-1]
+    assert "[e:E]->(b) SET e = r[3]" in last_text
+    assert {"p300": 300} in [row[3] for row in last_rows]
+    # Names that are not plain always travel as a map, in the type's map kind.
+    [(text, rows)] = EdgeKinds().statements({("E", ("a b",)): [["k1", "k2", 1]]}, IDS)
+    assert "SET e = r[3]" in text
+    assert rows == [["4:x:1", "4:x:2", 0, {"a b": 1}]]
+
+
+def test_new_statements_are_handed_out_once_for_planning_and_the_kinds_are_bounded() -> None:
+    """``unplanned`` gives each new text once (to EXPLAIN before the transaction); past MAX_KINDS the list restarts."""
+    from worker.stores import neo4j_shapes
+
+    kinds = EdgeKinds()
+    batch = {(f"T{n}", ()): [["k1", "k2"]] for n in range(20)}
+    texts = kinds.unplanned(batch)
+    assert len(texts) == 2
+    assert kinds.unplanned(batch) == []
+    assert [text for text, _ in kinds.statements(batch, IDS)] == texts
+    grown = {**batch, ("T20", ()): [["k1", "k2"]]}
+    assert len(kinds.unplanned(grown)) == 1  # the second statement's text grew by a branch
+    original = neo4j_shapes.MAX_KINDS
+    neo4j_shapes.MAX_KINDS = 21
+    try:
+        kinds.unplanned({("X", ()): [["k1", "k2"]]})
+        assert len(kinds) == 1  # started again
+    finally:
+        neo4j_shapes.MAX_KINDS = original

@@ -112,9 +112,37 @@ def _present(properties: dict[str, Any]) -> dict[str, Any]:
     return properties
 
 
+class _Canonical:
+    """Property names in one order (sorted), whatever order a producer wrote them in.
+
+    A group (and on Neo4j an edge kind, each a plan) is keyed by its names: in producer
+    order, 5,040 orderings of the same 7 names were 5,040 kinds. The sorted order of each
+    name tuple seen is remembered, so a row costs a dict lookup (producers keep an order).
+    """
+
+    def __init__(self) -> None:
+        self._orders: dict[tuple[str, ...], tuple[tuple[str, ...], tuple[int, ...] | None]] = {}
+
+    def __call__(self, props: dict[str, Any]) -> tuple[tuple[str, ...], list[Any]]:
+        names = tuple(props)
+        order = self._orders.get(names)
+        if order is None:
+            canonical = tuple(sorted(names))
+            permutation = None if canonical == names else tuple(names.index(name) for name in canonical)
+            order = self._orders[names] = (canonical, permutation)
+        canonical, permutation = order
+        values = list(props.values())
+        return canonical, values if permutation is None else [values[i] for i in permutation]
+
+
 def batch_rows(changes: GraphChanges) -> BatchRows:
-    """Lay out a batch's changes as UNWIND rows (no I/O; labels are checked where used)."""
+    """Lay out a batch's changes as UNWIND rows (no I/O; labels are checked where used).
+
+    Property names come in sorted order (``_Canonical``): the same names in any order are
+    one group.
+    """
     rows = BatchRows()
+    canonical = _Canonical()
     rows.rewritten = [e.source_id for e in (*changes.upserts, *changes.deletes)]
     for event in changes.upserts:
         source_id, version = event.source_id, event.source_version
@@ -124,11 +152,11 @@ def batch_rows(changes: GraphChanges) -> BatchRows:
         for node in event.graph.nodes:
             node_id, label = node["id"], node["type"]
             key = keys[node_id] = prefix + orjson.dumps(node_id).decode() + "]"
-            props = _present(node["properties"])
-            rows.nodes[label, tuple(props)].append([key, source_id, node_id, label, version, *props.values()])
+            names, values = canonical(_present(node["properties"]))
+            rows.nodes[label, names].append([key, source_id, node_id, label, version, *values])
         for edge in event.graph.edges:
-            props = _present(edge["properties"])
-            rows.edges[edge["type"], tuple(props)].append([keys[edge["source"]], keys[edge["target"]], *props.values()])
+            names, values = canonical(_present(edge["properties"]))
+            rows.edges[edge["type"], names].append([keys[edge["source"]], keys[edge["target"]], *values])
     rows.gone_intents = [str(e.intent_id) for e in changes.intent_deletes]
     rows.intents = [{"id": str(e.intent_id), "v": e.source_version} for e in changes.intent_upserts]
     # Links to nodes not (yet) in the graph match nothing; PostgreSQL keeps them and the

@@ -64,9 +64,6 @@ def shape_for(agent: str) -> WriteShape:
 # a space, a backslash...) sends its values as a map instead: no escaping rules to get right.
 _PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
-Kind = tuple[str, tuple[str, ...]]
-"""A label or relationship type with the property names its rows carry, in row order."""
-
 
 def _inline(names: tuple[str, ...], offset: int = 0) -> str | None:
     """The map `` {`a`: r[0], ...}`` naming a list row's values ("" for none), or None if a name is not plain."""
@@ -131,6 +128,13 @@ def dynamic_nodes(rows: BatchRows) -> list[dict[str, Any]]:
 
 KINDS_PER_STATEMENT = 16
 """Edge kinds a DYNAMIC edge statement covers: measured 16 against 8, 32 and 64, cold and warm."""
+MAX_INLINE_KINDS = 256
+"""Kinds with their property names in the statement text; past them, a type's new name sets share its map kind."""
+MAX_KINDS = 4096
+"""The kinds remembered at most: past them the list starts again (texts, and so plans, are made anew)."""
+
+Kind = tuple[str, tuple[str, ...] | None]
+"""A relationship type with its property names (sorted), or None: the type's properties as one map."""
 
 
 class EdgeKinds:
@@ -139,32 +143,62 @@ class EdgeKinds:
     Kind number ``n`` is branch ``n % 16`` of the statement for kinds ``16 * (n // 16)``
     onwards. The list only grows, so a statement's text changes only while its 16 are
     being filled; then it stays in the server's plan cache whatever the batches hold.
-    Each row is ``[start id, end id, branch, *properties]`` (or the properties as one map
-    when a name is not plain). The kinds are bounded by the types the producers use;
-    each new one costs one plan.
+    Each row is ``[start id, end id, branch, *properties]``, or the properties as one map
+    for a map kind (a type with names that are not plain, or new names past
+    ``MAX_INLINE_KINDS``). Each new kind costs a plan (about 8 ms on Neo4j 5.26, inside a
+    16-kind statement), so the kinds are bounded: property names count in a kind for the
+    first 256 kinds only (a producer inventing names cannot make thousands of kinds), and
+    past ``MAX_KINDS`` (only a producer inventing relationship types gets there) the list
+    starts again. New texts are planned before the write transaction (``unplanned``).
     """
 
     def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
         self._kinds: list[Kind] = []
         self._numbers: dict[Kind, int] = {}
+        self._inline = 0
         self._texts: dict[tuple[int, int], LiteralString] = {}
+        self._planned: set[LiteralString] = set()
+
+    def __len__(self) -> int:
+        return len(self._kinds)
+
+    def unplanned(self, edges: dict[tuple[str, tuple[str, ...]], list[list[Any]]]) -> list[LiteralString]:
+        """The texts the batch's edges need that were not planned yet; they count as planned from now on."""
+        if len(self._kinds) >= MAX_KINDS:
+            self._reset()
+        groups = {self._number(self._kind(rel_type, names)) // KINDS_PER_STATEMENT for rel_type, names in edges}
+        texts = [text for group in sorted(groups) if (text := self._text(group)) not in self._planned]
+        self._planned.update(texts)
+        return texts
 
     def statements(
-        self, edges: dict[Kind, list[list[Any]]], element_ids: dict[str, str]
+        self, edges: dict[tuple[str, tuple[str, ...]], list[list[Any]]], element_ids: dict[str, str]
     ) -> list[tuple[LiteralString, list[list[Any]]]]:
         """The batch's edges as (statement, rows) pairs, one per group of 16 kinds that has rows."""
         rows_by_group: dict[int, list[list[Any]]] = {}
-        for kind, group in edges.items():
+        for (rel_type, names), group in edges.items():
+            kind = self._kind(rel_type, names)
             number = self._number(kind)
             branch = number % KINDS_PER_STATEMENT
             rows = rows_by_group.setdefault(number // KINDS_PER_STATEMENT, [])
-            if _inline(kind[1]) is None:
+            if kind[1] is None:
                 rows.extend(
-                    [element_ids[s], element_ids[t], branch, dict(zip(kind[1], p, strict=True))] for s, t, *p in group
+                    [element_ids[s], element_ids[t], branch, dict(zip(names, p, strict=True))] for s, t, *p in group
                 )
             else:
                 rows.extend([element_ids[s], element_ids[t], branch, *p] for s, t, *p in group)
         return [(self._text(group), rows) for group, rows in sorted(rows_by_group.items())]
+
+    def _kind(self, rel_type: str, names: tuple[str, ...]) -> Kind:
+        kind: Kind = (rel_type, names)
+        if kind in self._numbers:
+            return kind
+        if names and (self._inline >= MAX_INLINE_KINDS or _inline(names) is None):
+            return rel_type, None
+        return kind
 
     def _number(self, kind: Kind) -> int:
         number = self._numbers.get(kind)
@@ -172,6 +206,7 @@ class EdgeKinds:
             cypher_name(kind[0])  # a name the text cannot take is refused before it is kept
             number = self._numbers[kind] = len(self._kinds)
             self._kinds.append(kind)
+            self._inline += kind[1] is not None
         return number
 
     def _text(self, group: int) -> LiteralString:
@@ -186,7 +221,7 @@ class EdgeKinds:
 def _branch(branch: int, kind: Kind) -> LiteralString:
     """One kind's CREATE, taken by the rows whose third value is ``branch``."""
     rel_type, names = cypher_name(kind[0]), kind[1]
-    properties = _inline(names, offset=3)
+    properties = None if names is None else _inline(names, offset=3)
     create = (
         "CREATE (a)-[e:" + rel_type + (properties or "") + "]->(b)" + (" SET e = r[3]" if properties is None else "")
     )
