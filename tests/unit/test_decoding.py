@@ -54,6 +54,38 @@ async def test_outcomes_come_back_in_record_order_with_reasons(processes: int) -
     assert str(error) == f"not-json: {error.detail}"
 
 
+async def _submitted_at_first_result(values: list[bytes], window_bytes: int) -> int:
+    """How many records were handed to the decoder when the first outcome came out."""
+    decoder = DecodeAhead(_fragile_decode, window=8, processes=0, window_bytes=window_bytes)
+    submitted: list[bytes | None] = []
+    submit = decoder._submit
+
+    def counting(value: bytes | None, known_digest: bytes | None, executor: object = None) -> object:
+        submitted.append(value)
+        return submit(value, known_digest, executor)  # type: ignore[arg-type]
+
+    decoder._submit = counting  # type: ignore[method-assign,assignment]
+    try:
+        async for _ in decoder.decoded(values, lambda v: v):
+            return len(submitted)
+    finally:
+        decoder.close()
+    return 0
+
+
+async def test_large_records_are_decoded_ahead_only_up_to_the_byte_window() -> None:
+    """Small records go ahead eight at a time; large ones only while their bytes stay within the window.
+
+    A decoded graph takes about 20 times its JSON in memory. (Counted as the first outcome
+    comes out: by then the window has moved on by one.)
+    """
+    values = [_raw(f"f{n}.py") for n in range(6)]
+    size = len(values[0])
+    assert await _submitted_at_first_result(values, 100 * size) == 6
+    assert await _submitted_at_first_result(values, size) == 2
+    assert await _submitted_at_first_result(values, 2 * size + 1) == 4
+
+
 async def test_a_record_that_kills_the_decoder_is_refused_and_the_rest_decode() -> None:
     """Only the record that kills a decoder of its own is 'decoder-crashed'; those in flight with it are retried."""
     values = [_raw("before.py"), _raw("with-it.py"), DIE, _raw("in-flight.py"), _raw("after.py")]

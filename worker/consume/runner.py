@@ -130,6 +130,7 @@ class IngestRunner:
                 strings_may_hold_nul=limits.strings_may_hold_nul,
             ),
             processes=limits.decode_processes,
+            window_bytes=limits.max_event_bytes,
         )
 
     @property
