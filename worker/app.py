@@ -153,7 +153,7 @@ class Worker:
                 else KafkaDeadLetterSink(producer, s.kafka.dlq_suffix, max_bytes=dlq_request_bytes(s))
             )
             coordinator = SagaCoordinator(relational, graph, dead_letters, s.worker)
-            limits = runner_limits(s, await graph.parallel_batches())
+            limits = runner_limits(s, await graph.parallel_batches(), await graph.server_agent())
             self.runner = runner = IngestRunner(consumer, coordinator, dead_letters, limits)
             runner.subscribe()
             stack.push_async_callback(_bounded_close, "consumer", consumer.stop)

@@ -15,6 +15,7 @@ from worker.config import GraphSettings, Settings
 from worker.consume.record_batches import MAX_HEADER_BYTES, MAX_KEY_BYTES, ReadLimits
 from worker.consume.runner import RunnerLimits
 from worker.ports import GraphBackend
+from worker.stores.neo4j_shapes import store_names_for
 from worker.stores.postgres import PostgresRelationalStore
 
 
@@ -30,8 +31,12 @@ def batches_in_flight(settings: Settings, server_default: int = 1) -> int:
     return server_default
 
 
-def runner_limits(settings: Settings, parallel_batches: int = 1) -> RunnerLimits:
-    """The consumer loop's values, with the graph server's defaults (``parallel_batches``) resolved."""
+def runner_limits(settings: Settings, parallel_batches: int = 1, server_agent: str = "") -> RunnerLimits:
+    """The consumer loop's values, with the graph server's defaults (``parallel_batches``) resolved.
+
+    ``server_agent``: what the graph server calls itself; a server that refuses names the
+    contract allows (ArcadeDB) has such events refused at decode time.
+    """
     worker = settings.worker
     return RunnerLimits(
         topic_pattern=settings.kafka.consumed_pattern(),
@@ -43,6 +48,7 @@ def runner_limits(settings: Settings, parallel_batches: int = 1) -> RunnerLimits
         max_nodes_per_graph=worker.max_nodes_per_graph,
         # FalkorDB cannot store a NUL in a string: such a graph is refused at decode time.
         strings_may_hold_nul=settings.graph.backend != "falkordb",
+        store_names=store_names_for(server_agent),
         decode_processes=worker.decode_processes,
         retry_max_s=worker.retry_max_s,
     )

@@ -17,6 +17,7 @@ import math
 import re
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal, NotRequired, TypeVar
@@ -630,19 +631,47 @@ def has_long_number(data: bytes, digits: int = 19) -> bool:
     return b"0" * digits in data.translate(_DIGITS_AS_ZEROS)
 
 
+@dataclass(frozen=True, slots=True)
+class StoreNames:
+    """Names a graph server refuses beyond the contract's own rules (ArcadeDB's, say)."""
+
+    server: str
+    properties: frozenset[str] = frozenset()
+    relationship_types: frozenset[str] = frozenset()
+    # Labels and relationship types in one namespace: no name may be both.
+    shared_namespace: bool = False
+
+    def refusal(self, graph: GraphData) -> str | None:
+        """Why the server cannot store ``graph``'s names, or None."""
+        labels = {node["type"] for node in graph.nodes}
+        types = {edge["type"] for edge in graph.edges}
+        if taken := sorted(types & self.relationship_types):
+            return f"relationship type {taken[0]!r}: {self.server} reserves the name"
+        if self.shared_namespace and (both := sorted(labels & types)):
+            return f"{both[0]!r} is a label and a relationship type: {self.server} keeps one namespace for both"
+        names = set().union(
+            *(node["properties"] for node in graph.nodes), *(edge["properties"] for edge in graph.edges)
+        )
+        if taken := sorted(names & self.properties):
+            return f"property name {taken[0]!r}: {self.server} reserves the name"
+        return None
+
+
 def decode_event(
     raw: bytes | None,
     *,
     max_bytes: int,
     max_nodes: int,
     strings_may_hold_nul: bool = True,
+    store_names: StoreNames | None = None,
     known_digest: bytes | None = None,
 ) -> Event:
     """Parse and validate one record value, or raise EventError with a clear reason.
 
     ``strings_may_hold_nul=False`` is for a graph backend that cannot store a NUL in a
-    string property (FalkorDB): such an event is refused here, with the reason
-    ``unstorable``, rather than by the store later.
+    string property (FalkorDB), and ``store_names`` for one that refuses names the
+    contract allows (ArcadeDB): such an event is refused here, with the reason
+    ``unstorable``, rather than by the store later (as a compensated batch).
 
     ``known_digest`` is the digest of the graph applied for the record's source, as
     PostgreSQL keeps it. An upsert whose parsed nodes and edges have that digest holds the
@@ -663,6 +692,8 @@ def decode_event(
     nul = not strings_may_hold_nul and b"\\u0000" in (raw or b"") and isinstance(event, AstGraphUpserted)
     if nul and (where := _nul_string(event.graph)):  # type: ignore[union-attr]  # an upsert, checked above
         raise EventError("unstorable", f"{where}: the graph store (FalkorDB) cannot store NUL characters")
+    if store_names is not None and isinstance(event, AstGraphUpserted) and (why := store_names.refusal(event.graph)):
+        raise EventError("unstorable", why)
     return event
 
 

@@ -25,7 +25,7 @@ from worker.events import GraphData
 from worker.ports import GraphBackend, GraphChanges, GraphStore, LinkRow, SnapshotGraph
 from worker.stores.cypher import node_key
 from worker.stores.neo4j import Neo4jGraphStore
-from worker.stores.neo4j_shapes import WriteShape, shape_for
+from worker.stores.neo4j_shapes import ARCADEDB_NAMES, WriteShape, shape_for
 
 pytestmark = pytest.mark.integration
 BACKENDS_RAN: set[str] = set()
@@ -344,3 +344,42 @@ async def test_unreachable_server_is_unavailable_not_rejected(closed: GraphSetti
 def pytest_terminal_summary_line() -> str:
     """What the summary prints about graph backends."""
     return "graph-store contract ran against: " + (", ".join(sorted(BACKENDS_RAN)) or "none")
+
+
+ARCADEDB_REFUSES = {
+    **{f"property {name}": ("Name", "R", name) for name in sorted(ARCADEDB_NAMES.properties)},
+    **{f"type {name}": ("Name", name, "p") for name in sorted(ARCADEDB_NAMES.relationship_types)},
+    "a label and a type": ("Both", "Both", "p"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ARCADEDB_REFUSES))
+async def test_arcadedb_refuses_what_the_decoder_refuses_for_it(ns: Namespace, case: str) -> None:
+    """Each name the decoder refuses for ArcadeDB, ArcadeDB itself refuses; near names it stores (the list is true).
+
+    Its base types (``Edge``) and keywords (``MATCH``) are names once quoted: stored.
+    """
+    label, rel_type, prop = ARCADEDB_REFUSES[case]
+    data = GraphData.model_validate(
+        {
+            "nodes": [{"id": "a", "type": label, "properties": {prop: 1}}, {"id": "b", "type": "Name"}],
+            "edges": [{"source": "a", "target": "b", "type": rel_type, "properties": {prop: 2}}],
+        }
+    )
+    assert ARCADEDB_NAMES.refusal(data)
+    store = ns.graph()
+    try:
+        await store.migrate()
+        assert "ArcadeDB" in await store.server_agent()
+        with pytest.raises(StoreRejected):
+            await store.apply(GraphChanges(upserts=(upsert("refused.py", 1, data),)))
+        near = GraphData.model_validate(
+            {
+                "nodes": [{"id": "a", "type": "MATCH", "properties": {"@version": 1}}, {"id": "b", "type": "Name"}],
+                "edges": [{"source": "a", "target": "b", "type": "Edge", "properties": {"@size": 2}}],
+            }
+        )
+        assert ARCADEDB_NAMES.refusal(near) is None
+        await store.apply(GraphChanges(upserts=(upsert("stored.py", 1, near),)))
+    finally:
+        await store.close()

@@ -259,3 +259,29 @@ def test_more_relationship_types_than_a_graph_may_have_are_refused() -> None:
     decode_event(event(MAX_RELATIONSHIP_TYPES), max_bytes=10**7, max_nodes=10**5)
     with pytest.raises(EventError, match="1001 relationship types in one graph; at most 1000"):
         decode_event(event(MAX_RELATIONSHIP_TYPES + 1), max_bytes=10**7, max_nodes=10**5)
+
+
+def test_names_arcadedb_refuses_are_refused_at_decode_time_for_it_only() -> None:
+    """With ArcadeDB's names, its reserved properties and types and a label that is also a type are unstorable."""
+    from worker.stores.neo4j_shapes import ARCADEDB_NAMES, store_names_for
+
+    assert store_names_for("Neo4j/5.26.0 compatible (ArcadeDB 26.10.2)") is ARCADEDB_NAMES
+    assert store_names_for("Neo4j/5.26.0") is None
+
+    def event(label: str, rel_type: str, prop: str) -> bytes:
+        document = json.loads(encode_event(upsert("a.py", 1, graph([("a", "Name")]))))
+        document["graph"] = {
+            "nodes": [{"id": "a", "type": label, "properties": {prop: 1}}, {"id": "b", "type": "Name"}],
+            "edges": [{"source": "a", "target": "b", "type": rel_type}],
+        }
+        return json.dumps(document).encode()
+
+    for raw, why in (
+        (event("Name", "R", "@rid"), "property name '@rid': ArcadeDB reserves the name"),
+        (event("Name", "Name", "p"), "'Name' is a label and a relationship type"),
+    ):
+        decode_event(raw, max_bytes=10**6, max_nodes=10)  # the contract allows it
+        with pytest.raises(EventError, match=why) as refused:
+            decode_event(raw, max_bytes=10**6, max_nodes=10, store_names=ARCADEDB_NAMES)
+        assert refused.value.reason == "unstorable"
+    decode_event(event("Name", "Edge", "@version"), max_bytes=10**6, max_nodes=10, store_names=ARCADEDB_NAMES)

@@ -26,12 +26,12 @@ IDS = {"k1": "4:x:1", "k2": "4:x:2"}
 def test_plain_property_names_are_named_in_the_statement_and_rows_stay_lists() -> None:
     """Each value is read by position; the node is created with its properties in one step."""
     query, rows = node_statement("FunctionDef", ("name", "count"), [NODE])
-    assert "CREATE (n:AstNode:FunctionDef {`key`: r[0], " in query
+    assert "CREATE (n:AstNode:`FunctionDef` {`key`: r[0], " in query
     assert "`name`: r[5], `count`: r[6]})" in query
     assert "SET" not in query
     assert rows == [NODE]
     query, rows = edge_statement("BODY", ("index",), [["k1", "k2", 0]], IDS)
-    assert query.endswith("CREATE (a)-[e:BODY {`index`: r[2]}]->(b)")
+    assert query.endswith("CREATE (a)-[e:`BODY` {`index`: r[2]}]->(b)")
     assert rows == [["4:x:1", "4:x:2", 0]]
 
 
@@ -94,7 +94,7 @@ def test_edge_statements_keep_their_text_whatever_kinds_a_batch_holds() -> None:
     kinds = EdgeKinds()
     [(first, rows)] = kinds.statements({("VALUE", ()): [["k1", "k2"]], ("BODY", ("index",)): [["k2", "k1", 7]]}, IDS)
     # Relationship types stay in the text (Neo4j 5.26.0 gives every row the first row's dynamic type).
-    assert first.index("[e:VALUE]") < first.index("[e:BODY {`index`: r[3]}]")
+    assert first.index("[e:`VALUE`]") < first.index("[e:`BODY` {`index`: r[3]}]")
     assert "WHEN r[2] = 0 THEN" in first
     assert "WHEN r[2] = 1 THEN" in first
     assert "elementId(a) = r[0]" in first
@@ -118,7 +118,7 @@ def test_edge_kinds_fill_a_statement_then_start_the_next() -> None:
     assert full.count("FOREACH") == KINDS_PER_STATEMENT
     assert [row[2] for row in full_rows] == list(range(KINDS_PER_STATEMENT))
     assert second.count("FOREACH") == 1
-    assert "[e:T16]" in second
+    assert "[e:`T16`]" in second
     assert second_rows == [["4:x:1", "4:x:2", 0]]
     [(only, _)] = kinds.statements({("T3", ()): [["k1", "k2"]]}, IDS)
     assert only == full
@@ -133,7 +133,7 @@ def test_property_names_count_in_a_kind_only_up_to_a_budget_then_a_type_shares_i
     statements = kinds.statements(many, IDS)
     assert len(kinds) == MAX_INLINE_KINDS + 1  # the inline kinds, then one map kind for E
     last_text, last_rows = statements[-1]
-    assert "[e:E]->(b) SET e = r[3]" in last_text
+    assert "[e:`E`]->(b) SET e = r[3]" in last_text
     assert {"p300": 300} in [row[3] for row in last_rows]
     # Names that are not plain always travel as a map, in the type's map kind.
     [(text, rows)] = EdgeKinds().statements({("E", ("a b",)): [["k1", "k2", 1]]}, IDS)

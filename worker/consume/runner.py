@@ -27,7 +27,7 @@ from worker.consume.inflight import InFlight, footprint
 from worker.consume.intake import dead_letter, headers_of, inbound, source_named, value_to_decode
 from worker.deadletter import DeadLetterSink
 from worker.errors import EventError, StoreUnavailable
-from worker.events import Event, decode_event
+from worker.events import Event, StoreNames, decode_event
 from worker.ports import InboundEvent, Position
 from worker.saga.coordinator import SagaCoordinator
 from worker.telemetry import metrics
@@ -93,6 +93,7 @@ class RunnerLimits:
     max_event_bytes: int
     max_nodes_per_graph: int
     strings_may_hold_nul: bool  # False for FalkorDB, which cannot store a NUL in a string
+    store_names: StoreNames | None  # names the graph server refuses beyond the contract (ArcadeDB)
     decode_processes: int
     retry_max_s: float
 
@@ -128,6 +129,7 @@ class IngestRunner:
                 max_bytes=limits.max_event_bytes,
                 max_nodes=limits.max_nodes_per_graph,
                 strings_may_hold_nul=limits.strings_may_hold_nul,
+                store_names=limits.store_names,
             ),
             processes=limits.decode_processes,
             window_bytes=limits.max_event_bytes,

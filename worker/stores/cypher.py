@@ -49,12 +49,16 @@ def node_key(source_id: str, node_id: str) -> str:
 
 
 def cypher_name(value: str) -> LiteralString:
-    """Check a label/relationship type once more right where it enters query text."""
+    """Check a label/relationship type once more right where it enters query text, and quote it.
+
+    Backticks always: a name that is a keyword (``MATCH``, ``DELETE``) is then a name on
+    every server (ArcadeDB refused the label ``MATCH`` unquoted); the pattern admits no backtick.
+    """
     if not CYPHER_NAME.fullmatch(value):
         msg = f"unsafe Cypher name {value!r}"
         raise StoreRejected(msg)
     # mypy treats LiteralString as str; type checkers that track it accept this after the check.
-    return value  # type: ignore[return-value,unused-ignore]
+    return "`" + value + "`"  # type: ignore[return-value,unused-ignore]
 
 
 _PARAMETER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")

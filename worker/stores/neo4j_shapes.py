@@ -36,12 +36,28 @@ import re
 from enum import StrEnum
 from typing import Any, LiteralString
 
+from worker.events import StoreNames
 from worker.stores.cypher import NODE_FIELDS, BatchRows, cypher_name
 
 # "Neo4j/5.26.0", "Neo4j/2025.01.0"; ArcadeDB says "Neo4j/5.26.0 compatible (ArcadeDB ...)"
 # and must not match: it accepts the dynamic syntax and writes unlabelled nodes.
 _NEO4J_AGENT = re.compile(r"Neo4j/(\d+)\.(\d+)(?:\.\d+)?")
 _DYNAMIC_SINCE = (5, 26)
+
+
+ARCADEDB_NAMES = StoreNames(
+    server="ArcadeDB",
+    # Its record attributes (seen refused on 26.10; @version, @size, @class and others were stored).
+    properties=frozenset({"@rid", "@type", "@out", "@in", "@cat", "@this", "@props"}),
+    # Its base types (E, V, Edge, Vertex) and keywords are taken as types once quoted (cypher_name).
+    # Vertex and edge types share its schema: a name used for both is refused.
+    shared_namespace=True,
+)
+
+
+def store_names_for(agent: str) -> StoreNames | None:
+    """The names the server that calls itself ``agent`` refuses beyond the contract's, if any."""
+    return ARCADEDB_NAMES if "ArcadeDB" in agent else None
 
 
 class WriteShape(StrEnum):
