@@ -51,6 +51,21 @@ async def test_sigterm_drains_and_exits_zero_without_leaking_secrets(ns: Namespa
     assert "Current thread" in text  # SIGUSR2: faulthandler's dump of every thread
 
 
+async def _gpm_run(ns: Namespace, env: dict[str, str], *, stderr_apart: bool = False) -> asyncio.subprocess.Process:
+    """`gpm run` with exactly ``env``; stderr piped on its own, or merged into stdout."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        "run",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE if stderr_apart else asyncio.subprocess.STDOUT,
+    )
+    ns.processes.append(proc)
+    return proc
+
+
 async def test_bad_setting_fails_at_start_naming_it(ns: Namespace) -> None:
     """An invalid variable stops `gpm run` with exit 2 and the variable's name."""
     proc = await ns.spawn_worker(transaction_size="-5")
@@ -68,16 +83,7 @@ async def test_a_health_address_it_cannot_listen_on_stops_the_start_naming_it(ns
     try:
         for host, port in (("127.0.0.1", str(busy.getsockname()[1])), ("999.1.1.1", "8080")):
             env = {**ns.env(), "GPM_HEALTH__HOST": host, "GPM_HEALTH__PORT": port}
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "worker",
-                "run",
-                env=env,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-            ns.processes.append(proc)
+            proc = await _gpm_run(ns, env, stderr_apart=True)
             _, err = await asyncio.wait_for(proc.communicate(), 60)
             assert proc.returncode == 1, err.decode()
             (line,) = err.decode().strip().splitlines()
@@ -92,10 +98,7 @@ async def test_missing_graph_database_fails_the_start_naming_it(ns: Namespace) -
     """A misspelt database is waited for a bounded time, then the start fails saying which setting."""
     env = ns.env(database_wait_s="2", retry_max_s="0.5")
     env["GPM_GRAPH__DATABASE"] = "no_such_database"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "worker", "run", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    ns.processes.append(proc)
+    proc = await _gpm_run(ns, env)
     output, _ = await asyncio.wait_for(proc.communicate(), 90)
     text = output.decode()
     assert proc.returncode != 0, text
@@ -120,16 +123,7 @@ async def test_traces_reach_an_otlp_collector(ns: Namespace) -> None:
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
         env = {**ns.env(), "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_BSP_SCHEDULE_DELAY": "200"}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "worker",
-            "run",
-            env=env,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        ns.processes.append(proc)
+        proc = await _gpm_run(ns, env)
         await ns.publish(ns.graph_topic, [upsert("traced.py", 1, graph([("m", "Module")]))])
         await ns.wait_committed(1)
         await eventually(lambda: _spans_arrived(received), what="spans at the collector")

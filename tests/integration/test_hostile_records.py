@@ -3,8 +3,9 @@
 Keys, header names and values of any bytes (invalid UTF-8, oversized), timestamps over
 the whole int64 range, null values, values past the size limit, compressed values that
 inflate far past it, valid events among them; written by aiokafka's C and pure-Python
-batch builders with every codec. The worker must never exit, commit every offset, apply
-each record or dead-letter it with its reason, and leave the stores consistent.
+batch builders with every codec; into ArcadeDB and into a real Neo4j 5. The worker must
+never exit, commit every offset, apply each record or dead-letter it with its reason, and
+leave the stores consistent.
 `make fuzz` runs many more examples.
 """
 
@@ -22,7 +23,8 @@ from aiokafka.errors import KafkaError
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.integration.conftest import Namespace, assert_clean_exits, stop_workers
+from tests.graph_wipe import wipe
+from tests.integration.conftest import Namespace, assert_clean_exits, real_neo4j, stop_workers
 from tests.kafka_records import HostileRecord, builder, hostile_records
 from worker.library import GraphPostgresManager
 
@@ -94,8 +96,18 @@ async def _read_into(stream: asyncio.StreamReader, chunks: list[bytes]) -> None:
         chunks.append(chunk)
 
 
-async def test_generated_hostile_records_are_applied_or_dead_lettered_and_the_worker_goes_on(ns: Namespace) -> None:
+@pytest.mark.parametrize("graph_server", ["arcadedb", "neo4j"])
+async def test_generated_hostile_records_are_applied_or_dead_lettered_and_the_worker_goes_on(
+    ns: Namespace, graph_server: str, request: pytest.FixtureRequest
+) -> None:
     """Every offset committed, each record applied or in the DLQ with its reason, the worker up, the stores agree."""
+    if graph_server == "neo4j":
+        ns.settings = ns.settings.model_copy(update={"graph": real_neo4j(request)})
+        graph = ns.graph()
+        try:
+            await wipe(graph)  # one shared database (Community has one)
+        finally:
+            await graph.close()
     process = await ns.spawn_worker(max_event_bytes=str(MAX_EVENT_BYTES))
     assert process.stdout is not None
     # Read the worker's log as it comes: a full pipe would block its writes, and so the worker.

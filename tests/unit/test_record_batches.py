@@ -7,16 +7,16 @@ import struct
 import tracemalloc
 import zlib
 from collections.abc import Iterator
-from typing import Any, Self
+from typing import Any
 
 import pytest
 from aiokafka.consumer import fetcher
-from aiokafka.record import default_records
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.record.util import calc_crc32c
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.kafka_records import BUILDERS, RawName
 from worker.consume import record_batches
 from worker.consume.record_batches import (
     MAX_HEADER_BYTES,
@@ -27,23 +27,7 @@ from worker.consume.record_batches import (
     Refused,
 )
 
-BUILDERS = {"c": default_records.DefaultRecordBatchBuilder, "python": default_records._DefaultRecordBatchBuilderPy}
 CODECS = {"none": 0, "gzip": 1, "snappy": 2, "lz4": 3, "zstd": 4}
-
-
-class RawName(str):
-    """A header name whose wire bytes are any bytes (the Python builder encodes names with str.encode)."""
-
-    __slots__ = ("raw",)
-
-    def __new__(cls, raw: bytes) -> Self:  # noqa: D102
-        name = super().__new__(cls, raw.decode("latin-1"))
-        name.raw = raw
-        return name
-
-    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-        """The raw bytes, whatever the encoding asked for."""
-        return self.raw
 
 
 def batch(
