@@ -77,6 +77,7 @@ _TIMESTAMP_FORM = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9
 _TIMESTAMP_SCHEMA = "^" + _TIMESTAMP_FORM + _END
 _TIMESTAMP = re.compile(_TIMESTAMP_FORM)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+SOURCE_ID_MAX = 512  # characters
 MAX_RELATIONSHIP_TYPES = 1000  # per graph: an AST has a few dozen field names
 METADATA_MAX_DEPTH = 32  # jsonb and the decoder's pickling both have recursion limits
 # Rules of the models that a JSON Schema cannot state; the agreement test knows them.
@@ -135,7 +136,7 @@ def _cypher_name(kind: str, reserved: frozenset[str]) -> Callable[[str], str]:
 
 Identifier = Annotated[
     str,
-    Field(min_length=1, max_length=512, json_schema_extra={"pattern": _NO_CONTROL_SCHEMA}),
+    Field(min_length=1, max_length=SOURCE_ID_MAX, json_schema_extra={"pattern": _NO_CONTROL_SCHEMA}),
     AfterValidator(_no_control_chars),
 ]
 _check_label = _cypher_name("label", RESERVED_LABELS)
@@ -548,6 +549,11 @@ TOMBSTONE_PRODUCER = "kafka-tombstone"
 _TOMBSTONE_IDS = UUID("6c0b1f0e-2d1e-4d57-9a5e-7b1c9e0f3a10")  # namespace of tombstones' event ids
 
 
+def is_source_id(text: str) -> bool:
+    """Whether ``text`` can be an event's ``source_id`` as a Kafka key names it (Identifier's rules)."""
+    return 0 < len(text) <= SOURCE_ID_MAX and not CONTROL_CHARACTERS.search(text)
+
+
 def tombstone(key: bytes | None, topic: str, partition: int, offset: int, timestamp_ms: int) -> Tombstone:
     """The deletion a value-less record keyed ``key`` asks for, or EventError if the key is no source id.
 
@@ -557,7 +563,7 @@ def tombstone(key: bytes | None, topic: str, partition: int, offset: int, timest
         source_id = (key or b"").decode()
     except UnicodeDecodeError:
         source_id = ""
-    if not source_id or len(source_id) > 512 or CONTROL_CHARACTERS.search(source_id):  # noqa: PLR2004 - Identifier's bound
+    if not is_source_id(source_id):
         raise EventError("invalid", "a record without a value (a tombstone) must be keyed by a source id")
     try:
         occurred_at = datetime.fromtimestamp(timestamp_ms / 1000, UTC)
@@ -637,7 +643,6 @@ class StoreNames:
 
     server: str
     properties: frozenset[str] = frozenset()
-    relationship_types: frozenset[str] = frozenset()
     # Labels and relationship types in one namespace: no name may be both.
     shared_namespace: bool = False
 
@@ -645,8 +650,6 @@ class StoreNames:
         """Why the server cannot store ``graph``'s names, or None."""
         labels = {node["type"] for node in graph.nodes}
         types = {edge["type"] for edge in graph.edges}
-        if taken := sorted(types & self.relationship_types):
-            return f"relationship type {taken[0]!r}: {self.server} reserves the name"
         if self.shared_namespace and (both := sorted(labels & types)):
             return f"{both[0]!r} is a label and a relationship type: {self.server} keeps one namespace for both"
         names = set().union(

@@ -348,7 +348,6 @@ def pytest_terminal_summary_line() -> str:
 
 ARCADEDB_REFUSES = {
     **{f"property {name}": ("Name", "R", name) for name in sorted(ARCADEDB_NAMES.properties)},
-    **{f"type {name}": ("Name", name, "p") for name in sorted(ARCADEDB_NAMES.relationship_types)},
     "a label and a type": ("Both", "Both", "p"),
 }
 

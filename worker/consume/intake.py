@@ -13,12 +13,11 @@ from typing import Any
 from worker.consume.record_batches import Refused
 from worker.deadletter import DeadLetter, class_name
 from worker.errors import EventError
-from worker.events import CONTROL_CHARACTERS, Event, tombstone
+from worker.events import Event, is_source_id, tombstone
 from worker.ports import Position
 
 # Tombstones delete sources; on the intent topics (intent-links, intent-links-<name>) they are refused.
 INTENT_TOPIC_PREFIX = "intent-links"
-_SOURCE_ID_MAX = 512  # characters, as the event contract bounds a source id
 
 Record = Any  # aiokafka's ConsumerRecord[bytes, bytes]: untyped
 
@@ -40,9 +39,8 @@ def source_named(record: Record) -> str | None:
         source: str = key.decode()
     except UnicodeDecodeError:
         return None
-    if not source or len(source) > _SOURCE_ID_MAX or CONTROL_CHARACTERS.search(source):
-        return None  # no event can have it as its source id (and PostgreSQL refuses a NUL in text)
-    return source
+    # A key no event can have as its source id names none (and PostgreSQL refuses a NUL in text).
+    return source if is_source_id(source) else None
 
 
 def headers_of(record: Record) -> tuple[tuple[str, bytes], ...]:
