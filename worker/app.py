@@ -21,15 +21,16 @@ from contextlib import AsyncExitStack
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError
-from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_base, retry_if_exception, retry_if_exception_type
+from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_base, retry_if_exception
 
 from worker import failpoints
+from worker.broker import check_broker
 from worker.compose import open_graph, open_relational, open_stores, read_limits, runner_limits
 from worker.config import Settings
 from worker.consume import record_batches
 from worker.consume.runner import IngestRunner
 from worker.deadletter import DeadLetterSink, HaltingDeadLetterSink, KafkaDeadLetterSink
-from worker.errors import ConfigError, DatabaseMissing, Halted, StoreError, StoreUnavailable
+from worker.errors import AccessRefused, ConfigError, DatabaseMissing, Halted, StoreError, StoreUnavailable
 from worker.health import HealthServer, Probes
 from worker.ports import GraphBackend
 from worker.preflight import run_preflight
@@ -71,6 +72,13 @@ async def _bounded_close(what: str, close: Callable[[], Awaitable[None]]) -> Non
         log.warning("closing took too long; exiting without it", what=what, timeout_s=CLOSE_TIMEOUT_S)
     else:
         log.debug("closed", what=what, seconds=round(time.monotonic() - started, 3))
+
+
+def _an_outage(exc: BaseException) -> bool:
+    """Worth waiting for at start: the broker unreachable, not refusing what the settings send."""
+    return isinstance(exc, KafkaConnectionError) or (
+        isinstance(exc, StoreUnavailable) and not isinstance(exc, AccessRefused)
+    )
 
 
 def dlq_request_bytes(settings: Settings) -> int:
@@ -186,12 +194,15 @@ class Worker:
         """
         s = self.settings
         retrying = self._waiting_at_start(
-            retry_if_exception_type(KafkaConnectionError),
+            retry_if_exception(_an_outage),
             log_before_retry("broker not reachable at start; waiting", bootstrap_servers=s.kafka.bootstrap_servers),
         )
         try:
             async for attempt in retrying:
                 with attempt:
+                    # aiokafka says "Unable to bootstrap" for a wrong password, CA or protocol
+                    # alike and retries for ever: those stop the start here, with their reason.
+                    await check_broker(s.kafka)
                     # A fresh client per attempt: one whose bootstrap failed is not reused.
                     producer = AIOKafkaProducer(
                         **s.kafka.client_options(),
@@ -253,6 +264,8 @@ class Worker:
         started = time.monotonic()
 
         def worth_waiting(exc: BaseException) -> bool:
+            if isinstance(exc, AccessRefused):
+                return False
             # A database created right after its server starts (ArcadeDB's default database,
             # Neo4j's CREATE DATABASE) is briefly "not found": wait a bounded time for it,
             # then fail, since a misspelt GPM_GRAPH__DATABASE never appears.

@@ -90,6 +90,33 @@ def _url_problem(url: str, schemes: set[str]) -> str | None:
     return None
 
 
+def file_problem(path: Path) -> str | None:
+    """Why a certificate or key file cannot be used (the path is not a secret, so it is named)."""
+    if not path.is_file():
+        return f"{path} does not exist or is not a file"
+    if not os.access(path, os.R_OK):
+        return f"{path} is not readable by this process"
+    return None
+
+
+def is_local_host(host: str | None) -> bool:
+    """A host on this machine (or a Unix socket): credentials sent there never cross a network."""
+    if not host or host.startswith("/"):
+        return True
+    host = host.strip("[]").lower()
+    return host in {"localhost", "::1"} or host.startswith("127.")
+
+
+_PLAINTEXT_OPT_IN = "ALLOW_PLAINTEXT_CREDENTIALS"
+
+
+def _check_files(section: str, files: Mapping[str, Path | None]) -> None:
+    for field, path in files.items():
+        if path is not None and (problem := file_problem(path)):
+            msg = f"{ENV_PREFIX}{section}__{field.upper()}: {problem}"
+            raise ValueError(msg)
+
+
 class KafkaSettings(BaseModel):
     """Broker connection and consumer-group behaviour."""
 
@@ -120,6 +147,9 @@ class KafkaSettings(BaseModel):
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
+    # SASL_PLAINTEXT to a broker on another host sends credentials unencrypted: refused
+    # unless this says it is meant (a private network you trust, a sidecar doing TLS).
+    allow_plaintext_credentials: bool = False
 
     @field_validator("bootstrap_servers")
     @classmethod
@@ -157,8 +187,32 @@ class KafkaSettings(BaseModel):
 
     @model_validator(mode="after")
     def _sasl_has_credentials(self) -> KafkaSettings:
-        if self.security_protocol.startswith("SASL") and not (self.sasl_username and self.sasl_password):
-            msg = f"security_protocol {self.security_protocol} needs sasl_username and sasl_password"
+        protocol = self.security_protocol
+        if protocol.startswith("SASL") and not (self.sasl_username and self.sasl_password):
+            msg = f"GPM_KAFKA__SECURITY_PROTOCOL {protocol} needs GPM_KAFKA__SASL_USERNAME and GPM_KAFKA__SASL_PASSWORD"
+            raise ValueError(msg)
+        if not protocol.startswith("SASL") and (self.sasl_username or self.sasl_password):
+            # Silently ignored credentials would mean an unauthenticated, unencrypted connection.
+            msg = (
+                f"GPM_KAFKA__SASL_USERNAME/PASSWORD are set but GPM_KAFKA__SECURITY_PROTOCOL is {protocol}, "
+                "which sends no credentials: set it to SASL_SSL (or SASL_PLAINTEXT)"
+            )
+            raise ValueError(msg)
+        files = {"ssl_cafile": self.ssl_cafile, "ssl_certfile": self.ssl_certfile, "ssl_keyfile": self.ssl_keyfile}
+        named = [f"GPM_KAFKA__{name.upper()}" for name, path in files.items() if path is not None]
+        if named and protocol not in {"SSL", "SASL_SSL"}:
+            msg = f"{', '.join(named)} set but GPM_KAFKA__SECURITY_PROTOCOL is {protocol} (no TLS): set SSL or SASL_SSL"
+            raise ValueError(msg)
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            msg = "GPM_KAFKA__SSL_CERTFILE and GPM_KAFKA__SSL_KEYFILE go together (a client certificate and its key)"
+            raise ValueError(msg)
+        _check_files("KAFKA", files)
+        remote = [s for s in self.bootstrap_servers.split(",") if not is_local_host(s.rpartition(":")[0])]
+        if protocol == "SASL_PLAINTEXT" and remote and not self.allow_plaintext_credentials:
+            msg = (
+                f"GPM_KAFKA__SECURITY_PROTOCOL SASL_PLAINTEXT sends the credentials to {remote[0]} unencrypted: "
+                f"use SASL_SSL, or set GPM_KAFKA__{_PLAINTEXT_OPT_IN}=true if that network is trusted"
+            )
             raise ValueError(msg)
         return self
 
@@ -206,6 +260,9 @@ class PostgresSettings(BaseModel):
     # Idle connections older than this are closed and reopened on demand (recycling).
     max_inactive_connection_lifetime_s: float = Field(300.0, ge=0)
     connect_timeout_s: float = Field(10.0, gt=0)
+    # A password sent to another host without sslmode=require/verify-ca/verify-full is
+    # refused unless this says it is meant (libpq's default, prefer, falls back to plaintext).
+    allow_plaintext_credentials: bool = False
 
     @field_validator("dsn")
     @classmethod
@@ -214,6 +271,28 @@ class PostgresSettings(BaseModel):
         if problem:
             raise ValueError(problem)
         return value
+
+    @model_validator(mode="after")
+    def _tls_as_meant(self) -> PostgresSettings:
+        parts = urlsplit(self.dsn.get_secret_value())
+        query = {key.lower(): value for key, value in parse_qsl(parts.query, keep_blank_values=True)}
+        for parameter in ("sslrootcert", "sslcert", "sslkey"):
+            # "system" is libpq's word for the operating system's store, not a file.
+            if (path := query.get(parameter)) and path != "system" and (problem := file_problem(Path(path))):
+                msg = f"GPM_POSTGRES__DSN: its {parameter} {problem}"
+                raise ValueError(msg)
+        sslmode = query.get("sslmode", "prefer")
+        host = query.get("host") or parts.hostname
+        has_password = parts.password is not None or "password" in query
+        plaintext = sslmode in {"disable", "allow", "prefer"}
+        if has_password and plaintext and not is_local_host(host) and not self.allow_plaintext_credentials:
+            msg = (
+                f"GPM_POSTGRES__DSN sends a password to {host} without requiring TLS (sslmode={sslmode}; "
+                "prefer, the default, falls back to plaintext): add sslmode=verify-full&sslrootcert=<CA file>, "
+                f"or set GPM_POSTGRES__{_PLAINTEXT_OPT_IN}=true if that network is trusted"
+            )
+            raise ValueError(msg)
+        return self
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> PostgresSettings:
@@ -254,6 +333,12 @@ class GraphSettings(BaseModel):
     # Bolt only. "auto": a handful of statements with dynamic labels on Neo4j 5.26 and later,
     # a statement per label group elsewhere (ArcadeDB, older Neo4j); "grouped" forces the latter.
     write_shape: Literal["auto", "grouped"] = "auto"
+    # The CA that signed the graph server's certificate (a private CA), for a TLS URI
+    # (bolt+s://, neo4j+s://, rediss://, falkors://); unset: the system's trust store.
+    ca_file: Path | None = None
+    # A password sent to another host over bolt://, neo4j://, redis:// or falkor:// is
+    # refused unless this says it is meant.
+    allow_plaintext_credentials: bool = False
 
     @model_validator(mode="after")
     def _backend_defaults(self) -> GraphSettings:
@@ -266,7 +351,37 @@ class GraphSettings(BaseModel):
         self._credentials_apart()
         self.user = self.user or defaults["user"]
         self.database = self.database or defaults["database"]
+        self._tls_as_meant()
         return self
+
+    @property
+    def uses_tls(self) -> bool:
+        """The URI's scheme asks for TLS."""
+        return urlsplit(self.uri).scheme in _TLS_SCHEMES
+
+    def _tls_as_meant(self) -> None:
+        scheme, host = urlsplit(self.uri).scheme, urlsplit(self.uri).hostname
+        if self.ca_file is not None:
+            if scheme.endswith("+ssc"):
+                msg = f"GPM_GRAPH__CA_FILE is set but GPM_GRAPH__URI is {scheme}://, which trusts any certificate: use {scheme[:-4]}+s://"
+                raise ValueError(msg)
+            if not self.uses_tls:
+                msg = f"GPM_GRAPH__CA_FILE is set but GPM_GRAPH__URI is {scheme}://, which uses no TLS: use {_TLS_OF[scheme]}://"
+                raise ValueError(msg)
+            _check_files("GRAPH", {"ca_file": self.ca_file})
+        plaintext = not self.uses_tls and not scheme.endswith("+ssc") and scheme != "unix"
+        if (
+            plaintext
+            and self.password.get_secret_value()
+            and not is_local_host(host)
+            and not self.allow_plaintext_credentials
+        ):
+            msg = (
+                f"GPM_GRAPH__PASSWORD would be sent to {host} unencrypted ({scheme}://): use {_TLS_OF[scheme]}:// "
+                f"(with GPM_GRAPH__CA_FILE for a private CA), or set GPM_GRAPH__{_PLAINTEXT_OPT_IN}=true if that "
+                "network is trusted"
+            )
+            raise ValueError(msg)
 
     def _credentials_apart(self) -> None:
         """Credentials written into the URI move to ``user`` and ``password``: the URI is never a secret."""
@@ -292,6 +407,15 @@ _GRAPH_SCHEMES = {
     # rediss:// and falkors:// are TLS; unix:// a local socket.
     "falkordb": {"redis", "rediss", "falkor", "falkors", "unix"},
 }
+_TLS_OF = {
+    "bolt": "bolt+s",
+    "neo4j": "neo4j+s",
+    "redis": "rediss",
+    "falkor": "falkors",
+    "bolt+ssc": "bolt+s",
+    "neo4j+ssc": "neo4j+s",
+}
+_TLS_SCHEMES = frozenset({"bolt+s", "neo4j+s", "rediss", "falkors"})
 
 
 class HealthSettings(BaseModel):
@@ -400,7 +524,10 @@ def load_settings(env_file: Path | None = None, secrets_dir: Path | None = None)
         problems = []
         for error in exc.errors(include_input=False, include_url=False):
             name = ENV_PREFIX + "__".join(str(part).upper() for part in error["loc"])
-            problems.append(f"{name}: {error['msg']}")
+            message = error["msg"].removeprefix("Value error, ")
+            # A check across fields names its variables itself; a section name before it would
+            # point at GPM_KAFKA, which nobody sets.
+            problems.append(message if message.startswith(ENV_PREFIX) else f"{name}: {message}")
         raise ConfigError("invalid settings: " + "; ".join(problems)) from None
     except SettingsError as exc:
         # A whole section given as one variable (GPM_KAFKA='...') that is not JSON.

@@ -15,7 +15,10 @@
     └── StoreError               a store call failed
         ├── StoreUnavailable     transient: connection lost, timeout, deadlock, leader
         │   │                    switch. Retried with bounded backoff; never dead-letters.
-        │   └── DatabaseMissing  the graph database does not exist (yet)
+        │   ├── DatabaseMissing  the graph database does not exist (yet)
+        │   └── AccessRefused    a server (a store or the broker) refused the credentials or
+        │                        the certificates, or speaks another protocol on that port:
+        │                        stops the start; after it, retried and reported as such
         └── StoreRejected        permanent: the store refused the data (constraint, type,
             │                    syntax). The saga isolates the event and dead-letters it.
             └── UnexpectedFailure  any other exception while applying a batch: handled like
@@ -80,6 +83,29 @@ class DatabaseMissing(StoreUnavailable):
     never the data's, so events are retried, not dead-lettered. At start it is waited for
     only for a bounded time (``GPM_WORKER__DATABASE_WAIT_S``) and then fails the start.
     """
+
+
+class AccessRefused(StoreUnavailable):
+    """A server refused this worker: credentials, certificates, or TLS against a plain port.
+
+    Waiting will not fix it, so the start stops at once with this one line (``server``, the
+    ``setting`` to fix, the ``reason``). After a start (a password rotated on the server, a
+    certificate renewed under another CA) it is retried like an outage, since the server
+    side may be put right, and reported as what it is: log, metric and /readyz. The message
+    never holds the secret: the detail comes from the driver's or the ssl module's reason.
+    """
+
+    def __init__(self, server: str, setting: str, reason: str, detail: str = "") -> None:
+        self.server = server
+        self.setting = setting
+        self.reason = reason
+        self.detail = detail
+        super().__init__(
+            f"{server} refused the connection: {reason}" + (f" ({detail})" if detail else "") + f"; check {setting}"
+        )
+
+    def __reduce__(self) -> tuple[type[AccessRefused], tuple[str, str, str, str]]:
+        return (type(self), (self.server, self.setting, self.reason, self.detail))
 
 
 class Halted(GpmError):  # noqa: N818 - reads as what happened

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from worker.config import DEFAULT_TOPIC_PATTERN, load_settings, mask_dsn, unknown_variables
@@ -41,11 +43,11 @@ def test_secrets_directory_supplies_nested_settings(monkeypatch: pytest.MonkeyPa
     monkeypatch.chdir(tmp_path)
     secrets = tmp_path / "secrets"
     secrets.mkdir()
-    (secrets / "GPM_POSTGRES__DSN").write_text("postgresql://app:s3cret@db:5432/gpm\n")
+    (secrets / "GPM_POSTGRES__DSN").write_text("postgresql://app:s3cret@db:5432/gpm?sslmode=require\n")
     (secrets / "GPM_GRAPH__PASSWORD").write_text("graph-password")
     monkeypatch.setenv("GPM_SECRETS_DIR", str(secrets))
     settings = load_settings()
-    assert settings.postgres.dsn.get_secret_value() == "postgresql://app:s3cret@db:5432/gpm"
+    assert settings.postgres.dsn.get_secret_value() == "postgresql://app:s3cret@db:5432/gpm?sslmode=require"
     assert settings.graph.password.get_secret_value() == "graph-password"
     assert unknown_variables({"GPM_SECRETS_DIR": str(secrets)}) == []
     # The environment wins over a file, as for .env.
@@ -92,12 +94,16 @@ def test_topic_pattern(topic: str, consumed: bool) -> None:
     assert bool(re.match(DEFAULT_TOPIC_PATTERN, topic)) is consumed
 
 
-def test_sasl_without_credentials_fails_naming_the_section(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """SASL needs a user and a password; the error names the Kafka settings."""
+def test_sasl_without_credentials_fails_naming_the_variables(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """SASL needs a user and a password; the error names the variables, not the section."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GPM_KAFKA__SECURITY_PROTOCOL", "SASL_SSL")
-    with pytest.raises(ConfigError, match=r"GPM_KAFKA.*needs sasl_username and sasl_password"):
+    with pytest.raises(ConfigError) as caught:
         load_settings()
+    assert str(caught.value) == (
+        "invalid settings: GPM_KAFKA__SECURITY_PROTOCOL SASL_SSL needs GPM_KAFKA__SASL_USERNAME and "
+        "GPM_KAFKA__SASL_PASSWORD"
+    )
 
 
 def test_tls_and_sasl_reach_every_kafka_client(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -205,10 +211,10 @@ def test_a_password_in_the_query_string_is_masked() -> None:
 def test_credentials_in_a_graph_uri_are_kept_apart(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """bolt://user:pw@host moves user and password out of the URI, which then holds no secret."""
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("GPM_GRAPH__URI", f"bolt://reader:{CANARY}@graph.internal:7687")
+    monkeypatch.setenv("GPM_GRAPH__URI", f"bolt+s://reader:{CANARY}@graph.internal:7687")
     graph = load_settings().graph
     assert (graph.uri, graph.user, graph.password.get_secret_value()) == (
-        "bolt://graph.internal:7687",
+        "bolt+s://graph.internal:7687",
         "reader",
         CANARY,
     )
@@ -244,3 +250,114 @@ def test_the_command_line_imports_no_store_or_model_to_show_its_help() -> None:
     )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)  # noqa: S603
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        # Credentials the protocol would ignore: an unauthenticated, unencrypted connection.
+        (
+            {"GPM_KAFKA__SASL_USERNAME": "gpm", "GPM_KAFKA__SASL_PASSWORD": CANARY},
+            "GPM_KAFKA__SASL_USERNAME/PASSWORD are set but GPM_KAFKA__SECURITY_PROTOCOL is PLAINTEXT",
+        ),
+        ({"GPM_KAFKA__SSL_CAFILE": "{ca}"}, "GPM_KAFKA__SSL_CAFILE set but GPM_KAFKA__SECURITY_PROTOCOL is PLAINTEXT"),
+        (
+            {"GPM_KAFKA__SECURITY_PROTOCOL": "SSL", "GPM_KAFKA__SSL_CAFILE": "{missing}"},
+            "GPM_KAFKA__SSL_CAFILE: {missing} does not exist or is not a file",
+        ),
+        (
+            {"GPM_KAFKA__SECURITY_PROTOCOL": "SSL", "GPM_KAFKA__SSL_CERTFILE": "{ca}"},
+            "GPM_KAFKA__SSL_CERTFILE and GPM_KAFKA__SSL_KEYFILE go together",
+        ),
+        (
+            {
+                "GPM_KAFKA__BOOTSTRAP_SERVERS": "kafka-0.prod:9092",
+                "GPM_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                "GPM_KAFKA__SASL_USERNAME": "gpm",
+                "GPM_KAFKA__SASL_PASSWORD": CANARY,
+            },
+            "SASL_PLAINTEXT sends the credentials to kafka-0.prod:9092 unencrypted",
+        ),
+        (
+            {"GPM_POSTGRES__DSN": f"postgresql://gpm:{CANARY}@pg.prod:5432/gpm"},
+            "GPM_POSTGRES__DSN sends a password to pg.prod without requiring TLS (sslmode=prefer",
+        ),
+        (
+            {"GPM_POSTGRES__DSN": f"postgresql://gpm:{CANARY}@pg.prod/gpm?sslmode=verify-full&sslrootcert={{missing}}"},
+            "GPM_POSTGRES__DSN: its sslrootcert {missing} does not exist or is not a file",
+        ),
+        (
+            {"GPM_GRAPH__URI": "neo4j://graph.prod:7687", "GPM_GRAPH__PASSWORD": CANARY},
+            "GPM_GRAPH__PASSWORD would be sent to graph.prod unencrypted (neo4j://): use neo4j+s://",
+        ),
+        (
+            {
+                "GPM_GRAPH__BACKEND": "falkordb",
+                "GPM_GRAPH__URI": "redis://graph.prod:6379",
+                "GPM_GRAPH__PASSWORD": CANARY,
+            },
+            "GPM_GRAPH__PASSWORD would be sent to graph.prod unencrypted (redis://): use rediss://",
+        ),
+        ({"GPM_GRAPH__URI": "bolt://graph.prod:7687", "GPM_GRAPH__CA_FILE": "{ca}"}, "uses no TLS: use bolt+s://"),
+        ({"GPM_GRAPH__URI": "bolt+ssc://graph.prod:7687", "GPM_GRAPH__CA_FILE": "{ca}"}, "trusts any certificate"),
+        (
+            {"GPM_GRAPH__URI": "bolt+s://graph.prod:7687", "GPM_GRAPH__CA_FILE": "{missing}"},
+            "GPM_GRAPH__CA_FILE: {missing} does not exist or is not a file",
+        ),
+    ],
+)
+def test_insecure_or_incomplete_tls_settings_are_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, str], expected: str
+) -> None:
+    """Credentials that would travel unencrypted or be ignored, certificate files not there: refused at start."""
+    monkeypatch.chdir(tmp_path)
+    ca = tmp_path / "ca.crt"
+    ca.write_text("not checked here: only that it exists and is readable")
+    paths = {"ca": str(ca), "missing": str(tmp_path / "nowhere" / "ca.crt")}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(**paths))
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert expected.format(**paths) in str(caught.value)
+    assert CANARY not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        # This machine, a Unix socket: nothing crosses a network.
+        {"GPM_POSTGRES__DSN": f"postgresql://gpm:{CANARY}@127.0.0.1:5432/gpm"},
+        {"GPM_POSTGRES__DSN": f"postgresql://gpm:{CANARY}@/gpm?host=/run/postgresql"},
+        {"GPM_GRAPH__URI": "bolt://localhost:7687", "GPM_GRAPH__PASSWORD": CANARY},
+        # TLS asked for.
+        {"GPM_POSTGRES__DSN": f"postgresql://gpm:{CANARY}@pg.prod/gpm?sslmode=verify-full&sslrootcert=system"},
+        {"GPM_GRAPH__URI": "neo4j+s://graph.prod:7687", "GPM_GRAPH__PASSWORD": CANARY, "GPM_GRAPH__CA_FILE": "{ca}"},
+        # Said to be meant.
+        {
+            "GPM_POSTGRES__DSN": f"postgresql://gpm:{CANARY}@pg.prod/gpm",
+            "GPM_POSTGRES__ALLOW_PLAINTEXT_CREDENTIALS": "true",
+        },
+        {
+            "GPM_GRAPH__URI": "bolt://graph.prod:7687",
+            "GPM_GRAPH__PASSWORD": CANARY,
+            "GPM_GRAPH__ALLOW_PLAINTEXT_CREDENTIALS": "true",
+        },
+        {
+            "GPM_KAFKA__BOOTSTRAP_SERVERS": "kafka-0.prod:9092",
+            "GPM_KAFKA__SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+            "GPM_KAFKA__SASL_USERNAME": "gpm",
+            "GPM_KAFKA__SASL_PASSWORD": CANARY,
+            "GPM_KAFKA__ALLOW_PLAINTEXT_CREDENTIALS": "true",
+        },
+    ],
+)
+def test_secure_local_or_opted_in_settings_load(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, env: dict[str, str]
+) -> None:
+    """The refusals above leave alone what is encrypted, local, or explicitly allowed."""
+    monkeypatch.chdir(tmp_path)
+    ca = tmp_path / "ca.crt"
+    ca.write_text("-")
+    for name, value in env.items():
+        monkeypatch.setenv(name, value.format(ca=ca))
+    load_settings()

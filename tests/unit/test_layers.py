@@ -11,10 +11,10 @@ PACKAGE = Path(__file__).resolve().parents[2] / "worker"
 # layers (below the composition root) a package may not import a sibling package of
 # its layer unless the pair is listed in SIBLINGS: the saga knows the ports, not the stores.
 LAYERS: tuple[frozenset[str], ...] = (
-    frozenset({"__init__", "errors", "failpoints", "runtime"}),  # the ground: no project imports
+    frozenset({"__init__", "errors", "failpoints", "runtime", "refusals"}),  # the ground: no project imports
     frozenset({"events", "config"}),  # the contracts and the settings
     frozenset({"ports"}),  # protocols and the records they carry
-    frozenset({"telemetry", "retrying", "deadletter", "sample"}),  # cross-cutting helpers
+    frozenset({"telemetry", "retrying", "deadletter", "sample", "broker"}),  # cross-cutting helpers
     frozenset({"stores", "saga", "publish"}),  # adapters and the saga, side by side
     frozenset({"consume", "snapshot", "preflight"}),  # built on the saga or on the stores
     frozenset({"compose"}),  # the composition root

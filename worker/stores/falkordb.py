@@ -29,8 +29,9 @@ from redis import exceptions as redis_errors
 
 from worker import failpoints
 from worker.config import GraphSettings
-from worker.errors import ConfigError, OperationRefused, StoreRejected, StoreUnavailable, translated
+from worker.errors import AccessRefused, OperationRefused, StoreRejected, StoreUnavailable, translated
 from worker.ports import GraphChanges, GraphWriteStats
+from worker.refusals import WRONG_CREDENTIALS, tls_refusal
 from worker.stores.cypher import NODE_FIELDS, BatchRows, batch_rows, checked_parameters, cypher_name, statement_span
 from worker.stores.falkordb_params import UnstorableValue, cypher_key, with_parameters
 
@@ -41,11 +42,20 @@ INDEXES = (("AstNode", "key", True), ("AstNode", "source_id", False), ("Intent",
 _TRANSIENT_REPLIES = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY", "NOPERM", "CLUSTERDOWN", "OOM")
 
 
+SERVER = "the graph store (FalkorDB)"
+# Replies that mean the credentials are wrong or missing (redis-py raises some as ResponseError).
+_CREDENTIAL_REPLIES = ("WRONGPASS", "NOAUTH", "invalid username-password")
+
+
 def _map_error(exc: Exception) -> Exception:
-    # A wrong password is an operator's problem that waiting will not fix: the start (or the
-    # worker) stops with it. ACL refusals (NOPERM) are retried, never the data's fault.
-    if isinstance(exc, redis_errors.AuthenticationError):
-        return ConfigError(f"the graph store refused the credentials (GPM_GRAPH__USER/PASSWORD): {exc}")
+    # A wrong password is an operator's problem that waiting will not fix: the start stops
+    # with it. ACL refusals (NOPERM) are retried, never the data's fault.
+    if isinstance(exc, redis_errors.AuthenticationError) or (
+        isinstance(exc, redis_errors.ResponseError) and str(exc).startswith(_CREDENTIAL_REPLIES)
+    ):
+        return AccessRefused(SERVER, "GPM_GRAPH__USER/PASSWORD", WRONG_CREDENTIALS, str(exc).split(".")[0])
+    if refused := tls_refusal(exc):
+        return AccessRefused(SERVER, "GPM_GRAPH__URI and GPM_GRAPH__CA_FILE", *refused)
     if isinstance(exc, redis_errors.ResponseError) and not str(exc).startswith(_TRANSIENT_REPLIES):
         return StoreRejected(f"graph store rejected the write: {exc}")
     if isinstance(exc, UnstorableValue):
@@ -164,6 +174,8 @@ class FalkorDBGraphStore:
             # A batch's query may take up to its server-side timeout; then some slack.
             socket_timeout=settings.transaction_timeout_s + settings.connection_timeout_s,
             health_check_interval=30,
+            # A private CA for rediss:// (the settings refuse it with a plain scheme).
+            **({"ssl_ca_certs": str(settings.ca_file)} if settings.ca_file is not None else {}),
         )
         return cls(client, settings)
 

@@ -24,8 +24,16 @@ from neo4j import exceptions as neo4j_errors
 
 from worker import failpoints
 from worker.config import GraphSettings
-from worker.errors import ConfigError, DatabaseMissing, OperationRefused, StoreRejected, StoreUnavailable, translated
+from worker.errors import (
+    AccessRefused,
+    DatabaseMissing,
+    OperationRefused,
+    StoreRejected,
+    StoreUnavailable,
+    translated,
+)
 from worker.ports import GraphChanges, GraphWriteStats, LinkRow
+from worker.refusals import WRONG_CREDENTIALS, causes, tls_refusal
 from worker.stores.cypher import BatchRows, batch_rows, checked_parameters, cypher_name, statement_span
 from worker.stores.neo4j_shapes import (
     DYNAMIC_NODES,
@@ -51,12 +59,21 @@ def _chunks(rows: list[Any], size: int) -> Iterator[list[Any]]:
         yield rows[start : start + size]
 
 
+SERVER = "the graph store (Bolt)"
+TLS_SETTINGS = "GPM_GRAPH__URI and GPM_GRAPH__CA_FILE"
+
+
 def _map_error(exc: Exception) -> Exception:
     if isinstance(exc, neo4j_errors.Neo4jError) and exc.code == "Neo.ClientError.Statement.AccessMode":
         return OperationRefused(f"a read query may not write: {exc.message}")
     if isinstance(exc, neo4j_errors.AuthError):
-        # Waiting will not fix a wrong password: the start (or the worker) stops with this.
-        return ConfigError(f"the graph store refused the credentials (GPM_GRAPH__USER/PASSWORD): {exc.code}")
+        # Waiting will not fix a wrong password: the start stops with this.
+        return AccessRefused(SERVER, "GPM_GRAPH__USER/PASSWORD", WRONG_CREDENTIALS, exc.code or "")
+    # The driver wraps the ssl module's error in BoltSecurityError (private) and that in
+    # ServiceUnavailable; a reset inside it is a plain server on a TLS URI.
+    in_handshake = any(type(c).__name__ == "BoltSecurityError" for c in causes(exc))
+    if refused := tls_refusal(exc, in_handshake=in_handshake):
+        return AccessRefused(SERVER, TLS_SETTINGS, *refused)
     if isinstance(exc, neo4j_errors.Neo4jError) and exc.code == "Neo.ClientError.Database.DatabaseNotFound":
         return DatabaseMissing(f"graph database not found (GPM_GRAPH__DATABASE): {exc.message}")
     if isinstance(exc, neo4j_errors.Neo4jError) and not exc.is_retryable():
@@ -172,9 +189,20 @@ class Neo4jGraphStore:
     @classmethod
     def connect(cls, settings: GraphSettings, chunk_size: int = 1000) -> Neo4jGraphStore:
         """Create the driver (connections open lazily, on first use)."""
+        # The driver takes a CA of ours only with a plain scheme and encrypted=True, so the
+        # scheme's "+s" / "+ssc" is spelt out here as the settings the driver would derive.
+        scheme, _, rest = settings.uri.partition("://")
+        plain_scheme, _, security = scheme.partition("+")
+        trust: neo4j.TrustSystemCAs | neo4j.TrustAll | neo4j.TrustCustomCAs = neo4j.TrustSystemCAs()
+        if security == "ssc":
+            trust = neo4j.TrustAll()
+        elif settings.ca_file is not None:
+            trust = neo4j.TrustCustomCAs(str(settings.ca_file))
         driver = neo4j.AsyncGraphDatabase.driver(
-            settings.uri,
+            f"{plain_scheme}://{rest}",
             auth=(settings.user, settings.password.get_secret_value()),
+            encrypted=bool(security),
+            trusted_certificates=trust,
             max_connection_pool_size=settings.max_connection_pool_size,
             max_connection_lifetime=settings.max_connection_lifetime_s,
             connection_acquisition_timeout=settings.connection_acquisition_timeout_s,

@@ -14,10 +14,10 @@ import structlog
 from asyncpg.transaction import Transaction
 
 from worker.config import PostgresSettings
-from worker.errors import ConfigError, StoreRejected, StoreUnavailable
+from worker.errors import StoreRejected, StoreUnavailable
 from worker.events import AstGraphDeleted, AstGraphUpserted, IntentLinkDeleted, IntentLinkUpserted, Tombstone
 from worker.ports import AppliedState, BatchPlan, BatchRecord, GraphWriteStats, LinkRow, Outcome
-from worker.stores.postgres_errors import DRIVER_ERRORS, map_error, mapped
+from worker.stores.postgres_errors import DRIVER_ERRORS, map_error, mapped, refusal
 from worker.stores.postgres_migrations import Connection, apply_migrations, bundled_migrations
 from worker.stores.postgres_operations import FENCED, WRITE_FENCE_KEY, PostgresOperations
 from worker.telemetry import metrics
@@ -52,14 +52,10 @@ class PostgresRelationalStore(PostgresOperations):
                 max_inactive_connection_lifetime=settings.max_inactive_connection_lifetime_s,
                 timeout=settings.connect_timeout_s,
             )
-        except asyncpg.PostgresError as exc:
-            if (exc.sqlstate or "").startswith("28"):
-                # Wrong password or user: waiting will not fix it, so the start fails at once.
-                msg = f"PostgreSQL refused the credentials of GPM_POSTGRES__DSN ({settings.redacted_dsn}): {exc}"
-                raise ConfigError(msg) from None
-            msg = f"cannot connect to PostgreSQL at {settings.redacted_dsn}: {type(exc).__name__}"
-            raise StoreUnavailable(msg) from None
         except (*DRIVER_ERRORS, ValueError) as exc:
+            if refused := refusal(exc):
+                # Waiting will not fix a wrong password or certificate: the start fails at once.
+                raise refused from None
             # The driver's message can echo the DSN; say which server without the secret.
             msg = f"cannot connect to PostgreSQL at {settings.redacted_dsn}: {type(exc).__name__}"
             raise StoreUnavailable(msg) from None
