@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 
 from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError, SaslAuthenticationFailed, UnsupportedSaslMechanismError
@@ -123,3 +124,21 @@ def _refusal(kafka: KafkaSettings, server: str, exc: Exception) -> GpmError:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc) or type(exc).__name__).splitlines()[0]
+
+
+@contextlib.asynccontextmanager
+async def explained(kafka: KafkaSettings) -> AsyncIterator[None]:
+    """A Kafka client's failure inside becomes the broker check's finding, in one line.
+
+    aiokafka's own error ("Unable to bootstrap from [...]") names no cause; the check says
+    whether the broker is down or refuses the settings, and which.
+    """
+    try:
+        yield
+    except KafkaError as exc:
+        try:
+            await check_broker(kafka)
+        except GpmError as found:
+            raise found from exc
+        msg = f"{SERVER} at {kafka.bootstrap_servers} failed: {type(exc).__name__}: {_first_line(exc)}"
+        raise StoreUnavailable(msg) from exc

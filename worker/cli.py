@@ -133,7 +133,8 @@ def topics_ensure(
 
 
 def _ensure_topics(settings: Settings, topic: list[str] | None, partitions: int) -> None:
-    from worker.ops.topics import DEFAULT_TOPICS, ensure_topics  # noqa: PLC0415
+    from worker.config import DEFAULT_TOPICS  # noqa: PLC0415
+    from worker.ops.topics import ensure_topics  # noqa: PLC0415
 
     report = _ops(ensure_topics(settings, list(topic or DEFAULT_TOPICS), partitions))
     for name in report.created:
@@ -172,8 +173,11 @@ def publish(
         except EventError as exc:
             console.print(f"[red]{escape(f'{path}: {exc}')}[/red]")
             raise typer.Exit(1) from None
-    sent = _run(publish_events(settings.kafka, topic, events))
+    sent = _ops(publish_events(settings.kafka, topic, events))
     console.print(f"published {sent} events to {topic}")
+
+
+TRACEBACK_VARIABLE = "GPM_TRACEBACK"
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -203,6 +207,13 @@ def _ops(coro: Coroutine[Any, Any, T]) -> T:
         raise typer.Exit(1) from None
     except OSError as exc:  # a server gone mid-command, below the stores' own error mapping
         console.print(f"[red]{escape(f'{type(exc).__name__}: {exc}')}[/red]")
+        raise typer.Exit(1) from None
+    except Exception as exc:  # a bug still answers in one line; GPM_TRACEBACK=1 shows where
+        if os.environ.get(TRACEBACK_VARIABLE):
+            raise
+        console.print(
+            f"[red]{escape(f'unexpected error: {type(exc).__name__}: {exc}')} (GPM_TRACEBACK=1 shows where)[/red]"
+        )
         raise typer.Exit(1) from None
 
 
@@ -389,13 +400,15 @@ def _with_manager(work: Callable[[GraphPostgresManager, _StageBars], Awaitable[T
 def preflight() -> None:
     """Check the servers' versions and the users' rights; exit 1 if anything is missing."""
     from worker.compose import open_stores  # noqa: PLC0415
-    from worker.preflight import run_preflight  # noqa: PLC0415
+    from worker.preflight import PreflightReport, broker_checks, run_preflight  # noqa: PLC0415
 
     settings = _settings()
 
     async def check() -> PreflightReport:
+        broker = await broker_checks(settings.kafka)
         async with open_stores(settings) as stores:
-            return await run_preflight(stores.relational, stores.graph)
+            report = await run_preflight(stores.relational, stores.graph)
+        return PreflightReport([*broker, *report.checks])
 
     report = _ops(check())
     out = _out()

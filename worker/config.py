@@ -40,6 +40,9 @@ _TOPIC_EXAMPLES = ("ast-graphs", "ast-graphs.a", "ast-graphs.team-a", "intent-li
 # dead-letter topics (".dlq"), which would otherwise match the ast-graphs.<name> form.
 # The graph backends an adapter exists for (worker/stores/neo4j.py, falkordb.py).
 GraphBackendName = Literal["neo4j", "falkordb"]
+# The topics producers publish to unless told otherwise; with their dead-letter topics,
+# what `gpm topics ensure` creates and `gpm preflight` describes.
+DEFAULT_TOPICS = ("ast-graphs", "intent-links")
 DEFAULT_TOPIC_PATTERN = r"^(?!.*\.dlq$)(ast-graphs(\.[A-Za-z0-9_-]+)*|intent-links)$"
 
 
@@ -551,5 +554,5 @@ def unknown_variables(environ: Mapping[str, str]) -> list[str]:
         if name.upper().startswith(ENV_PREFIX)
         and not name.upper().startswith(TEST_PREFIX)
         and name.upper() not in known
-        and name.upper() != SECRETS_DIR_VARIABLE
+        and name.upper() not in {SECRETS_DIR_VARIABLE, "GPM_TRACEBACK"}  # the CLI's own switch
     )

@@ -19,7 +19,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from worker.config import HealthSettings
-from worker.errors import ConfigError
+from worker.errors import AccessRefused, ConfigError
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +79,8 @@ class HealthServer:
             try:
                 await asyncio.wait_for(ping(), timeout=self._settings.check_timeout_s)
                 checks[name] = "ok"
+            except AccessRefused as exc:  # not an outage: say what to fix
+                checks[name] = f"refused: {exc.reason}; check {exc.setting}"
             except Exception as exc:  # noqa: BLE001 - any failure means not ready; the reason is reported
                 checks[name] = f"unavailable: {type(exc).__name__}"
 

@@ -10,7 +10,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from worker.errors import PreflightError, StoreRejected
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
+
+from worker.broker import check_broker, explained
+from worker.config import DEFAULT_TOPICS, KafkaSettings
+from worker.errors import GpmError, PreflightError, StoreRejected
 from worker.ports import GraphBackend
 from worker.snapshot.dump import TABLES
 from worker.stores.postgres import PostgresRelationalStore
@@ -49,6 +54,65 @@ class PreflightReport:
         failed = [f"{c.name}: {c.detail}" for c in self.checks if not c.ok]
         if failed:
             raise PreflightError("preflight failed: " + "; ".join(failed))
+
+
+# Kafka's AclOperation codes, as bit positions of an "authorized operations" field.
+_READ_OPERATION = 3
+_NOT_REPORTED = -(2**31)  # the broker did not say (no authorizer, or it does not support it)
+
+
+async def broker_checks(kafka: KafkaSettings) -> list[Check]:
+    """The broker: reachable and authenticated, the topics there, the group's right to commit."""
+    try:
+        await check_broker(kafka)
+    except GpmError as exc:
+        return [Check("Kafka broker", ok=False, detail=str(exc))]
+    who = f" as {kafka.sasl_username}" if kafka.security_protocol.startswith("SASL") else ""
+    checks = [Check("Kafka broker", ok=True, detail=f"{kafka.bootstrap_servers} over {kafka.security_protocol}{who}")]
+    admin = AIOKafkaAdminClient(**kafka.client_options(), client_id=f"{kafka.client_id}-preflight")
+    try:
+        async with explained(kafka):
+            await admin.start()
+        # Listed, not described: describing a missing topic creates it where auto-create is on.
+        checks.append(_topics_check(kafka, set(await admin.list_topics())))
+        checks.append(await _group_rights(admin, kafka.group_id))
+    except (KafkaError, GpmError) as exc:
+        checks.append(Check("Kafka topics and group", ok=False, detail=f"{type(exc).__name__}: {exc}"))
+    finally:
+        await admin.close()
+    return checks
+
+
+def _topics_check(kafka: KafkaSettings, visible: set[str]) -> Check:
+    """A topic to consume, and a dead-letter topic beside each (with auto-create off, a missing one stalls)."""
+    pattern = re.compile(kafka.consumed_pattern())
+    consumed = sorted(t for t in visible if pattern.match(t))
+    if not consumed:
+        creates = ", ".join(DEFAULT_TOPICS)
+        detail = f"no topic visible to this user matches GPM_KAFKA__TOPIC_PATTERN (gpm topics ensure creates {creates})"
+        return Check("Kafka topics", ok=False, detail=detail)
+    missing = [t + kafka.dlq_suffix for t in consumed if t + kafka.dlq_suffix not in visible]
+    if missing:
+        detail = f"dead-letter topics missing: {', '.join(missing)} (gpm topics ensure --topic T creates them)"
+        return Check("Kafka topics", ok=False, detail=detail)
+    return Check("Kafka topics", ok=True, detail=f"{', '.join(consumed)}, each with its dead-letter topic")
+
+
+async def _group_rights(admin: AIOKafkaAdminClient, group_id: str) -> Check:
+    """Whether the broker lets this user commit the group's offsets (READ on the group), where it says."""
+    responses = await admin.describe_consumer_groups([group_id], include_authorized_operations=True)
+    group = responses[0].to_object()["groups"][0]
+    # Absent below DescribeGroups v3 (tansu answers v0-v2).
+    operations = group.get("authorized_operations", _NOT_REPORTED)
+    if group["error_code"]:
+        return Check("Kafka group rights", ok=False, detail=f"group {group_id}: error code {group['error_code']}")
+    if operations == _NOT_REPORTED:
+        return Check("Kafka group rights", ok=True, detail=f"group {group_id}: rights not reported by the broker")
+    may_read = bool(operations & (1 << _READ_OPERATION))
+    detail = f"group {group_id}: " + (
+        "may commit offsets" if may_read else "READ on the group missing: offsets cannot be committed"
+    )
+    return Check("Kafka group rights", ok=may_read, detail=detail)
 
 
 def graph_version_ok(agent: str) -> bool:

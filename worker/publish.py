@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable
 from aiokafka import AIOKafkaProducer
 from opentelemetry import propagate, trace
 
+from worker.broker import explained
 from worker.config import KafkaSettings
 from worker.events import Envelope, encode_event
 
@@ -27,7 +28,8 @@ async def publish_events(
         max_request_size=16 * 1024 * 1024,
         linger_ms=5,
     )
-    await producer.start()
+    async with explained(kafka):
+        await producer.start()
     sent = 0
     try:
         pending = []
@@ -44,8 +46,9 @@ async def publish_events(
             sent += 1
             if on_sent is not None:
                 on_sent(event)
-        for future in pending:
-            await future
+        async with explained(kafka):
+            for future in pending:
+                await future
     finally:
         await producer.stop()
     return sent

@@ -133,8 +133,13 @@ async def test_check_and_stats_commands(ns: Namespace) -> None:
         await manager.store_ast_graph({"nodes": [{"id": "m", "type": "Module"}]}, "c.py")
     code, out, err = await gpm(ns, "check")
     assert (code, "consistent" in out) == (0, True), err
+    for topic in (ns.graph_topic, ns.intent_topic):
+        assert (await gpm(ns, "topics", "ensure", "--topic", topic, "--partitions", "1"))[0] == 0
     code, out, err = await gpm(ns, "preflight")
     assert code == 0, err
+    assert f"ok   Kafka broker: {ns.settings.kafka.bootstrap_servers} over PLAINTEXT" in out
+    assert "ok   Kafka topics: " in out
+    assert "ok   Kafka group rights: " in out
     assert "ok   graph write rights" in out
     assert "ok   PostgreSQL version" in out
     code, out, _ = await gpm(ns, "stats")

@@ -44,3 +44,21 @@ def test_report_lists_every_failure_in_one_error() -> None:
     )
     assert isinstance(caught.value, ConfigError)  # stops the start like a bad setting
     PreflightReport([Check("x", ok=True, detail="")]).raise_for_failures()
+
+
+def test_topics_check_wants_a_consumed_topic_and_its_dead_letter_topic() -> None:
+    """No consumed topic, or one without its DLQ (an outage once auto-create is off): FAIL, naming what to run."""
+    from worker.config import KafkaSettings
+    from worker.preflight import _topics_check
+
+    kafka = KafkaSettings()
+    none = _topics_check(kafka, {"other", "ast-graphs.dlq"})
+    assert not none.ok
+    assert "no topic visible to this user matches GPM_KAFKA__TOPIC_PATTERN" in none.detail
+    no_dlq = _topics_check(kafka, {"ast-graphs", "intent-links", "intent-links.dlq"})
+    assert (no_dlq.ok, no_dlq.detail) == (
+        False,
+        "dead-letter topics missing: ast-graphs.dlq (gpm topics ensure --topic T creates them)",
+    )
+    fine = _topics_check(kafka, {"ast-graphs", "ast-graphs.dlq"})
+    assert (fine.ok, fine.detail) == (True, "ast-graphs, each with its dead-letter topic")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from worker.broker import explained
 from worker.config import KafkaSettings
 from worker.deadletter import HEADER_PREFIX, ORIGINAL_PREFIX
 from worker.errors import OperationRefused
@@ -94,7 +95,8 @@ async def _read_all(settings: KafkaSettings, tps: list[TopicPartition]) -> list[
     consumer = AIOKafkaConsumer(**settings.client_options(), group_id=None, enable_auto_commit=False)
     letters: list[Letter] = []
     try:
-        await consumer.start()
+        async with explained(settings):
+            await consumer.start()
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         remaining = set(tps)
@@ -158,7 +160,8 @@ async def redrive(
     producer = AIOKafkaProducer(
         **settings.client_options(), acks="all", compression_type="gzip", max_request_size=17 << 20
     )
-    await producer.start()
+    async with explained(settings):
+        await producer.start()
     try:
         for letter, target in zip(letters, targets, strict=True):
             headers = original_headers(letter)

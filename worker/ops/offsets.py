@@ -20,8 +20,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
+from worker.broker import explained
 from worker.config import KafkaSettings
-from worker.errors import GpmError, StoreUnavailable
+from worker.errors import GpmError
 
 # A broker that has just started has no group coordinator for a few seconds (Apache Kafka
 # loads __consumer_offsets first): such retriable errors are waited out this long.
@@ -77,12 +78,10 @@ class GroupOffsets:
         admin = AIOKafkaAdminClient(**settings.client_options(), client_id=f"{settings.client_id}-ops")
         consumer = AIOKafkaConsumer(**settings.client_options(), group_id=None, enable_auto_commit=False)
         try:
-            await admin.start()
-            await consumer.start()
+            async with explained(settings):
+                await admin.start()
+                await consumer.start()
             yield cls(settings, admin, consumer)
-        except KafkaError as exc:
-            msg = f"the broker at {settings.bootstrap_servers} is unreachable or refused: {exc}"
-            raise StoreUnavailable(msg) from exc
         finally:
             # Stopped even when start() failed half-way, so nothing is left unclosed.
             await consumer.stop()

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
+from worker.broker import explained
 from worker.config import Settings
 from worker.errors import StoreUnavailable
 
 # The topics of the default pattern; a custom pattern names its own with --topic.
-DEFAULT_TOPICS = ("ast-graphs", "intent-links")
 HEADER_ROOM = 64 * 1024
 MAX_REPLICATION = 3
 
@@ -48,7 +48,8 @@ async def ensure_topics(settings: Settings, topics: list[str], partitions: int) 
     wanted = sorted({name for topic in topics for name in (topic, topic + kafka.dlq_suffix)})
     admin = AIOKafkaAdminClient(**kafka.client_options(), client_id=f"{kafka.client_id}-ops")
     try:
-        await admin.start()
+        async with explained(kafka):
+            await admin.start()
         existing = set(await admin.list_topics())
         brokers = len((await admin.describe_cluster())["brokers"])
         replication = max(1, min(MAX_REPLICATION, brokers))
@@ -63,7 +64,7 @@ async def ensure_topics(settings: Settings, topics: list[str], partitions: int) 
                 continue
             created.append(name)
     except KafkaError as exc:
-        msg = f"the broker at {kafka.bootstrap_servers} is unreachable or refused: {exc}"
+        msg = f"the broker at {kafka.bootstrap_servers} refused to create topics: {type(exc).__name__}: {exc}"
         raise StoreUnavailable(msg) from exc
     finally:
         await admin.close()
