@@ -28,8 +28,12 @@ async def publish_events(
         max_request_size=16 * 1024 * 1024,
         linger_ms=5,
     )
-    async with explained(kafka):
-        await producer.start()
+    try:
+        async with explained(kafka):
+            await producer.start()
+    except BaseException:
+        await producer.stop()  # what start() opened before it failed
+        raise
     sent = 0
     try:
         pending = []

@@ -160,8 +160,12 @@ async def redrive(
     producer = AIOKafkaProducer(
         **settings.client_options(), acks="all", compression_type="gzip", max_request_size=17 << 20
     )
-    async with explained(settings):
-        await producer.start()
+    try:
+        async with explained(settings):
+            await producer.start()
+    except BaseException:
+        await producer.stop()  # what start() opened before it failed
+        raise
     try:
         for letter, target in zip(letters, targets, strict=True):
             headers = original_headers(letter)
