@@ -139,12 +139,14 @@ class Pki:
 class TlsFrontEnd:
     """TLS on ``port`` in front of a plain TCP server on ``target_port`` (both on 127.0.0.1)."""
 
-    def __init__(self, target_port: int, cert_file: Path, key_file: Path) -> None:
+    def __init__(self, target_port: int, cert_file: Path, key_file: Path, port: int | None = None) -> None:
         self.target_port = target_port
-        self.port = free_port()
+        self.port = port or free_port()
         self._context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._context.load_cert_chain(cert_file, key_file)
         self._listener = socket.create_server(("127.0.0.1", self.port))
+        # Open connections, closed on exit: a front end that goes away takes its clients' links with it.
+        self._open: set[socket.socket] = set()
         self._listener.settimeout(0.2)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._accept, name="tls-front-end", daemon=True)
@@ -157,6 +159,9 @@ class TlsFrontEnd:
         self._stopping.set()
         self._thread.join(timeout=5)
         self._listener.close()
+        for connection in list(self._open):
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def _accept(self) -> None:
         while not self._stopping.is_set():
@@ -175,6 +180,7 @@ class TlsFrontEnd:
             client.close()  # a client that does not speak TLS, or refuses our certificate
             return
         upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        self._open.update((secure, upstream))
         threading.Thread(target=_pump, args=(upstream, secure), daemon=True).start()
         _pump(secure, upstream)
 

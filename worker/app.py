@@ -38,6 +38,7 @@ from worker.retrying import backoff, log_before_retry
 from worker.saga.coordinator import SagaCoordinator
 from worker.stores.postgres import PostgresRelationalStore
 from worker.telemetry import configure_tracing, metrics
+from worker.watch import BrokerWatch
 
 log = structlog.get_logger(__name__)
 
@@ -99,6 +100,7 @@ class Worker:
         self._stop_requested = asyncio.Event()
         self._relational: PostgresRelationalStore | None = None
         self._graph: GraphBackend | None = None
+        self._broker_watch = BrokerWatch(settings.kafka)
 
     def stop(self) -> None:
         """Ask the worker to stop (idempotent), also while it is still waiting for its stores."""
@@ -127,6 +129,7 @@ class Worker:
                         joined=lambda: self.runner is not None and self.runner.joined,
                         ping_postgres=self._ping_relational,
                         ping_graph=self._ping_graph,
+                        broker_refused=lambda: self._broker_watch.refused,
                     ),
                 )
                 await self.health.start()
@@ -183,6 +186,8 @@ class Worker:
             self.started.set()
             report = asyncio.create_task(self._report_parked_links(relational), name="parked-links-report")
             stack.callback(report.cancel)
+            watch = asyncio.create_task(self._broker_watch.run(self._stop_requested), name="broker-watch")
+            stack.callback(watch.cancel)
             await self._consume_until_stopped(runner)
         log.info("worker stopped")
 
@@ -297,9 +302,14 @@ class Worker:
                 # Unfinished states only: they are what an operator watches, and the partial
                 # index serves them without scanning every applied row.
                 outbox = await relational.outbox_counts(unfinished=True)
+            except AccessRefused as exc:
+                # Not an outage: said at error level and on /metrics until it is fixed.
+                log.error("PostgreSQL refuses this worker", reason=exc.reason, setting=exc.setting, error=str(exc))  # noqa: TRY400
+                metrics.refused["postgres"] = exc.reason
             except StoreError as exc:
                 log.warning("could not count parked intent links", error=str(exc))
             else:
+                metrics.refused.pop("postgres", None)
                 metrics.parked_links, metrics.unresolved_links = parked.parked, parked.expired
                 metrics.outbox = outbox
                 if parked.expired and parked.expired != reported:

@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
 from worker.config import HealthSettings
 from worker.errors import AccessRefused, ConfigError
+from worker.telemetry import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +33,8 @@ class Probes:
     joined: Callable[[], bool]
     ping_postgres: Callable[[], Awaitable[None]]
     ping_graph: Callable[[], Awaitable[None]]
+    # The broker's refusal seen since the start (worker/watch.py), or None.
+    broker_refused: Callable[[], AccessRefused | None] = lambda: None
 
 
 class HealthServer:
@@ -74,13 +77,17 @@ class HealthServer:
 
     async def _readyz(self, _: web.Request) -> web.Response:
         checks: dict[str, str] = {"group": "joined" if self._probes.joined() else "not joined"}
+        if (broker := self._probes.broker_refused()) is not None:
+            checks["kafka"] = f"refused: {broker.reason}; check {broker.setting}"
 
         async def check(name: str, ping: Callable[[], Awaitable[None]]) -> None:
             try:
                 await asyncio.wait_for(ping(), timeout=self._settings.check_timeout_s)
                 checks[name] = "ok"
+                metrics.refused.pop(name, None)
             except AccessRefused as exc:  # not an outage: say what to fix
                 checks[name] = f"refused: {exc.reason}; check {exc.setting}"
+                metrics.refused[name] = exc.reason
             except Exception as exc:  # noqa: BLE001 - any failure means not ready; the reason is reported
                 checks[name] = f"unavailable: {type(exc).__name__}"
 

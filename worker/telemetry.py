@@ -162,7 +162,16 @@ class _Gauges(Collector):
         )
         for (topic, partition), at in list(owner.last_applied.items()):
             applied.add_metric([topic, str(partition)], at)
+        refused = GaugeMetricFamily(
+            "gpm_server_refused",
+            "1 while a server refuses this worker (credentials, certificates, protocol), by server and reason: "
+            "not an outage, an operator must fix a setting or the server.",
+            labels=["server", "reason"],
+        )
+        for server, reason in list(owner.refused.items()):
+            refused.add_metric([server, reason], 1)
         yield pools
+        yield refused
         yield lag
         yield outbox
         yield applied
@@ -200,6 +209,8 @@ class WorkerMetrics:
         self.outbox: dict[str, int] = {}
         self.parked_links = 0
         self.unresolved_links = 0
+        # Server ("kafka", "postgres", "graph") -> why it refuses this worker, while it does.
+        self.refused: dict[str, str] = {}
         self.query_duration = Histogram(
             "gpm_query_duration_seconds",
             "Library read queries, per store.",

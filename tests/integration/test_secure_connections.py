@@ -23,8 +23,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.integration.conftest import Namespace
+from tests.integration.conftest import Namespace, eventually, probe
+from tests.integration.test_pipeline import Running
 from tests.tls import Pki, TlsFrontEnd
+from worker.app import Worker
 from worker.devstack.falkordb import FalkorDBServer
 from worker.devstack.process import free_port, spawn, terminate, wait_until
 
@@ -156,6 +158,18 @@ async def _command(ns: Namespace, *args: str, **env: str) -> tuple[int, str]:
     return process.returncode, output.decode()
 
 
+async def _starts_refused(ns: Namespace, server: str, cases: list[tuple[dict[str, str], str]], secret: str) -> None:
+    """`gpm run` with each case's settings exits 1 at once, its last line naming ``server`` and the reason."""
+    outputs = await asyncio.gather(*(_command(ns, "run", **env) for env, _ in cases))
+    for (_, reason), (code, out) in zip(cases, outputs, strict=True):
+        line = _last_line(out)
+        assert code == 1, out
+        assert line.startswith(f"worker failed: {server} refused the connection:"), out
+        assert reason in line, out
+        assert "not reachable at start; waiting" not in out  # not taken for an outage
+        assert not secret or secret not in out
+
+
 def _last_line(output: str) -> str:
     return output.strip().splitlines()[-1]
 
@@ -190,21 +204,18 @@ async def test_kafka_over_tls_and_each_refusal(ns: Namespace, servers: SecureSer
             "wrong credentials",
         ),
     ]
-    for env, reason in cases:
-        code, out = await _command(ns, "run", **env)
-        line = _last_line(out)
-        assert code == 1, out
-        assert line.startswith("worker failed: the Kafka broker refused the connection:"), out
-        assert reason in line, out
-        assert "broker not reachable at start; waiting" not in out  # not taken for an outage
-        assert SASL_PASSWORD not in out
+    await _starts_refused(ns, "the Kafka broker", cases, SASL_PASSWORD)
     # The operator's commands say the same in one line.
     event = Path(__file__).parents[2] / "schemas" / "examples" / "ast-graph.upserted.json"
-    for command in (["status"], ["publish", "--topic", ns.graph_topic, str(event)], ["dlq", "list"]):
-        code, out = await _command(ns, *command, **cases[0][0])
+    commands = (["status"], ["publish", "--topic", ns.graph_topic, str(event)], ["dlq", "list"])
+    outputs = await asyncio.gather(
+        *(_command(ns, *command, **cases[0][0]) for command in commands),
+        _command(ns, "preflight", **cases[-1][0]),
+    )
+    for code, out in outputs[:-1]:
         assert code == 1, out
         assert "unknown certificate authority" in _last_line(out), out
-    code, out = await _command(ns, "preflight", **cases[-1][0])
+    code, out = outputs[-1]
     assert code == 1
     assert "FAIL Kafka broker: the Kafka broker refused the connection: wrong credentials" in out
 
@@ -229,14 +240,9 @@ async def test_postgresql_over_tls_and_each_refusal(
         (base.format(password=PG_PASSWORD, mode="disable"), "protocol mismatch (the server requires TLS"),
         (base.format(password=PG_PASSWORD, mode="verify-full"), "TLS settings incomplete"),
     ]
-    for dsn, reason in cases:
-        code, out = await _command(ns, "run", GPM_POSTGRES__DSN=dsn)
-        line = _last_line(out)
-        assert code == 1, out
-        assert line.startswith("worker failed: PostgreSQL refused the connection:"), out
-        assert reason in line, out
-        assert "stores not reachable at start; waiting" not in out
-        assert PG_PASSWORD not in out
+    await _starts_refused(
+        ns, "PostgreSQL", [({"GPM_POSTGRES__DSN": dsn}, reason) for dsn, reason in cases], PG_PASSWORD
+    )
 
 
 async def test_graph_stores_over_tls_and_each_refusal(
@@ -268,7 +274,6 @@ async def test_graph_stores_over_tls_and_each_refusal(
     cases = [
         (
             {**falkordb, "GPM_GRAPH__URI": tls, "GPM_GRAPH__CA_FILE": str(servers.pki.other_ca_file)},
-            "(FalkorDB)",
             "unknown certificate authority",
         ),
         (
@@ -277,13 +282,50 @@ async def test_graph_stores_over_tls_and_each_refusal(
                 "GPM_GRAPH__URI": f"rediss://127.0.0.1:{servers.falkordb_wrong_host}",
                 "GPM_GRAPH__CA_FILE": str(servers.pki.ca_file),
             },
-            "(FalkorDB)",
             "host name mismatch",
         ),
     ]
-    for env, server, reason in cases:
-        code, out = await _command(ns, "run", **env)
-        line = _last_line(out)
-        assert code == 1, out
-        assert line.startswith(f"worker failed: the graph store {server} refused the connection:"), out
-        assert reason in line, out
+    await _starts_refused(ns, "the graph store (FalkorDB)", cases, "")
+
+
+async def test_a_broker_refusing_after_the_start_is_reported_not_waited_on(
+    ns: Namespace, servers: SecureServers, tmp_path: Path
+) -> None:
+    """The broker's certificate changes under a running worker: /readyz and gpm_server_refused give the reason."""
+    pki = servers.pki
+    plain, front_port = free_port(), free_port()
+    broker = _tansu(tmp_path, plain, front_port)
+    try:
+        wait_until("tansu", broker, lambda: _answers(plain), 20, tmp_path / f"tansu-{plain}.log")
+        kafka = ns.settings.kafka.model_copy(
+            update={
+                "bootstrap_servers": f"127.0.0.1:{front_port}",
+                "security_protocol": "SSL",
+                "ssl_cafile": pki.ca_file,
+            }
+        )
+        with TlsFrontEnd(plain, pki.cert_file, pki.key_file, port=front_port):
+            run = Running(Worker(ns.settings.model_copy(update={"kafka": kafka}), handle_signals=False))
+            await run.started()
+            assert run.worker.health is not None
+            port = run.worker.health.port
+            assert (await probe(port, "/readyz"))[0] == 200
+        # Same port, a certificate for another host: every reconnection is refused.
+        with TlsFrontEnd(plain, pki.wrong_host_cert_file, pki.wrong_host_key_file, port=front_port):
+
+            async def refused() -> bool:
+                status, body = await probe(port, "/readyz")
+                return status == 503 and str(body["checks"].get("kafka", "")).startswith("refused: host name mismatch")
+
+            await eventually(refused, timeout_s=60, what="/readyz to report the broker's refusal")
+            metrics = str((await probe(port, "/metrics"))[1])
+            assert 'gpm_server_refused{reason="host name mismatch",server="kafka"} 1.0' in metrics
+        with TlsFrontEnd(plain, pki.cert_file, pki.key_file, port=front_port):
+            await eventually(lambda: _ready(port), timeout_s=60, what="the refusal to clear")
+        await run.stop()
+    finally:
+        terminate(broker)
+
+
+async def _ready(port: int) -> bool:
+    return (await probe(port, "/readyz"))[0] == 200

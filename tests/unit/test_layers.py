@@ -18,7 +18,9 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"stores", "saga", "publish"}),  # adapters and the saga, side by side
     frozenset({"consume", "snapshot", "preflight"}),  # built on the saga or on the stores
     frozenset({"compose"}),  # the composition root
-    frozenset({"app", "library", "sync", "health", "ops", "devstack", "devjob", "cli", "__main__"}),  # entry points
+    frozenset(
+        {"app", "library", "sync", "health", "ops", "devstack", "devjob", "cli", "__main__", "watch"}
+    ),  # entry points
 )
 TOP = len(LAYERS) - 1
 SIBLINGS = frozenset({("preflight", "snapshot")})  # preflight checks the tables a snapshot copies
