@@ -100,8 +100,8 @@ async def test_three_replicas_with_a_kill_and_an_addition_converge_to_the_single
 
 @pytest.fixture(scope="module")
 def large_files() -> tuple[list[Envelope], list[Envelope]]:
-    """48 files of 1,500 nodes: the backlog takes A about ten seconds, in batches of about a second."""
-    return [upsert(f"big{i}.py", 1, _file(1_500, 1)) for i in range(48)], []
+    """32 files of 1,500 nodes: the backlog takes A about seven seconds, in batches of about a second."""
+    return [upsert(f"big{i}.py", 1, _file(1_500, 1)) for i in range(32)], []
 
 
 async def test_partitions_revoked_mid_batch_are_finished_before_they_move(
