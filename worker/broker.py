@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+from aiokafka import AIOKafkaProducer
 from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaError, SaslAuthenticationFailed, UnsupportedSaslMechanismError
 from aiokafka.protocol.metadata import MetadataRequest
@@ -142,3 +143,13 @@ async def explained(kafka: KafkaSettings) -> AsyncIterator[None]:
             raise found from exc
         msg = f"{SERVER} at {kafka.bootstrap_servers} failed: {type(exc).__name__}: {_first_line(exc)}"
         raise StoreUnavailable(msg) from exc
+
+
+async def start_producer(producer: AIOKafkaProducer, kafka: KafkaSettings) -> None:
+    """Start a producer; if it cannot, close what it opened and raise the broker check's finding."""
+    try:
+        async with explained(kafka):
+            await producer.start()
+    except BaseException:
+        await producer.stop()
+        raise

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 from aiokafka import AIOKafkaProducer
 from opentelemetry import propagate, trace
 
-from worker.broker import explained
+from worker.broker import explained, start_producer
 from worker.config import KafkaSettings
 from worker.events import Envelope, encode_event
 
@@ -28,12 +28,7 @@ async def publish_events(
         max_request_size=16 * 1024 * 1024,
         linger_ms=5,
     )
-    try:
-        async with explained(kafka):
-            await producer.start()
-    except BaseException:
-        await producer.stop()  # what start() opened before it failed
-        raise
+    await start_producer(producer, kafka)
     sent = 0
     try:
         pending = []

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from worker.broker import explained
+from worker.broker import explained, start_producer
 from worker.config import KafkaSettings
 from worker.deadletter import HEADER_PREFIX, ORIGINAL_PREFIX
 from worker.errors import OperationRefused
@@ -160,12 +160,7 @@ async def redrive(
     producer = AIOKafkaProducer(
         **settings.client_options(), acks="all", compression_type="gzip", max_request_size=17 << 20
     )
-    try:
-        async with explained(settings):
-            await producer.start()
-    except BaseException:
-        await producer.stop()  # what start() opened before it failed
-        raise
+    await start_producer(producer, settings)
     try:
         for letter, target in zip(letters, targets, strict=True):
             headers = original_headers(letter)
