@@ -25,7 +25,14 @@ from tenacity import AsyncRetrying, RetryCallState, RetryError, retry_base, retr
 
 from worker import failpoints
 from worker.broker import check_broker
-from worker.compose import open_graph, open_relational, open_stores, read_limits, runner_limits
+from worker.compose import (
+    graph_transport_refusal,
+    open_graph,
+    open_relational,
+    open_stores,
+    read_limits,
+    runner_limits,
+)
 from worker.config import Settings
 from worker.consume import record_batches
 from worker.consume.runner import IngestRunner
@@ -284,7 +291,14 @@ class Worker:
         try:
             async for attempt in retrying:
                 with attempt:
-                    await self._open_stores_once(stack)
+                    try:
+                        await self._open_stores_once(stack)
+                    except StoreUnavailable as exc:
+                        if not isinstance(exc, AccessRefused) and (
+                            refused := await graph_transport_refusal(s.graph, exc)
+                        ):
+                            raise refused from exc
+                        raise
         except RetryError:
             return False
         except (StoreError, ConfigError) as exc:

@@ -10,11 +10,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from worker.config import GraphSettings, Settings
 from worker.consume.record_batches import MAX_HEADER_BYTES, MAX_KEY_BYTES, ReadLimits
 from worker.consume.runner import RunnerLimits
+from worker.errors import AccessRefused, DatabaseMissing
 from worker.ports import GraphBackend
+from worker.refusals import PROTOCOL_MISMATCH, causes, speaks_tls
 from worker.stores.neo4j_shapes import store_names_for
 from worker.stores.postgres import PostgresRelationalStore
 
@@ -79,6 +82,45 @@ def connect_graph(settings: GraphSettings, transaction_size: int = 1000) -> Grap
 def open_graph(settings: Settings) -> GraphBackend:
     """The graph store these settings name, writing ``worker.transaction_size`` rows a statement."""
     return connect_graph(settings.graph, settings.worker.transaction_size)
+
+
+_GRAPH_DRIVERS = ("neo4j", "redis", "falkordb")
+_DEFAULT_PORTS = {"bolt": 7687, "neo4j": 7687, "redis": 6379, "rediss": 6379, "falkor": 6379, "falkors": 6379}
+
+
+def _connection_failure(exc: BaseException) -> bool:
+    """A graph driver's connection that broke or never answered (not a missing database, not PostgreSQL's)."""
+    chain = list(causes(exc))
+    if isinstance(exc, DatabaseMissing) or not any(type(c).__module__.startswith(_GRAPH_DRIVERS) for c in chain):
+        return False
+    return any(
+        isinstance(cause, ConnectionError | TimeoutError | EOFError)
+        or (type(cause).__module__.startswith(("neo4j", "redis")) and "Unavailable" in type(cause).__name__)
+        or (type(cause).__module__.startswith("redis") and type(cause).__name__ in {"ConnectionError", "TimeoutError"})
+        for cause in chain
+    )
+
+
+async def graph_transport_refusal(settings: GraphSettings, exc: BaseException) -> AccessRefused | None:
+    """After ``exc`` broke a connection: a TLS URI on a plain port, or a plain URI on a TLS port; else None.
+
+    Drivers report either as a reset or a timeout, like an outage, and the worker would wait
+    for ever; one TLS handshake of our own tells them apart.
+    """
+    parts = urlsplit(settings.uri)
+    if parts.hostname is None or parts.scheme == "unix" or not _connection_failure(exc):
+        return None
+    port = parts.port or _DEFAULT_PORTS.get(parts.scheme.partition("+")[0], 0)
+    tls = await speaks_tls(parts.hostname, port)
+    wants_tls = settings.uses_tls or parts.scheme.endswith("+ssc")
+    if tls is None or tls == wants_tls:
+        return None
+    server = "the graph store (FalkorDB)" if settings.backend == "falkordb" else "the graph store (Bolt)"
+    where = f"{parts.hostname}:{port}"
+    detail = f"{where} speaks TLS" if tls else f"{where} does not speak TLS"
+    return AccessRefused(
+        server, "GPM_GRAPH__URI", PROTOCOL_MISMATCH, f"{detail}, the URI's scheme {parts.scheme}:// does not"
+    )
 
 
 async def open_relational(settings: Settings) -> PostgresRelationalStore:

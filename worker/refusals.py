@@ -9,6 +9,7 @@ retrying in silence. The reasons are the ssl module's, which never hold a secret
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Iterator
 
@@ -93,3 +94,29 @@ def _handshake(error: ssl.SSLError) -> tuple[str, str] | None:
     if isinstance(error, ssl.SSLEOFError) or reason == "UNEXPECTED_EOF_WHILE_READING":
         return PROTOCOL_MISMATCH, _CLOSED_IN_HANDSHAKE
     return None
+
+
+async def speaks_tls(host: str, port: int, timeout_s: float = 5.0) -> bool | None:
+    """Whether the server at ``host:port`` completes a TLS handshake; None when it cannot be reached.
+
+    The certificate is not checked here (the driver does that): the question is only which
+    protocol the port speaks, asked after a connection failed, to tell a plain server on a
+    TLS URI (or the reverse) from an outage.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            _, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError):
+        return None
+    anything = ssl.create_default_context()
+    anything.check_hostname = False
+    anything.verify_mode = ssl.CERT_NONE
+    try:
+        async with asyncio.timeout(timeout_s):
+            await writer.start_tls(anything)
+    except (OSError, TimeoutError):  # ssl.SSLError is an OSError
+        return False
+    else:
+        return True
+    finally:
+        writer.close()

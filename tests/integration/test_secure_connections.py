@@ -285,7 +285,14 @@ async def test_graph_stores_over_tls_and_each_refusal(
             "host name mismatch",
         ),
     ]
-    await _starts_refused(ns, "the graph store (FalkorDB)", cases, "")
+    # A TLS URI on a plain port (which waits for more of a "command") and the reverse.
+    cases.append(({**falkordb, "GPM_GRAPH__URI": f"rediss://127.0.0.1:{falkordb_server.port}"}, "does not speak TLS"))
+    cases.append(({**falkordb, "GPM_GRAPH__URI": f"redis://127.0.0.1:{servers.falkordb_tls}"}, "speaks TLS"))
+    bolt_cases = [({"GPM_GRAPH__URI": f"bolt+s://127.0.0.1:{bolt}"}, "protocol mismatch (127.0.0.1:")]
+    await asyncio.gather(
+        _starts_refused(ns, "the graph store (FalkorDB)", cases, ""),
+        _starts_refused(ns, "the graph store (Bolt)", bolt_cases, ""),
+    )
 
 
 async def test_a_broker_refusing_after_the_start_is_reported_not_waited_on(
