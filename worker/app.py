@@ -107,7 +107,7 @@ class Worker:
         self._stop_requested = asyncio.Event()
         self._relational: PostgresRelationalStore | None = None
         self._graph: GraphBackend | None = None
-        self._broker_watch = BrokerWatch(settings.kafka)
+        self._broker_watch = BrokerWatch(settings.kafka, settings.worker.retry_max_s)
 
     def stop(self) -> None:
         """Ask the worker to stop (idempotent), also while it is still waiting for its stores."""

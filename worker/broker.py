@@ -31,6 +31,9 @@ SERVER = "the Kafka broker"
 CREDENTIALS = "GPM_KAFKA__SASL_USERNAME/PASSWORD"
 TLS_SETTINGS = "GPM_KAFKA__SECURITY_PROTOCOL and GPM_KAFKA__SSL_CAFILE"
 PROBE_TIMEOUT_S = 10.0
+# A TLS handshake takes milliseconds; one unanswered this long is a plain listener waiting
+# for the rest of what it took for a request's length.
+HANDSHAKE_TIMEOUT_S = 5.0
 
 
 def _host_port(server: str) -> tuple[str, int]:
@@ -73,7 +76,7 @@ async def _check_one(kafka: KafkaSettings, server: str, timeout_s: float) -> Non
     options = kafka.client_options()
     options.pop("bootstrap_servers")
     try:
-        async with asyncio.timeout(timeout_s):
+        async with asyncio.timeout(min(timeout_s, HANDSHAKE_TIMEOUT_S) if options.get("ssl_context") else timeout_s):
             conn = await create_conn(
                 host, port, client_id=f"{kafka.client_id}-probe", request_timeout_ms=int(timeout_s * 1000), **options
             )

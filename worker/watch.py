@@ -23,8 +23,10 @@ from worker.errors import AccessRefused, GpmError
 from worker.telemetry import metrics
 
 log = structlog.get_logger(__name__)
-# Checks no closer together than this, whatever aiokafka logs meanwhile.
+# At most: a check every MIN_INTERVAL_S whatever aiokafka logs meanwhile, and one every
+# RECHECK_S while refused (both shorter when the worker's retry_max_s is).
 MIN_INTERVAL_S = 5.0
+RECHECK_S = 10.0
 
 
 class _Nudge(logging.Handler):
@@ -43,9 +45,10 @@ class _Nudge(logging.Handler):
 class BrokerWatch:
     """Tells a refusing broker from a missing one while the worker runs; ``refused`` is the latest finding."""
 
-    def __init__(self, kafka: KafkaSettings, recheck_s: float = 10.0) -> None:
+    def __init__(self, kafka: KafkaSettings, retry_max_s: float = RECHECK_S) -> None:
         self._kafka = kafka
-        self._recheck_s = recheck_s
+        self._recheck_s = min(RECHECK_S, retry_max_s)
+        self._min_interval_s = min(MIN_INTERVAL_S, retry_max_s)
         self._nudged = asyncio.Event()
         self.refused: AccessRefused | None = None
 
@@ -61,7 +64,7 @@ class BrokerWatch:
                     return
                 self._nudged.clear()
                 await self._check()
-                await _wait(stopping, MIN_INTERVAL_S)
+                await _wait(stopping, self._min_interval_s)
         finally:
             logger.removeHandler(handler)
 

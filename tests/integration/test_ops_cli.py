@@ -229,12 +229,17 @@ async def test_dlq_list_shows_every_letter_every_time_while_a_worker_runs(ns: Na
 
 
 async def test_commands_with_the_broker_down_fail_in_one_message(ns: Namespace) -> None:
-    """status, dlq list, dlq redrive and replay name the unreachable broker; no traceback."""
+    """status, dlq list, dlq redrive, replay and publish name the unreachable broker in one line; no traceback."""
     env = {"GPM_KAFKA__BOOTSTRAP_SERVERS": "127.0.0.1:1"}
-    for command in (["status"], ["dlq", "list"], ["dlq", "redrive"], ["replay", "--to", "earliest"]):
-        code, out, err = await gpm(ns, *command, env=env)
+    event = str(Path(__file__).parents[2] / "schemas" / "examples" / "ast-graph.upserted.json")
+    commands = (["status"], ["dlq", "list"], ["dlq", "redrive"], ["replay", "--to", "earliest"], ["publish", event])
+    for command, (code, out, err) in zip(
+        commands, await asyncio.gather(*(gpm(ns, *command, env=env) for command in commands)), strict=True
+    ):
         assert code == 1, command
-        assert "the broker at 127.0.0.1:1 is unreachable" in err, err
+        assert err.strip().splitlines() == [
+            "the Kafka broker at 127.0.0.1:1 is unreachable: Connect call failed ('127.0.0.1', 1)"
+        ], (command, err)
         assert "Traceback" not in out + err
 
 

@@ -105,7 +105,8 @@ async def test_forged_error_headers_are_not_trusted_and_messages_are_not_markup(
 async def test_refused_credentials_stop_the_start_at_once(ns: Namespace) -> None:
     """A wrong graph password is not waited out as an outage: `gpm run` exits with a message naming the setting."""
     text = await _failed_start(ns, GPM_GRAPH__PASSWORD=CANARY)
-    assert "refused the credentials (GPM_GRAPH__USER/PASSWORD)" in text
+    reason = "refused the connection: wrong credentials (Neo.ClientError.Security.Unauthorized)"
+    assert f"{reason}; check GPM_GRAPH__USER/PASSWORD" in text
     assert CANARY not in text
 
 
@@ -118,7 +119,8 @@ async def test_a_login_postgresql_refuses_stops_the_start_at_once(ns: Namespace)
     host = parts.netloc.rpartition("@")[2]
     dsn = urlunsplit((parts.scheme, f"gpm_locked:{CANARY}@{host}", parts.path, parts.query, ""))
     text = await _failed_start(ns, GPM_POSTGRES__DSN=dsn)
-    assert "PostgreSQL refused the credentials of GPM_POSTGRES__DSN" in text
+    reason = 'login refused (role "gpm_locked" is not permitted to log in)'
+    assert f"PostgreSQL refused the connection: {reason}; check GPM_POSTGRES__DSN" in text
     assert CANARY not in text
 
 
