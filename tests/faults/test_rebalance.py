@@ -45,7 +45,7 @@ async def test_join_and_crash_of_replicas_converge_to_the_single_worker_state(
     ns: Namespace, stack: DevStack, all_events: tuple[list[Envelope], list[Envelope]]
 ) -> None:
     """A joins, B joins mid-stream, A is killed: B finishes; the state equals the reference."""
-    reference = await reference_state(stack, all_events)
+    reference_task = asyncio.create_task(reference_state(stack, all_events))  # beside the scenario
     parts = waves()
     # Recompose the same events in waves (waves() makes new ids, so slice the shared scenario).
     graphs, intents = all_events
@@ -68,7 +68,7 @@ async def test_join_and_crash_of_replicas_converge_to_the_single_worker_state(
     finally:
         outputs = await stop_workers(b)
     assert_clean_exits([b], outputs)
-    assert_same_state(await snapshot(ns), reference, outputs)
+    assert_same_state(await snapshot(ns), await reference_task, outputs)
     assert await ns.records_in(ns.graph_topic + ".dlq") == 0, "a valid event was dead-lettered"
 
 
@@ -108,7 +108,9 @@ async def test_partitions_revoked_mid_batch_are_finished_before_they_move(
     ns: Namespace, stack: DevStack, large_files: tuple[list[Envelope], list[Envelope]]
 ) -> None:
     """B joins while A is inside a long batch: A finishes and commits it, then hands over."""
-    reference = await reference_state(stack, large_files)
+    # The crash-free reference is computed beside the scenario (another namespace): the
+    # backlog then takes A longer, which only widens the window B joins in.
+    reference_task = asyncio.create_task(reference_state(stack, large_files))
     graphs, _ = large_files
     a = await ns.spawn_worker(transaction_size="12000")
     await ns.publish(ns.graph_topic, graphs)
@@ -121,7 +123,7 @@ async def test_partitions_revoked_mid_batch_are_finished_before_they_move(
     assert_clean_exits([a, b], outputs)
     assert "finishing the batch in flight first" in outputs[0], outputs[0][-3000:]
     assert '"partitions assigned"' in outputs[1]
-    assert_same_state(await snapshot(ns), reference, outputs)
+    assert_same_state(await snapshot(ns), await reference_task, outputs)
     assert await ns.records_in(ns.graph_topic + ".dlq") == 0, "a valid event was dead-lettered"
     # Each graph was written exactly once, by whichever worker held its partition: no
     # zombie writes from the old owner, no batch cut off by the handover. (A write conflict

@@ -286,7 +286,12 @@ async def test_graph_stores_over_tls_and_each_refusal(
         ),
     ]
     # A TLS URI on a plain port (which waits for more of a "command") and the reverse.
-    cases.append(({**falkordb, "GPM_GRAPH__URI": f"rediss://127.0.0.1:{falkordb_server.port}"}, "does not speak TLS"))
+    plain = {
+        **falkordb,
+        "GPM_GRAPH__URI": f"rediss://127.0.0.1:{falkordb_server.port}",
+        "GPM_GRAPH__CONNECTION_TIMEOUT_S": "2",
+    }
+    cases.append((plain, "does not speak TLS"))
     cases.append(({**falkordb, "GPM_GRAPH__URI": f"redis://127.0.0.1:{servers.falkordb_tls}"}, "speaks TLS"))
     bolt_cases = [({"GPM_GRAPH__URI": f"bolt+s://127.0.0.1:{bolt}"}, "protocol mismatch")]
     await asyncio.gather(
