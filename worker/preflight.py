@@ -14,6 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from worker.broker import check_broker, explained
+from worker.broker_rights import NOT_REPORTED, READ, WRITE, topic_rights
 from worker.config import DEFAULT_TOPICS, KafkaSettings
 from worker.errors import GpmError, PreflightError, StoreRejected
 from worker.ports import GraphBackend
@@ -56,11 +57,6 @@ class PreflightReport:
             raise PreflightError("preflight failed: " + "; ".join(failed))
 
 
-# Kafka's AclOperation codes, as bit positions of an "authorized operations" field.
-_READ_OPERATION = 3
-_NOT_REPORTED = -(2**31)  # the broker did not say (no authorizer, or it does not support it)
-
-
 async def broker_checks(kafka: KafkaSettings) -> list[Check]:
     """The broker: reachable and authenticated, the topics there, the group's right to commit."""
     try:
@@ -74,7 +70,9 @@ async def broker_checks(kafka: KafkaSettings) -> list[Check]:
         async with explained(kafka):
             await admin.start()
         # Listed, not described: describing a missing topic creates it where auto-create is on.
-        checks.append(_topics_check(kafka, set(await admin.list_topics())))
+        visible = set(await admin.list_topics())
+        checks.append(_topics_check(kafka, visible))
+        checks.append(await _topic_rights_check(kafka, visible))
         checks.append(await _group_rights(admin, kafka.group_id))
     except (KafkaError, GpmError) as exc:
         checks.append(Check("Kafka topics and group", ok=False, detail=f"{type(exc).__name__}: {exc}"))
@@ -98,17 +96,38 @@ def _topics_check(kafka: KafkaSettings, visible: set[str]) -> Check:
     return Check("Kafka topics", ok=True, detail=f"{', '.join(consumed)}, each with its dead-letter topic")
 
 
+async def _topic_rights_check(kafka: KafkaSettings, visible: set[str]) -> Check:
+    """READ on each consumed topic and WRITE on each dead-letter topic, where the broker reports rights."""
+    pattern = re.compile(kafka.consumed_pattern())
+    consumed = sorted(t for t in visible if pattern.match(t))
+    letters = [t + kafka.dlq_suffix for t in consumed if t + kafka.dlq_suffix in visible]
+    rights = await topic_rights(kafka, consumed + letters)
+    if rights is None:
+        return Check("Kafka topic rights", ok=True, detail="not reported: the broker did not answer Metadata v8")
+    reported = {t: ops for t, ops in rights.items() if ops != NOT_REPORTED}
+    if not reported:
+        return Check("Kafka topic rights", ok=True, detail="not reported by the broker (no authorizer)")
+    missing = [f"READ on {t}" for t in consumed if t in reported and not reported[t] & (1 << READ)]
+    missing += [f"WRITE on {t}" for t in letters if t in reported and not reported[t] & (1 << WRITE)]
+    detail = (
+        "missing: " + ", ".join(missing)
+        if missing
+        else "READ on the consumed topics, WRITE on their dead-letter topics"
+    )
+    return Check("Kafka topic rights", ok=not missing, detail=detail)
+
+
 async def _group_rights(admin: AIOKafkaAdminClient, group_id: str) -> Check:
     """Whether the broker lets this user commit the group's offsets (READ on the group), where it says."""
     responses = await admin.describe_consumer_groups([group_id], include_authorized_operations=True)
     group = responses[0].to_object()["groups"][0]
     # Absent below DescribeGroups v3 (tansu answers v0-v2).
-    operations = group.get("authorized_operations", _NOT_REPORTED)
+    operations = group.get("authorized_operations", NOT_REPORTED)
     if group["error_code"]:
         return Check("Kafka group rights", ok=False, detail=f"group {group_id}: error code {group['error_code']}")
-    if operations == _NOT_REPORTED:
+    if operations == NOT_REPORTED:
         return Check("Kafka group rights", ok=True, detail=f"group {group_id}: rights not reported by the broker")
-    may_read = bool(operations & (1 << _READ_OPERATION))
+    may_read = bool(operations & (1 << READ))
     detail = f"group {group_id}: " + (
         "may commit offsets" if may_read else "READ on the group missing: offsets cannot be committed"
     )

@@ -14,7 +14,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"__init__", "errors", "failpoints", "runtime", "refusals"}),  # the ground: no project imports
     frozenset({"events", "config"}),  # the contracts and the settings
     frozenset({"ports"}),  # protocols and the records they carry
-    frozenset({"telemetry", "retrying", "deadletter", "sample", "broker"}),  # cross-cutting helpers
+    frozenset({"telemetry", "retrying", "deadletter", "sample", "broker", "broker_rights"}),  # cross-cutting helpers
     frozenset({"stores", "saga", "publish"}),  # adapters and the saga, side by side
     frozenset({"consume", "snapshot", "preflight"}),  # built on the saga or on the stores
     frozenset({"compose"}),  # the composition root

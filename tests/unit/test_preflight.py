@@ -62,3 +62,32 @@ def test_topics_check_wants_a_consumed_topic_and_its_dead_letter_topic() -> None
     )
     fine = _topics_check(kafka, {"ast-graphs", "ast-graphs.dlq"})
     assert (fine.ok, fine.detail) == (True, "ast-graphs, each with its dead-letter topic")
+
+
+@pytest.mark.parametrize(
+    ("rights", "ok", "detail"),
+    [
+        (None, True, "not reported: the broker did not answer Metadata v8"),
+        ({"ast-graphs": -(2**31), "ast-graphs.dlq": -(2**31)}, True, "not reported by the broker (no authorizer)"),
+        ({"ast-graphs": 1 << 3, "ast-graphs.dlq": 1 << 4}, True, "READ on the consumed topics, WRITE on their"),
+        (
+            {"ast-graphs": 1 << 8, "ast-graphs.dlq": 1 << 3},
+            False,
+            "missing: READ on ast-graphs, WRITE on ast-graphs.dlq",
+        ),
+    ],
+)
+async def test_topic_rights_check_reads_the_brokers_bits(
+    monkeypatch: pytest.MonkeyPatch, rights: dict[str, int] | None, ok: bool, detail: str
+) -> None:
+    """READ (bit 3) on what is consumed, WRITE (bit 4) on dead-letter topics; none assumed if the broker is silent."""
+    from worker import preflight
+    from worker.config import KafkaSettings
+
+    async def answer(*_: object) -> dict[str, int] | None:
+        return rights
+
+    monkeypatch.setattr(preflight, "topic_rights", answer)
+    check = await preflight._topic_rights_check(KafkaSettings(), {"ast-graphs", "ast-graphs.dlq"})
+    assert check.ok is ok
+    assert check.detail.startswith(detail)
