@@ -300,40 +300,56 @@ async def test_graph_stores_over_tls_and_each_refusal(
     )
 
 
-async def test_a_broker_refusing_after_the_start_is_reported_not_waited_on(
+async def test_servers_refusing_after_the_start_are_reported_not_waited_on(
     ns: Namespace, servers: SecureServers, tmp_path: Path
 ) -> None:
-    """The broker's certificate changes under a running worker: /readyz and gpm_server_refused give the reason."""
+    """Certificates change under a running worker: /readyz and gpm_server_refused say why (broker and graph)."""
     pki = servers.pki
-    plain, front_port = free_port(), free_port()
-    broker = _tansu(tmp_path, plain, front_port)
+    plain, kafka_port, bolt_port = free_port(), free_port(), free_port()
+    bolt = urlsplit(ns.settings.graph.uri).port
+    assert bolt is not None
+    broker = _tansu(tmp_path, plain, kafka_port)
+
+    def front_ends(cert: Path, key: Path) -> contextlib.ExitStack:
+        stack = contextlib.ExitStack()
+        stack.enter_context(TlsFrontEnd(plain, cert, key, port=kafka_port))
+        stack.enter_context(TlsFrontEnd(bolt, cert, key, port=bolt_port))
+        return stack
+
     try:
         wait_until("tansu", broker, lambda: _answers(plain), 20, tmp_path / f"tansu-{plain}.log")
-        kafka = ns.settings.kafka.model_copy(
+        kafka = {"bootstrap_servers": f"127.0.0.1:{kafka_port}", "security_protocol": "SSL", "ssl_cafile": pki.ca_file}
+        graph = {"uri": f"bolt+s://127.0.0.1:{bolt_port}", "ca_file": pki.ca_file}
+        settings = ns.settings.model_copy(
             update={
-                "bootstrap_servers": f"127.0.0.1:{front_port}",
-                "security_protocol": "SSL",
-                "ssl_cafile": pki.ca_file,
+                "kafka": ns.settings.kafka.model_copy(update=kafka),
+                "graph": ns.settings.graph.model_copy(update=graph),
             }
         )
-        with TlsFrontEnd(plain, pki.cert_file, pki.key_file, port=front_port):
-            run = Running(Worker(ns.settings.model_copy(update={"kafka": kafka}), handle_signals=False))
+        with front_ends(pki.cert_file, pki.key_file):
+            run = Running(Worker(settings, handle_signals=False))
             await run.started()
             assert run.worker.health is not None
             port = run.worker.health.port
             assert (await probe(port, "/readyz"))[0] == 200
-        # Same port, a certificate for another host: every reconnection is refused.
-        with TlsFrontEnd(plain, pki.wrong_host_cert_file, pki.wrong_host_key_file, port=front_port):
+        # Same ports, certificates for another host: every new connection is refused.
+        with front_ends(pki.wrong_host_cert_file, pki.wrong_host_key_file):
 
             async def refused() -> bool:
                 status, body = await probe(port, "/readyz")
-                return status == 503 and str(body["checks"].get("kafka", "")).startswith("refused: host name mismatch")
+                checks = body["checks"]
+                return status == 503 and all(
+                    str(checks.get(server, "")).startswith("refused: host name mismatch")
+                    for server in ("kafka", "graph")
+                )
 
-            await eventually(refused, timeout_s=60, what="/readyz to report the broker's refusal")
+            await eventually(refused, timeout_s=60, what="/readyz to report both refusals")
             metrics = str((await probe(port, "/metrics"))[1])
-            assert 'gpm_server_refused{reason="host name mismatch",server="kafka"} 1.0' in metrics
-        with TlsFrontEnd(plain, pki.cert_file, pki.key_file, port=front_port):
-            await eventually(lambda: _ready(port), timeout_s=60, what="the refusal to clear")
+            for server in ("kafka", "graph"):
+                assert f'gpm_server_refused{{reason="host name mismatch",server="{server}"}} 1.0' in metrics
+        with front_ends(pki.cert_file, pki.key_file):
+            await eventually(lambda: _ready(port), timeout_s=60, what="the refusals to clear")
+            assert "gpm_server_refused{" not in str((await probe(port, "/metrics"))[1])
         await run.stop()
     finally:
         terminate(broker)
