@@ -379,6 +379,10 @@ def neo4j_settings() -> Iterator[GraphSettings | None]:
         )
 
 
+# Said by the TLS PostgreSQL fixture (test_secure_connections.py) when it cannot start one.
+NO_TLS_POSTGRES = "Debian's postgresql package is not installed (apt-get install postgresql)"
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """Say which broker the suites and which graph servers the contract tests ran against."""
     from tests.integration import test_graph_store_contract as contract
@@ -396,3 +400,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         )
     elif uri := os.environ.get("NEO4J_URI"):
         terminalreporter.write_line(f"real Neo4j cases ran against {uri}; none skipped")
+    if any(NO_TLS_POSTGRES in str(r.longrepr) for r in terminalreporter.stats.get("skipped", [])):
+        terminalreporter.write_line(
+            f"TLS POSTGRESQL NOT USED: its cases were SKIPPED ({NO_TLS_POSTGRES})", red=True, bold=True
+        )

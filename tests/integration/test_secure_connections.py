@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.integration.conftest import Namespace, eventually, probe
+from tests.integration.conftest import NO_TLS_POSTGRES, Namespace, eventually, probe
 from tests.integration.test_pipeline import Running
 from tests.tls import Pki, TlsFrontEnd
 from worker.app import Worker
@@ -95,7 +95,7 @@ def servers(tmp_path_factory: pytest.TempPathFactory, falkordb_server: FalkorDBS
 def debian_postgres(tmp_path_factory: pytest.TempPathFactory, servers: SecureServers) -> Iterator[int]:
     """PostgreSQL 15 from Debian's package: TLS only (hostssl), scram-sha-256, a certificate for another host."""
     if PG_BIN is None or not (PG_BIN / "postgres").exists():
-        pytest.skip("Debian's postgresql package is not installed (apt-get install postgresql): no TLS PostgreSQL")
+        pytest.skip(f"{NO_TLS_POSTGRES}: no PostgreSQL with TLS here (the embedded wheel has no OpenSSL)")
     # Outside pytest's own temporary root (mode 700), which the postgres user cannot enter.
     parent = Path(tempfile.mkdtemp(prefix="gpm-pg-tls-"))
     data = parent / "data"
