@@ -195,6 +195,8 @@ class Worker:
             stack.callback(report.cancel)
             watch = asyncio.create_task(self._broker_watch.run(self._stop_requested), name="broker-watch")
             stack.callback(watch.cancel)
+            prune = asyncio.create_task(self._prune_bookkeeping(relational), name="bookkeeping-retention")
+            stack.callback(prune.cancel)
             await self._consume_until_stopped(runner)
         log.info("worker stopped")
 
@@ -336,6 +338,31 @@ class Worker:
                     )
                 reported = parked.expired
             await self._sleep_unless_stopped(self.settings.worker.parked_report_interval_s)
+
+    async def _prune_bookkeeping(self, relational: PostgresRelationalStore) -> None:
+        """Every prune interval, delete the bookkeeping past its retention (one replica at a time)."""
+        worker = self.settings.worker
+        while not self._stop_requested.is_set():
+            await self._sleep_unless_stopped(worker.bookkeeping_prune_interval_s)
+            if self._stop_requested.is_set():
+                return
+            started = time.monotonic()
+            try:
+                removed = await relational.prune_bookkeeping(worker.bookkeeping_retention_s)
+            except StoreError as exc:
+                log.warning("bookkeeping retention did not run; next try at the next interval", error=str(exc))
+                continue
+            if removed is None:
+                continue  # another replica prunes
+            for table, rows in removed.items():
+                metrics.rows_pruned.labels(table).inc(rows)
+            if any(removed.values()):
+                log.info(
+                    "bookkeeping pruned",
+                    removed=removed,
+                    retention_s=worker.bookkeeping_retention_s,
+                    seconds=round(time.monotonic() - started, 3),
+                )
 
     async def _open_stores_once(self, stack: AsyncExitStack) -> None:
         s = self.settings

@@ -368,7 +368,7 @@ def stats() -> None:
         async with GraphPostgresManager(_settings()) as gpm:
             return await gpm.get_storage_stats()
 
-    typer.echo(json.dumps(dataclasses.asdict(_ops(collect()))))
+    typer.echo(json.dumps(dataclasses.asdict(_ops(collect())), default=str))  # the oldest rows' times
 
 
 class _StageBars:

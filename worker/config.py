@@ -467,6 +467,13 @@ class WorkerSettings(BaseModel):
     # attached if the node comes later: nothing is dropped.
     parked_link_ttl_s: float = Field(24 * 3600.0, gt=0)
     parked_report_interval_s: float = Field(60.0, gt=0)
+    # Processed-event rows and finished (applied, abandoned) outbox rows older than this are
+    # deleted, a chunk at a time, by one replica every prune interval. A replay of older
+    # records stays a no-op: the registry's versions supersede them (tests/integration/
+    # test_bookkeeping.py). At least an hour, so redeliveries around a rebalance or a
+    # restart still meet the ledger.
+    bookkeeping_retention_s: float = Field(7 * 24 * 3600.0, ge=3600)
+    bookkeeping_prune_interval_s: float = Field(600.0, gt=0)
     # Kafka Connect's errors.tolerance: "all" dead-letters what cannot be applied and goes on;
     # "none" stops the worker at such a record (uncommitted), for teams that prefer to halt.
     errors_tolerance: Literal["all", "none"] = "all"

@@ -41,7 +41,7 @@ from worker.events import (
     describe_errors,
     encode_event,
 )
-from worker.ports import GraphBackend, InboundEvent, Outcome, Position
+from worker.ports import Bookkeeping, GraphBackend, InboundEvent, Outcome, Position
 from worker.preflight import PreflightReport, run_preflight
 from worker.saga.coordinator import SagaCoordinator
 from worker.snapshot.backup import take_backup
@@ -104,7 +104,10 @@ class StorageStats:
     intents: int
     intent_links: int
     parked_links: int
+    # Unfinished outbox states only; the applied history is in ``bookkeeping``.
     outbox: dict[str, int]
+    # The ledger's and the outbox's size, estimated rows and oldest finished row.
+    bookkeeping: list[Bookkeeping]
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,7 +420,7 @@ class GraphPostgresManager:
         """Counts from both stores."""
         relational, graph, _ = self._stores()
         counts = await relational.registry_totals()
-        outbox = await relational.outbox_counts()
+        outbox = await relational.outbox_counts(unfinished=True)
         nodes = await graph.query("MATCH (n) RETURN count(n) AS n")
         rels = await graph.query("MATCH ()-[r]->() RETURN count(r) AS n")
         return StorageStats(
@@ -428,6 +431,7 @@ class GraphPostgresManager:
             intent_links=counts.links,
             parked_links=counts.parked,
             outbox=outbox,
+            bookkeeping=await relational.bookkeeping(),
         )
 
     async def check_data_consistency(
@@ -523,7 +527,7 @@ class GraphPostgresManager:
         now = time.monotonic()
         recent = [(seconds, nodes) for end, seconds, nodes in metrics.recent_batches if end >= now - window_s]
         span = min(window_s, now - metrics.started) or 1.0
-        outbox = await relational.outbox_counts()
+        outbox = await relational.outbox_counts(unfinished=True)
         return PerformanceMetrics(
             uptime_s=now - metrics.started,
             batches=metrics.totals["batches"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
@@ -158,6 +159,16 @@ class RegistryTotals:
     intents: int
     links: int
     parked: int
+
+
+@dataclass(frozen=True, slots=True)
+class Bookkeeping:
+    """One bookkeeping table: rows (the planner's estimate: counting them would cost O(history)), bytes, oldest row."""
+
+    table: str
+    rows_estimate: int
+    bytes: int
+    oldest: datetime | None
 
 
 @runtime_checkable

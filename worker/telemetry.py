@@ -233,6 +233,12 @@ class WorkerMetrics:
             ["reason"],
             registry=registry,
         )
+        self.rows_pruned = PromCounter(
+            "gpm_bookkeeping_rows_pruned",
+            "Processed-event and finished outbox rows deleted past GPM_WORKER__BOOKKEEPING_RETENTION_S, by table.",
+            ["table"],
+            registry=registry,
+        )
         self.nodes_written = PromCounter("gpm_graph_nodes_written", "Graph nodes created.", registry=registry)
         self.edges_written = PromCounter("gpm_graph_edges_written", "Graph relationships created.", registry=registry)
         self.batch_duration = Histogram(

@@ -43,7 +43,9 @@ async def collect(settings: Settings, topics: list[str] | None = None) -> Status
     relational = await open_relational(settings)
     try:
         last = await relational.last_applied()
-        outbox = await relational.outbox_counts()
+        # Unfinished states only: what an operator acts on, read through their partial index
+        # (counting every applied batch would cost as much as the history).
+        outbox = await relational.outbox_counts(unfinished=True)
         parked = await relational.parked_links(settings.worker.parked_link_ttl_s, sample=0)
     finally:
         await relational.close()

@@ -96,6 +96,12 @@ class PostgresRelationalStore(PostgresOperations):
                     raise StoreRejected(msg)
             for table in tables:
                 await conn.copy_to_table(table.name, source=table.rows, columns=table.columns, format="text")
+            # Derived from the ledger, so not in a snapshot: rebuilt once here.
+            await conn.execute(
+                """INSERT INTO gpm_partition_progress (topic, kafka_partition, last_applied_at)
+                   SELECT topic, kafka_partition, max(processed_at) FROM gpm_processed_events GROUP BY 1, 2
+                   ON CONFLICT (topic, kafka_partition) DO UPDATE SET last_applied_at = excluded.last_applied_at"""
+            )
 
     @mapped
     async def begin_batch(self, record: BatchRecord) -> AppliedState:
@@ -248,6 +254,13 @@ class PostgresBatchCompletion:
                 for item, outcome in plan.outcomes
                 if outcome is not Outcome.DUPLICATE
             ],
+        )
+        # In a fixed order, so two batches in flight never wait on each other's rows crosswise.
+        partitions = sorted({(item.position.topic, item.position.partition) for item, _ in plan.outcomes})
+        await conn.executemany(
+            """INSERT INTO gpm_partition_progress (topic, kafka_partition, last_applied_at) VALUES ($1, $2, now())
+               ON CONFLICT (topic, kafka_partition) DO UPDATE SET last_applied_at = excluded.last_applied_at""",
+            partitions,
         )
 
     @mapped

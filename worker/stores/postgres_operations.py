@@ -19,7 +19,7 @@ import asyncpg
 import structlog
 
 from worker.errors import OperationRefused
-from worker.ports import LinkRow, ParkedLinks, RegistryTotals
+from worker.ports import Bookkeeping, LinkRow, ParkedLinks, RegistryTotals
 from worker.stores.postgres_errors import DRIVER_ERRORS, map_error, mapped
 from worker.stores.postgres_migrations import Connection
 
@@ -28,6 +28,35 @@ log = structlog.get_logger(__name__)
 # holds it exclusively (backups, repairs), so no batch starts while both stores are read.
 # Any constant works.
 WRITE_FENCE_KEY = 0x67706D5F66656E  # "gpm_fen"
+# What `gpm status`, /metrics and `gpm stats` read: each must cost O(partitions or
+# unfinished rows), never O(history) (tests/integration/test_bookkeeping.py explains them
+# beside a large ledger).
+LAST_APPLIED = "SELECT topic, kafka_partition, last_applied_at AS at FROM gpm_partition_progress"
+UNFINISHED_OUTBOX = "SELECT state, count(*) AS n FROM gpm_outbox WHERE state <> 'applied' GROUP BY state"
+# Held by the one replica pruning the bookkeeping at a time.
+RETENTION_KEY = 0x67706D5F726574  # "gpm_ret"
+# Each deletes one chunk ($2 rows) of a table's rows older than $1 seconds, oldest first,
+# through the tables' age indexes (0005): a short transaction that never blocks a batch.
+# Pending, failed and compensated outbox rows stay until an operator resolves them.
+_PRUNES = (
+    (
+        "gpm_processed_events",
+        """DELETE FROM gpm_processed_events WHERE event_id IN (
+               SELECT event_id FROM gpm_processed_events WHERE processed_at < now() - make_interval(secs => $1)
+               ORDER BY processed_at LIMIT $2)""",
+    ),
+    (
+        "gpm_outbox",
+        """DELETE FROM gpm_outbox WHERE batch_id IN (
+               SELECT batch_id FROM gpm_outbox WHERE state IN ('applied', 'abandoned')
+               AND updated_at < now() - make_interval(secs => $1) ORDER BY updated_at LIMIT $2)""",
+    ),
+)
+# The oldest row of each, found at the start of its age index.
+OLDEST = (
+    ("gpm_processed_events", "SELECT min(processed_at) FROM gpm_processed_events"),
+    ("gpm_outbox", "SELECT min(updated_at) FROM gpm_outbox WHERE state IN ('applied', 'abandoned')"),
+)
 FENCED = "a backup or repair holds the write fence (one consistent point of both stores); writes resume after it"
 
 
@@ -113,11 +142,53 @@ class PostgresOperations:
     async def outbox_counts(self, *, unfinished: bool = False) -> dict[str, int]:
         """Outbox rows per state (only those not 'applied' when ``unfinished``)."""
         async with self._pool.acquire() as conn:
+            # Two texts, not one with a flag: a cached generic plan would not know the flag is
+            # set and scan every applied row instead of the unfinished ones' partial index.
             rows = await conn.fetch(
-                "SELECT state, count(*) AS n FROM gpm_outbox WHERE NOT ($1 AND state = 'applied') GROUP BY state",
-                unfinished,
+                UNFINISHED_OUTBOX if unfinished else "SELECT state, count(*) AS n FROM gpm_outbox GROUP BY state"
             )
         return {r["state"]: r["n"] for r in rows}
+
+    @mapped
+    async def prune_bookkeeping(
+        self, older_than_s: float, chunk: int = 5000, pause_s: float = 0.05
+    ) -> dict[str, int] | None:
+        """Delete ledger rows and finished outbox rows older than ``older_than_s``: rows removed per table.
+
+        A chunk per transaction, with a pause between chunks; None when another replica holds
+        the retention lock (one prunes, the others skip).
+        """
+        async with self._pool.acquire() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RETENTION_KEY):
+                return None
+            try:
+                removed: dict[str, int] = {}
+                for table, prune in _PRUNES:
+                    removed[table] = 0
+                    while True:
+                        deleted = int((await conn.execute(prune, older_than_s, chunk)).rsplit(" ", 1)[-1])
+                        removed[table] += deleted
+                        if deleted < chunk:
+                            break
+                        await asyncio.sleep(pause_s)
+                return removed
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock($1)", RETENTION_KEY)
+
+    @mapped
+    async def bookkeeping(self) -> list[Bookkeeping]:
+        """Size, estimated rows and oldest finished row of the ledger and the outbox: O(1) each."""
+        found = []
+        async with self._pool.acquire() as conn:
+            for table, oldest in OLDEST:
+                row = await conn.fetchrow(
+                    """SELECT greatest(c.reltuples, 0)::bigint AS rows, pg_total_relation_size(c.oid) AS bytes
+                       FROM pg_class c WHERE c.oid = to_regclass($1)""",
+                    table,
+                )
+                assert row is not None  # noqa: S101 - the migrations made the table
+                found.append(Bookkeeping(table, int(row["rows"]), int(row["bytes"]), await conn.fetchval(oldest)))
+        return found
 
     @mapped
     async def registry_totals(self) -> RegistryTotals:
@@ -138,9 +209,7 @@ class PostgresOperations:
     async def last_applied(self) -> dict[tuple[str, int], datetime]:
         """When an event of each (topic, partition) was last processed."""
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT topic, kafka_partition, max(processed_at) AS at FROM gpm_processed_events GROUP BY 1, 2"
-            )
+            rows = await conn.fetch(LAST_APPLIED)
         return {(r["topic"], r["kafka_partition"]): r["at"] for r in rows}
 
     @mapped
