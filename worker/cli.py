@@ -264,7 +264,7 @@ def status(
         )
     out = _out()
     out.print(table)
-    out.print("outbox:", ", ".join(f"{k}={v}" for k, v in sorted(state.outbox.items())) or "empty")
+    out.print("outbox unfinished:", ", ".join(f"{k}={v}" for k, v in sorted(state.outbox.items())) or "none")
     out.print(f"intent links parked: {state.parked_links}, unresolved past the bound: {state.unresolved_links}")
 
 
