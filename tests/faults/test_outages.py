@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -227,7 +228,10 @@ async def test_stop_while_the_group_cannot_settle_exits_promptly(ns: Namespace, 
         await asyncio.wait_for(listener.assigned.wait(), 30)
         worker = Worker(ns.settings, handle_signals=False)
         task = asyncio.create_task(worker.run())
-        await asyncio.sleep(10)  # joined; the rebalance waits for the stuck member
+        # Its consumer exists once the stores are open; a few seconds more and it has asked
+        # to join, and the rebalance waits for the stuck member.
+        await eventually(_has_runner(worker), timeout_s=30, what="the worker's consumer")
+        await asyncio.sleep(3)
         assert not worker.started.is_set(), "the group settled: this test needs it stuck"
         stopped = time.monotonic()
         worker.stop()
@@ -237,3 +241,10 @@ async def test_stop_while_the_group_cannot_settle_exits_promptly(ns: Namespace, 
         release.set()
         await member.stop()
         await asyncio.to_thread(broker.stop)
+
+
+def _has_runner(worker: Worker) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return worker.runner is not None
+
+    return check

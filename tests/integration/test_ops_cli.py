@@ -49,7 +49,10 @@ async def test_status_replay_and_dead_letter_redrive(ns: Namespace) -> None:
     await ns.publish_raw(ns.graph_topic, b"{not json")
     await ns.wait_committed(4)
 
-    status = await _status(ns)
+    # Read-only commands, side by side.
+    status, (code, _, err), (list_code, out, _) = await asyncio.gather(
+        _status(ns), gpm(ns, "replay", "--to", "earliest"), gpm(ns, "dlq", "list")
+    )
     assert status["lag"] == 0, json.dumps(status)
     assert len(status["members"]) == 1  # type: ignore[arg-type]
     assert status["outbox"] == {}  # unfinished states only: nothing pending, failed or compensated
@@ -57,12 +60,10 @@ async def test_status_replay_and_dead_letter_redrive(ns: Namespace) -> None:
     assert sum(p["end"] for p in graph_partitions) == 4
     assert sum(1 for p in graph_partitions if p["last_applied_at"]) >= 1
 
-    code, _, err = await gpm(ns, "replay", "--to", "earliest")
     assert code == 1
     assert "live member" in err
 
-    code, out, _ = await gpm(ns, "dlq", "list")
-    assert code == 0
+    assert list_code == 0
     assert "1 dead letter(s)" in out
     assert "not-json" in out
     position = next(line.split("│")[1].strip() for line in out.splitlines() if ".dlq:" in line)
