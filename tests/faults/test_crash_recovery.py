@@ -22,6 +22,9 @@ from worker.events import Envelope
 from worker.failpoints import CrashPoint
 
 pytestmark = pytest.mark.integration
+# The killed worker's session: the broker drops it this long after the crash, and the
+# restarted worker's group settles only then (heartbeats every second, a third of it).
+_SHORT_SESSION = {"GPM_KAFKA__SESSION_TIMEOUT_MS": "3000", "GPM_KAFKA__HEARTBEAT_INTERVAL_MS": "1000"}
 INTENTS = (uuid.UUID("00000000-0000-4000-8000-000000000001"), uuid.UUID("00000000-0000-4000-8000-000000000002"))
 
 
@@ -60,7 +63,7 @@ async def test_crash_at_each_step_converges_to_the_crash_free_state(
     reference_task = asyncio.create_task(reference_state(stack, events))
     await ns.publish(ns.graph_topic, graphs)
     await ns.publish(ns.intent_topic, intents)
-    crashing = await ns.spawn_worker(crash_at=point, transaction_size="20")
+    crashing = await ns.spawn_worker(_SHORT_SESSION, crash_at=point, transaction_size="20")
     output, _ = await asyncio.wait_for(crashing.communicate(), 90)
     assert crashing.returncode == -9, (
         f"expected SIGKILL at {point}, got {crashing.returncode}: {output.decode()[-2000:]}"
@@ -102,7 +105,7 @@ async def test_crash_on_falkordb_converges_to_the_crash_free_state(
     ns.use_falkordb(falkordb_server)
     await ns.publish(ns.graph_topic, graphs)
     await ns.publish(ns.intent_topic, intents)
-    crashing = await ns.spawn_worker(crash_at=point, transaction_size="20")
+    crashing = await ns.spawn_worker(_SHORT_SESSION, crash_at=point, transaction_size="20")
     output, _ = await asyncio.wait_for(crashing.communicate(), 90)
     assert crashing.returncode == -9, output.decode()[-2000:]
     finished = await run_to_completion(ns, len(graphs) + len(intents))

@@ -125,14 +125,14 @@ class Namespace:
         env.update({f"GPM_WORKER__{k.upper()}": v for k, v in worker.items()})
         return env
 
-    async def spawn_worker(self, **worker: str) -> asyncio.subprocess.Process:
-        """Start `python -m worker run` as a separate process; output piped."""
+    async def spawn_worker(self, env: dict[str, str] | None = None, **worker: str) -> asyncio.subprocess.Process:
+        """Start `python -m worker run` as a separate process; output piped (``env`` over the namespace's)."""
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "worker",
             "run",
-            env=self.env(**worker),
+            env={**self.env(**worker), **(env or {})},
             cwd=str(self.stack.workdir),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
