@@ -95,7 +95,7 @@ def _connection_failure(exc: BaseException) -> bool:
         return False
     return any(
         isinstance(cause, ConnectionError | TimeoutError | EOFError)
-        or (type(cause).__module__.startswith(("neo4j", "redis")) and "Unavailable" in type(cause).__name__)
+        or (type(cause).__module__.startswith(_GRAPH_DRIVERS) and "Unavailable" in type(cause).__name__)
         or (type(cause).__module__.startswith("redis") and type(cause).__name__ in {"ConnectionError", "TimeoutError"})
         for cause in chain
     )

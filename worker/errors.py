@@ -104,6 +104,11 @@ class AccessRefused(StoreUnavailable):
             f"{server} refused the connection: {reason}" + (f" ({detail})" if detail else "") + f"; check {setting}"
         )
 
+    @property
+    def brief(self) -> str:
+        """What a probe shows: the reason and the setting, without the server's detail."""
+        return f"refused: {self.reason}; check {self.setting}"
+
     def __reduce__(self) -> tuple[type[AccessRefused], tuple[str, str, str, str]]:
         return (type(self), (self.server, self.setting, self.reason, self.detail))
 

@@ -78,7 +78,7 @@ class HealthServer:
     async def _readyz(self, _: web.Request) -> web.Response:
         checks: dict[str, str] = {"group": "joined" if self._probes.joined() else "not joined"}
         if (broker := self._probes.broker_refused()) is not None:
-            checks["kafka"] = f"refused: {broker.reason}; check {broker.setting}"
+            checks["kafka"] = broker.brief
 
         async def check(name: str, ping: Callable[[], Awaitable[None]]) -> None:
             try:
@@ -86,7 +86,7 @@ class HealthServer:
                 checks[name] = "ok"
                 metrics.refused.pop(name, None)
             except AccessRefused as exc:  # not an outage: say what to fix
-                checks[name] = f"refused: {exc.reason}; check {exc.setting}"
+                checks[name] = exc.brief
                 metrics.refused[name] = exc.reason
             except Exception as exc:  # noqa: BLE001 - any failure means not ready; the reason is reported
                 checks[name] = f"unavailable: {type(exc).__name__}"

@@ -81,10 +81,15 @@ async def broker_checks(kafka: KafkaSettings) -> list[Check]:
     return checks
 
 
+def _consumed(kafka: KafkaSettings, visible: set[str]) -> list[str]:
+    """The visible topics the worker's pattern consumes, sorted."""
+    pattern = re.compile(kafka.consumed_pattern())
+    return sorted(t for t in visible if pattern.match(t))
+
+
 def _topics_check(kafka: KafkaSettings, visible: set[str]) -> Check:
     """A topic to consume, and a dead-letter topic beside each (with auto-create off, a missing one stalls)."""
-    pattern = re.compile(kafka.consumed_pattern())
-    consumed = sorted(t for t in visible if pattern.match(t))
+    consumed = _consumed(kafka, visible)
     if not consumed:
         creates = ", ".join(DEFAULT_TOPICS)
         detail = f"no topic visible to this user matches GPM_KAFKA__TOPIC_PATTERN (gpm topics ensure creates {creates})"
@@ -98,8 +103,7 @@ def _topics_check(kafka: KafkaSettings, visible: set[str]) -> Check:
 
 async def _topic_rights_check(kafka: KafkaSettings, visible: set[str]) -> Check:
     """READ on each consumed topic and WRITE on each dead-letter topic, where the broker reports rights."""
-    pattern = re.compile(kafka.consumed_pattern())
-    consumed = sorted(t for t in visible if pattern.match(t))
+    consumed = _consumed(kafka, visible)
     letters = [t + kafka.dlq_suffix for t in consumed if t + kafka.dlq_suffix in visible]
     rights = await topic_rights(kafka, consumed + letters)
     if rights is None:
