@@ -18,7 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import html
 import json
+import math
 import multiprocessing
 import os
 import platform
@@ -26,6 +28,7 @@ import statistics
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -42,6 +45,7 @@ from worker.compose import batches_in_flight, connect_graph
 from worker.config import ENV_PREFIX, GraphSettings, Settings
 from worker.devjob import IngestReport, applied_totals, corpus, prepare_topics, publish_corpus, wait_until_committed
 from worker.devstack import DevStack
+from worker.devstack.process import free_port
 from worker.events import AstGraphUpserted, GraphData, Node
 from worker.ports import GraphChanges
 from worker.runtime import tune_gc
@@ -94,22 +98,27 @@ async def _server(graph: GraphSettings) -> tuple[str, int]:
 
 async def _probe_lookups(
     graph: GraphSettings, keys: list[str], stop: EventType | threading.Event, limit: int | None = None
-) -> list[float]:
-    """Time a key lookup every 50 ms (keys of the corpus, whether written yet or not), ``limit`` times at most."""
+) -> list[tuple[float, float]]:
+    """Time a key lookup every 50 ms (keys of the corpus, whether written yet or not), ``limit`` times at most.
+
+    Each as (when it started on the monotonic clock, which all processes share; seconds it took).
+    """
     store = connect_graph(graph)
-    latencies: list[float] = []
+    latencies: list[tuple[float, float]] = []
     try:
         while not stop.is_set() and len(latencies) != limit:
-            started = time.perf_counter()
+            started = time.monotonic()
             await store.query(LOOKUP, {"key": keys[len(latencies) % len(keys)]})
-            latencies.append(time.perf_counter() - started)
+            latencies.append((started, time.monotonic() - started))
             await asyncio.sleep(0.05)
     finally:
         await store.close()
     return latencies
 
 
-def _lookup_process(graph: GraphSettings, keys: list[str], stop: EventType, out: Queue[list[float]]) -> None:
+def _lookup_process(
+    graph: GraphSettings, keys: list[str], stop: EventType, out: Queue[list[tuple[float, float]]]
+) -> None:
     # A process of its own, as another program would query: the worker's CPU work in the
     # bench process must not show up as lookup latency (it did: 60 ms p95 on FalkorDB).
     out.put(asyncio.run(_probe_lookups(graph, keys, stop)))
@@ -142,19 +151,79 @@ def _rss_mb(pid: int) -> float:
     return total / 1024
 
 
+def _nodes_written(port: int) -> float | None:
+    """The worker's own count of graph nodes written (its /metrics), or None while it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    return next((float(line.split()[1]) for line in text.splitlines() if line.startswith(NODES_WRITTEN)), None)
+
+
+NODES_WRITTEN = "gpm_graph_nodes_written_total "
+
+
+@dataclass
+class Tenth:
+    """One tenth of the graph's nodes as the worker wrote them: its rate, lookups meanwhile, memory at its end."""
+
+    nodes_per_s: float
+    lookup_p95_ms: float
+    lookups: int
+    rss_mb: float
+
+
 @dataclass
 class Drain:
     """One end-to-end run: what was applied, the lookup latencies and the worker's memory."""
 
     report: IngestReport
-    latencies: list[float]
+    lookups: list[tuple[float, float]]  # (monotonic start, seconds)
     idle_latencies: list[float]
     # (share of the backlog committed, worker RSS in MB), sampled every 50 ms
     memory: list[tuple[float, float]] = field(default_factory=list)
+    # (monotonic time, graph nodes the worker had written), sampled every second from its /metrics
+    written: list[tuple[float, float]] = field(default_factory=list)
+
+    @property
+    def latencies(self) -> list[float]:
+        """Every lookup's time during the drain."""
+        return [seconds for _, seconds in self.lookups]
 
     def rss_at(self, share: float) -> float:
         """The first memory sample taken once ``share`` of the backlog was committed."""
         return next((mb for done, mb in self.memory if done >= share), self.memory[-1][1])
+
+    def tenths(self) -> list[Tenth]:
+        """The drain cut at each tenth of the nodes written: how fast each tenth went in, lookups meanwhile."""
+        total = self.written[-1][1]
+        if total <= 0:
+            return []
+        marks = [self._when(total * k / 10) for k in range(11)]
+        cuts = []
+        for k in range(10):
+            start, end = marks[k], marks[k + 1]
+            during = [seconds for at, seconds in self.lookups if start <= at < end]
+            cuts.append(
+                Tenth(
+                    nodes_per_s=total / 10 / max(end - start, 1e-9),
+                    lookup_p95_ms=_percentile(during, 0.95) * 1000 if during else float("nan"),
+                    lookups=len(during),
+                    rss_mb=self.rss_at((k + 1) / 10),
+                )
+            )
+        return cuts
+
+    def _when(self, nodes: float) -> float:
+        """When the worker had written ``nodes``, interpolated between the two samples around it."""
+        before = self.written[0]
+        for sample in self.written:
+            if sample[1] >= nodes:
+                (t0, n0), (t1, n1) = before, sample
+                return t1 if n1 == n0 else t0 + (t1 - t0) * (nodes - n0) / (n1 - n0)
+            before = sample
+        return self.written[-1][0]
 
 
 _background: set[asyncio.Task[None]] = set()  # tasks that read worker output (held so they live on)
@@ -212,8 +281,12 @@ async def _end_to_end(
     keys = [node_key(e.source_id, e.graph.nodes[-1]["id"]) for e in events]
     prober = spawn.Process(target=_lookup_process, args=(settings.graph, keys, stop, out))
     prober.start()
+    # The worker's /metrics on a port of its own: its count of nodes written gives the curve.
+    port = free_port()
+    settings = settings.model_copy(update={"health": settings.health.model_copy(update={"port": port})})
     worker, output = await _worker_process(settings, stack.workdir, log)
     memory: list[tuple[float, float]] = []
+    written: list[tuple[float, float]] = [(time.monotonic(), 0.0)]
     shown = 0.0
 
     def sample(committed: int) -> None:
@@ -223,24 +296,30 @@ async def _end_to_end(
             raise RuntimeError(msg)
         done = (committed - before) / (expected - before)
         memory.append((done, _rss_mb(worker.pid)))
+        now = time.monotonic()
+        if now - written[-1][0] >= 1 and (nodes := _nodes_written(port)) is not None:
+            written.append((now, nodes))
         if done >= shown + 0.1:  # a long drain shows its progress and its memory as it goes
             shown = done
-            print(f"  drained {done:4.0%}, worker RSS {memory[-1][1]:,.0f} MB", flush=True)
+            print(f"  drained {done:4.0%}, {written[-1][1]:,.0f} nodes, worker RSS {memory[-1][1]:,.0f} MB", flush=True)
 
     try:
         started = time.monotonic()
+        written[0] = (started, 0.0)
         await wait_until_committed(settings, topics, expected, sample)
         seconds = time.monotonic() - started
         sample(expected)
+        if (nodes := _nodes_written(port)) is not None:
+            written.append((time.monotonic(), nodes))
     finally:
         stop.set()
         worker.terminate()
         await asyncio.wait_for(worker.wait(), 60)
-    latencies: list[float] = await asyncio.to_thread(out.get, timeout=60)
+    lookups: list[tuple[float, float]] = await asyncio.to_thread(out.get, timeout=60)
     prober.join()
     # The same lookups with nothing else running: what the store and the machine give at rest.
-    idle = await _probe_lookups(settings.graph, keys, threading.Event(), limit=60)
-    return Drain(await applied_totals(settings, seconds), latencies, idle, memory)
+    idle = [seconds for _, seconds in await _probe_lookups(settings.graph, keys, threading.Event(), limit=60)]
+    return Drain(await applied_totals(settings, seconds), lookups, idle, memory, written)
 
 
 async def _raw(settings: Settings, events: list[AstGraphUpserted], transaction_size: int) -> tuple[int, float]:
@@ -287,6 +366,8 @@ def _arguments() -> argparse.Namespace:
         "--root", type=Path, help="a tree of Python files to use instead (default: stdlib, then site-packages)"
     )
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--no-raw", action="store_true", help="skip the raw write after each drain (long runs)")
+    parser.add_argument("--curve", type=Path, help="write the per-tenth curve to this file as an SVG picture")
     parser.add_argument(
         "--worker-log", type=Path, help="a directory for each run's worker output (bench<size>x<run>.log)"
     )
@@ -326,7 +407,7 @@ def _corpus(args: argparse.Namespace) -> list[AstGraphUpserted]:
         # FalkorDB cannot store a NUL character in a string (the worker dead-letters such a
         # file's graph with that reason): such files are skipped, so --files still counts
         # the files measured, and both measurements write the same rows.
-        if args.backend == "falkordb" and _has_nul(event):
+        if args.backend == "falkordb" and not args.graph_uri and _has_nul(event):
             left_out.append(event.source_id)
             return False
         return True
@@ -364,27 +445,31 @@ def _measure(
                 f"({drain.report.seconds / again.report.seconds:.1f}x faster)",
                 flush=True,
             )
-        raw_rows, raw_seconds = asyncio.run(
-            _raw(_namespace(stack, f"raw{name}", transaction_size), events, transaction_size)
-        )
-        raw_rates.append(raw_rows / raw_seconds)
+        raw = ""
+        if not args.no_raw:
+            raw_rows, raw_seconds = asyncio.run(
+                _raw(_namespace(stack, f"raw{name}", transaction_size), events, transaction_size)
+            )
+            raw_rates.append(raw_rows / raw_seconds)
+            raw = f"raw {raw_rows / raw_seconds:,.0f} rows/s; "
         report = drain.report
         rows_per_s = (report.nodes + report.edges) / report.seconds
         print(
             f"run {run + 1}/{args.runs}: {report.files} files, {report.nodes:,} nodes, {report.edges:,} edges "
             f"in {report.seconds:.1f}s end to end = {report.nodes_per_s:,.0f} nodes/s, {rows_per_s:,.0f} rows/s; "
-            f"raw {raw_rows / raw_seconds:,.0f} rows/s; "
-            f"lookup p95 {_percentile(drain.latencies, 0.95) * 1000:.1f} ms; "
+            f"{raw}lookup p95 {_percentile(drain.latencies, 0.95) * 1000:.1f} ms; "
             f"worker RSS {drain.rss_at(0.5):,.0f} MB at half, {drain.rss_at(1.0):,.0f} MB at the end",
             flush=True,
         )
+        print(_tenths_table(drain.tenths()), flush=True)
     reports = [d.report for d in drains]
     lookups = [latency for d in drains for latency in d.latencies]
     server, parallel = asyncio.run(_server(settings.graph))
     seconds = statistics.median(r.seconds for r in reports)
     last = reports[-1]
     rows_per_s = statistics.median((r.nodes + r.edges) / r.seconds for r in reports)
-    raw_rows_per_s = statistics.median(raw_rates)
+    raw_rows_per_s = statistics.median(raw_rates) if raw_rates else None
+    tenths = _median_tenths([d.tenths() for d in drains])
     return {
         "date": datetime.now(UTC).date().isoformat(),
         "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} cores, Python {sys.version.split()[0]}",
@@ -403,14 +488,20 @@ def _measure(
         "nodes_per_s": round(statistics.median(r.nodes_per_s for r in reports)),
         "edges_per_s": round(statistics.median(r.edges / r.seconds for r in reports)),
         "rows_per_s": round(rows_per_s),
-        "raw_rows_per_s": round(raw_rows_per_s),
-        "ratio": round(rows_per_s / raw_rows_per_s, 3),
+        "raw_rows_per_s": round(raw_rows_per_s) if raw_rows_per_s else None,
+        "ratio": round(rows_per_s / raw_rows_per_s, 3) if raw_rows_per_s else None,
         "p95_query_ms": round(_percentile(lookups, 0.95) * 1000, 2),
         "p95_query_idle_ms": round(_percentile([x for d in drains for x in d.idle_latencies], 0.95) * 1000, 2),
         "lookups": len(lookups),
         # The `gpm run` process and its decoder processes, sampled every 50 ms while draining.
         "max_rss_mb": round(max(mb for d in drains for _, mb in d.memory)),
         "rss_mb_at_quarters": [round(statistics.median(d.rss_at(q) for d in drains)) for q in (0.25, 0.5, 0.75, 1.0)],
+        # Each tenth of the nodes written (medians over the runs), and the last tenth's rate over the first's.
+        "tenths": [
+            {"nodes_per_s": round(t.nodes_per_s), "lookup_p95_ms": round(t.lookup_p95_ms, 1), "rss_mb": round(t.rss_mb)}
+            for t in tenths
+        ],
+        "last_to_first_tenth": round(tenths[-1].nodes_per_s / tenths[0].nodes_per_s, 2) if tenths else None,
     } | (
         {
             "reingest_seconds": round(statistics.median(reingests), 2),
@@ -423,6 +514,85 @@ def _measure(
 
 
 CHANGED_SHARE = 0.02  # of the files changed between the two passes of --reingest
+
+
+def _median_tenths(runs: list[list[Tenth]]) -> list[Tenth]:
+    """Tenth by tenth, the median of each figure over the runs."""
+    runs = [r for r in runs if r]
+    if not runs:
+        return []
+
+    def median(values: list[float]) -> float:
+        numbers = [v for v in values if not math.isnan(v)]  # NaN: a tenth without a lookup
+        return statistics.median(numbers) if numbers else float("nan")
+
+    return [
+        Tenth(
+            nodes_per_s=median([r[k].nodes_per_s for r in runs]),
+            lookup_p95_ms=median([r[k].lookup_p95_ms for r in runs]),
+            lookups=sum(r[k].lookups for r in runs),
+            rss_mb=median([r[k].rss_mb for r in runs]),
+        )
+        for k in range(10)
+    ]
+
+
+def _tenths_table(tenths: list[Tenth]) -> str:
+    """One line per tenth of the nodes written: rate, lookup p95 meanwhile and worker memory at its end."""
+    if not tenths:
+        return "  (no nodes written: no curve)"
+    lines = ["  tenth   nodes/s   lookup p95   lookups   worker RSS"]
+    lines += [
+        f"  {k + 1:>5}  {t.nodes_per_s:>8,.0f}  {t.lookup_p95_ms:>8.1f} ms  {t.lookups:>8,}  {t.rss_mb:>7,.0f} MB"
+        for k, t in enumerate(tenths)
+    ]
+    lines.append(f"  last tenth / first tenth: {tenths[-1].nodes_per_s / tenths[0].nodes_per_s:.2f}")
+    return "\n".join(lines)
+
+
+TARGET_STROKE = 'stroke="#c0392b" stroke-dasharray="4 3"'
+CURVE_LEGEND = "tenth of the nodes written; bars: nodes/s; red line: lookup p95 during that tenth"
+
+
+def _curve_svg(tenths: list[Tenth], title: str) -> str:
+    """Throughput (bars) and lookup p95 (line) over the tenths of the load, as a small SVG picture."""
+    width, height, left, bottom, top = 640, 300, 60, 40, 40
+    plot_w, plot_h = width - 2 * left, height - top - bottom
+    rate_top = max(t.nodes_per_s for t in tenths) * 1.1
+    p95s = [t.lookup_p95_ms for t in tenths if not math.isnan(t.lookup_p95_ms)]
+    p95_top = max([*p95s, 100.0]) * 1.1  # the 100 ms target always in view
+    step = plot_w / 10
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{left}" y="20" font-size="13">{html.escape(title)}</text>',
+    ]
+    for k, t in enumerate(tenths):
+        bar = plot_h * t.nodes_per_s / rate_top
+        x = left + k * step + step * 0.15
+        parts.append(
+            f'<rect x="{x:.1f}" y="{top + plot_h - bar:.1f}" width="{step * 0.7:.1f}" height="{bar:.1f}" '
+            'fill="#7aa6d6"/>'
+        )
+        parts.append(f'<text x="{x + step * 0.35:.1f}" y="{height - bottom + 14}" text-anchor="middle">{k + 1}</text>')
+    points = " ".join(
+        f"{left + (k + 0.5) * step:.1f},{top + plot_h - plot_h * t.lookup_p95_ms / p95_top:.1f}"
+        for k, t in enumerate(tenths)
+        if not math.isnan(t.lookup_p95_ms)
+    )
+    target = top + plot_h - plot_h * 100 / p95_top
+    parts += [
+        f'<polyline points="{points}" fill="none" stroke="#c0392b" stroke-width="2"/>',
+        f'<line x1="{left}" x2="{width - left}" y1="{target:.1f}" y2="{target:.1f}" {TARGET_STROKE}/>',
+        f'<line x1="{left}" x2="{left}" y1="{top}" y2="{top + plot_h}" stroke="black"/>',
+        f'<text x="{left - 4}" y="{top + 4}" text-anchor="end">{rate_top:,.0f}</text>',
+        f'<text x="{left - 4}" y="{top + plot_h}" text-anchor="end">0</text>',
+        f'<text x="{width - left + 4}" y="{top + 4}" fill="#c0392b">{p95_top:,.0f} ms</text>',
+        f'<text x="{width - left + 4}" y="{target + 4:.1f}" fill="#c0392b">100 ms</text>',
+        f'<text x="{width / 2}" y="{height - 8}" text-anchor="middle">{CURVE_LEGEND}</text>',
+        "</svg>",
+    ]
+    return "\n".join(parts)
 
 
 def _second_pass(events: list[AstGraphUpserted]) -> tuple[list[AstGraphUpserted], int]:
@@ -482,11 +652,14 @@ def main() -> None:
     started = time.monotonic()
     events = _corpus(args)
     sizes = args.sweep or [args.transaction_size]
-    with DevStack(graph_backend=args.backend) as stack:
+    # With --graph-uri the embedded graph server stands by unused: the light one, not a JVM beside the user's.
+    with DevStack(graph_backend="falkordb" if args.graph_uri else args.backend) as stack:
         # A fresh JVM (ArcadeDB) compiles its hot paths during the first writes: without this,
         # run 1 paid for that in its end-to-end figure but not in its raw one (measured after).
         print("warming the graph store up on 20 files (not measured)", flush=True)
         asyncio.run(_raw(_namespace(stack, "warmup", sizes[0]), events[:20], sizes[0]))
+        if _external_graph is not None:  # the warm-up's graph is ours: the first run starts from empty
+            asyncio.run(_empty_graph(_external_graph, wipe=True))
         points = []
         for size in sizes:
             if args.sweep:
@@ -497,10 +670,14 @@ def main() -> None:
         print(json.dumps({"bench_seconds": round(time.monotonic() - started, 1), "sweep": points}))
         return
     result = points[0] | {"bench_seconds": round(time.monotonic() - started, 1)}
+    if args.curve:
+        tenths = [Tenth(t["nodes_per_s"], t["lookup_p95_ms"], 0, t["rss_mb"]) for t in result["tenths"]]
+        title = f"{result['server']}: {result['nodes']:,} nodes, {result['files']:,} files"
+        args.curve.write_text(_curve_svg(tenths, title))
     print(
         f"medians of {result['runs']} runs: end to end {result['nodes_per_s']:,} nodes/s, "
         f"{result['rows_per_s']:,} rows/s, "
-        f"raw {result['raw_rows_per_s']:,} rows/s, ratio {result['ratio']}, lookup p95 {result['p95_query_ms']} ms "
+        f"raw {result['raw_rows_per_s']} rows/s, ratio {result['ratio']}, lookup p95 {result['p95_query_ms']} ms "
         f"(idle {result['p95_query_idle_ms']} ms), "
         f"{result['seconds']}s for {result['files']} files (300 files: {result['seconds_300_files']}s), "
         f"worker RSS at 1/4, 1/2, 3/4 and all of the drain: {result['rss_mb_at_quarters']} MB"
