@@ -61,7 +61,10 @@ def corpus(
     Without ``root``: the standard library (about 750 files), then the installed packages
     (their source ids start with ``site-packages/``), so a corpus of thousands of files is
     real code too. With ``max_nodes`` it stops at the first file that brings the total to
-    that many nodes. With ``keep``, only the files it keeps count (e.g. what a backend can store).
+    that many nodes; when the files run out before that, the same files follow again as other
+    sources (``r2/...``, ``r3/...``: another release of each package, vendored beside the
+    first), sharing the parsed graphs, so a corpus of ten million nodes fits in memory.
+    With ``keep``, only the files it keeps count (e.g. what a backend can store).
     """
     packages = Path(sysconfig.get_paths()["purelib"])
     # (tree to walk, what source ids are relative to)
@@ -84,6 +87,23 @@ def corpus(
                 on_parsed()
             if max_nodes is not None and nodes >= max_nodes:
                 return events
+    return events if max_nodes is None else _releases(events, files, max_nodes)
+
+
+def _releases(events: list[AstGraphUpserted], files: int, max_nodes: int) -> list[AstGraphUpserted]:
+    """``events``, then the same graphs again as releases 2, 3, ... until ``max_nodes`` or ``files`` is reached."""
+    originals = list(events)
+    nodes = sum(len(e.graph.nodes) for e in events)
+    release = 1
+    while originals and nodes < max_nodes and len(events) < files:
+        release += 1
+        for event in originals:
+            if nodes >= max_nodes or len(events) == files:
+                break
+            source_id = f"r{release}/{event.source_id}"
+            event_id = uuid.uuid5(uuid.NAMESPACE_URL, f"gpm-sample:{source_id}:1")
+            events.append(event.model_copy(update={"source_id": source_id, "event_id": event_id}))
+            nodes += len(event.graph.nodes)
     return events
 
 
