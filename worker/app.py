@@ -317,7 +317,7 @@ class Worker:
                 parked = await relational.parked_links(older_than_s=ttl)
                 # Unfinished states only: they are what an operator watches, and the partial
                 # index serves them without scanning every applied row.
-                outbox = await relational.outbox_counts(unfinished=True)
+                outbox = await relational.unfinished_outbox()
             except AccessRefused as exc:
                 # Not an outage: said at error level and on /metrics until it is fixed.
                 log.error("PostgreSQL refuses this worker", reason=exc.reason, setting=exc.setting, error=str(exc))  # noqa: TRY400
@@ -327,7 +327,8 @@ class Worker:
             else:
                 metrics.refused.pop("postgres", None)
                 metrics.parked_links, metrics.unresolved_links = parked.parked, parked.expired
-                metrics.outbox = outbox
+                metrics.outbox = {state: n for state, (n, _) in outbox.items()}
+                metrics.outbox_oldest = {state: oldest.timestamp() for state, (_, oldest) in outbox.items()}
                 if parked.expired and parked.expired != reported:
                     log.error(
                         "intent links unresolved past the bound: their AST nodes never arrived",
@@ -342,6 +343,8 @@ class Worker:
     async def _prune_bookkeeping(self, relational: PostgresRelationalStore) -> None:
         """Every prune interval, delete the bookkeeping past its retention (one replica at a time)."""
         worker = self.settings.worker
+        metrics.retention_s = worker.bookkeeping_retention_s
+        await self._report_bookkeeping(relational)
         while not self._stop_requested.is_set():
             await self._sleep_unless_stopped(worker.bookkeeping_prune_interval_s)
             if self._stop_requested.is_set():
@@ -352,6 +355,8 @@ class Worker:
             except StoreError as exc:
                 log.warning("bookkeeping retention did not run; next try at the next interval", error=str(exc))
                 continue
+            finally:
+                await self._report_bookkeeping(relational)  # every replica: one may prune, all export
             if removed is None:
                 continue  # another replica prunes
             for table, rows in removed.items():
@@ -363,6 +368,16 @@ class Worker:
                     retention_s=worker.bookkeeping_retention_s,
                     seconds=round(time.monotonic() - started, 3),
                 )
+
+    @staticmethod
+    async def _report_bookkeeping(relational: PostgresRelationalStore) -> None:
+        """The bookkeeping gauges: each table's oldest prunable row and size (O(1) queries)."""
+        try:
+            tables = await relational.bookkeeping()
+        except StoreError as exc:
+            log.warning("could not read the bookkeeping's size", error=str(exc))
+            return
+        metrics.bookkeeping = {t.table: (t.oldest.timestamp() if t.oldest else None, t.bytes) for t in tables}
 
     async def _open_stores_once(self, stack: AsyncExitStack) -> None:
         s = self.settings

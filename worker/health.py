@@ -76,6 +76,11 @@ class HealthServer:
         return web.json_response({"ok": ok, "consume_loop_idle_s": round(idle, 1)}, status=200 if ok else 503)
 
     async def _readyz(self, _: web.Request) -> web.Response:
+        ok, checks = await self._readiness()
+        return web.json_response({"ok": ok, "checks": checks}, status=200 if ok else 503)
+
+    async def _readiness(self) -> tuple[bool, dict[str, str]]:
+        """Whether this worker is ready, and each check's finding; also kept for the ``gpm_worker_ready`` gauge."""
         checks: dict[str, str] = {"group": "joined" if self._probes.joined() else "not joined"}
         if (broker := self._probes.broker_refused()) is not None:
             checks["kafka"] = broker.brief
@@ -94,8 +99,12 @@ class HealthServer:
         # Side by side: the answer takes one check_timeout_s at worst, within the probe's timeout.
         await asyncio.gather(check("postgres", self._probes.ping_postgres), check("graph", self._probes.ping_graph))
         ok = all(v in {"ok", "joined"} for v in checks.values())
-        return web.json_response({"ok": ok, "checks": checks}, status=200 if ok else 503)
+        metrics.ready = int(ok)
+        return ok, checks
 
     async def _metrics(self, _: web.Request) -> web.Response:
+        # Readiness as of this scrape (two pings, bounded by check_timeout_s): where no kubelet
+        # asks /readyz (docker-compose), the alert on gpm_worker_ready still has a fresh value.
+        await self._readiness()
         body = generate_latest(REGISTRY)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -121,6 +121,7 @@ BATCH_SECONDS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 QUERY_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 FRESHNESS_SECONDS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 21600, 86400)
 BATCH_EVENTS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000)
+RETRY_CAUSES = ("store_unavailable", "store_rejected", "rewound")
 # Always exported, 0 when empty, so an alert on a state has a series to watch.
 OUTBOX_STATES = ("pending", "compensated", "failed", "abandoned")
 
@@ -170,11 +171,48 @@ class _Gauges(Collector):
         )
         for server, reason in list(owner.refused.items()):
             refused.add_metric([server, reason], 1)
+        oldest = GaugeMetricFamily(
+            "gpm_outbox_oldest_timestamp_seconds",
+            "Unix time of the oldest outbox row in each unfinished state that has rows (from PostgreSQL).",
+            labels=["state"],
+        )
+        for state, at in list(owner.outbox_oldest.items()):
+            oldest.add_metric([state], at)
+        kept = GaugeMetricFamily(
+            "gpm_bookkeeping_oldest_timestamp_seconds",
+            "Unix time of the oldest row retention may remove, per bookkeeping table: alert when it falls "
+            "behind GPM_WORKER__BOOKKEEPING_RETENTION_S (retention stopped).",
+            labels=["table"],
+        )
+        size = GaugeMetricFamily("gpm_bookkeeping_bytes", "Size of each bookkeeping table on disk.", labels=["table"])
+        for table, (since, n) in list(owner.bookkeeping.items()):
+            if since is not None:
+                kept.add_metric([table], since)
+            size.add_metric([table], n)
         yield pools
         yield refused
         yield lag
         yield outbox
+        yield oldest
         yield applied
+        yield kept
+        yield size
+        yield GaugeMetricFamily(
+            "gpm_bookkeeping_retention_seconds",
+            "GPM_WORKER__BOOKKEEPING_RETENTION_S: how long the ledger and finished outbox rows are kept.",
+            value=owner.retention_s,
+        )
+        yield GaugeMetricFamily(
+            "gpm_partitions_assigned",
+            "Partitions this worker holds in its consumer group (0 for a replica beyond the partition count).",
+            value=owner.partitions_assigned,
+        )
+        yield GaugeMetricFamily(
+            "gpm_worker_ready",
+            "1 when this worker is ready as /readyz says (joined its group, both stores answer), else 0; "
+            "evaluated at each scrape.",
+            value=owner.ready,
+        )
         yield GaugeMetricFamily(
             "gpm_intent_links_parked", "Intent links waiting for their AST node.", value=owner.parked_links
         )
@@ -207,6 +245,12 @@ class WorkerMetrics:
         self.last_applied: dict[tuple[str, int], float] = {}
         # Refreshed from PostgreSQL by the worker's parked-link report.
         self.outbox: dict[str, int] = {}
+        self.outbox_oldest: dict[str, float] = {}  # state -> unix time of its oldest row
+        # Refreshed by the bookkeeping retention loop: table -> (unix time of its oldest prunable row, bytes).
+        self.bookkeeping: dict[str, tuple[float | None, int]] = {}
+        self.retention_s = 0.0
+        self.ready = 0  # set by the health server's readiness checks
+        self.partitions_assigned = 0  # set by the consume loop every turn
         self.parked_links = 0
         self.unresolved_links = 0
         # Server ("kafka", "postgres", "graph") -> why it refuses this worker, while it does.
@@ -239,6 +283,16 @@ class WorkerMetrics:
             ["table"],
             registry=registry,
         )
+        self.batch_retries = PromCounter(
+            "gpm_batch_retries",
+            "Failed batch attempts that are tried again, by cause: store_unavailable (an outage, within "
+            "GPM_WORKER__RETRY_WINDOW_S), store_rejected (tried again before dead-lettering), rewound (an outage "
+            "past the window: the batch is re-read after a pause).",
+            ["cause"],
+            registry=registry,
+        )
+        for cause in RETRY_CAUSES:  # from 0, so increase() sees the first retry
+            self.batch_retries.labels(cause=cause)
         self.nodes_written = PromCounter("gpm_graph_nodes_written", "Graph nodes created.", registry=registry)
         self.edges_written = PromCounter("gpm_graph_edges_written", "Graph relationships created.", registry=registry)
         self.batch_duration = Histogram(

@@ -180,6 +180,7 @@ class IngestRunner:
             if records:
                 # Nothing committed by this worker yet: count from the first record it read.
                 self._floor.setdefault(tp, records[0].offset)
+        metrics.partitions_assigned = len(self._consumer.assignment())
         for tp in self._consumer.assignment():
             highwater = self._consumer.highwater(tp)
             if highwater is None:
@@ -317,6 +318,7 @@ class IngestRunner:
     async def _rewind(self, batches: list[Batch], exc: StoreUnavailable) -> None:
         events = sum(len(batch) for batch in batches)
         log.error("stores unavailable past the retry window; rewinding", error=str(exc), events=events)
+        metrics.batch_retries.labels(cause="rewound").inc()
         first: dict[tuple[str, int], int] = {}
         for batch in batches:
             for tp, offset in batch.first_offsets.items():

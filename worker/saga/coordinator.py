@@ -175,6 +175,7 @@ class SagaCoordinator:
             stop=stop_after_attempt(REJECTION_ATTEMPTS),
             before_sleep=log_before_retry(
                 "rejected by the store, trying again before taking the rejection as final",
+                counted=metrics.batch_retries.labels(cause="store_rejected").inc,
                 event_ids=[str(item.event.event_id) for item in events[:20]],
             ),
             reraise=True,
@@ -190,7 +191,11 @@ class SagaCoordinator:
             retry=retry_if_exception_type(StoreUnavailable),
             wait=backoff(self._settings),
             stop=stop_after_delay(self._settings.retry_window_s),
-            before_sleep=log_before_retry("store unavailable, retrying batch", batch_id=str(batch_id)),
+            before_sleep=log_before_retry(
+                "store unavailable, retrying batch",
+                counted=metrics.batch_retries.labels(cause="store_unavailable").inc,
+                batch_id=str(batch_id),
+            ),
             reraise=True,
         )
         async for attempt in retrying:

@@ -32,7 +32,9 @@ WRITE_FENCE_KEY = 0x67706D5F66656E  # "gpm_fen"
 # unfinished rows), never O(history) (tests/integration/test_bookkeeping.py explains them
 # beside a large ledger).
 LAST_APPLIED = "SELECT topic, kafka_partition, last_applied_at AS at FROM gpm_partition_progress"
-UNFINISHED_OUTBOX = "SELECT state, count(*) AS n FROM gpm_outbox WHERE state <> 'applied' GROUP BY state"
+UNFINISHED_OUTBOX = (
+    "SELECT state, count(*) AS n, min(updated_at) AS oldest FROM gpm_outbox WHERE state <> 'applied' GROUP BY state"
+)
 # Held by the one replica pruning the bookkeeping at a time.
 RETENTION_KEY = 0x67706D5F726574  # "gpm_ret"
 # Each deletes one chunk ($2 rows) of a table's rows older than $1 seconds, oldest first,
@@ -148,6 +150,13 @@ class PostgresOperations:
                 UNFINISHED_OUTBOX if unfinished else "SELECT state, count(*) AS n FROM gpm_outbox GROUP BY state"
             )
         return {r["state"]: r["n"] for r in rows}
+
+    @mapped
+    async def unfinished_outbox(self) -> dict[str, tuple[int, datetime]]:
+        """Per state other than 'applied': its rows and when the oldest of them last changed."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(UNFINISHED_OUTBOX)
+        return {r["state"]: (r["n"], r["oldest"]) for r in rows}
 
     @mapped
     async def prune_bookkeeping(
