@@ -12,7 +12,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install fmt lint typecheck test check bench fuzz run dev schemas clean
+.PHONY: install tools fmt lint typecheck test check bench fuzz run dev schemas monitoring clean
 
 install: $(VENV)/.installed
 
@@ -24,6 +24,19 @@ $(VENV)/.installed: pyproject.toml uv.lock | $(if $(findstring .tools,$(UV)),.to
 	@test -n "$(PYTHON)" || { echo "Python 3.11 or newer is required"; exit 1; }
 	$(UV) sync --locked --extra devstack --python "$(PYTHON)"
 	@touch $@
+
+# Debian's prometheus package, unpacked into .tools/ (not installed: no service, no root-owned
+# files): promtool tests the alert rules, and a real Prometheus scrapes a real worker for the
+# dashboard's test. apt-get refreshes its package lists only when the download finds none.
+PROMETHEUS_BIN := .tools/prometheus/usr/bin
+tools: $(PROMETHEUS_BIN)/promtool
+
+$(PROMETHEUS_BIN)/promtool:
+	rm -rf .tools/deb && mkdir -p .tools/deb
+	cd .tools/deb && { apt-get download prometheus || { apt-get update -qq && apt-get download prometheus; }; }
+	dpkg-deb -x .tools/deb/prometheus_*.deb .tools/prometheus
+	rm -rf .tools/deb
+	$@ --version | head -1
 
 fmt: install
 	$(BIN)/ruff format worker tests
@@ -40,7 +53,7 @@ typecheck: install
 
 # The Neo4j cases run on a real Neo4j: NEO4J_URI if set, else the shared test server beside
 # the repository (../shared/servers/neo4j-5.26), started and stopped around the suite.
-test: install
+test: install tools
 	tests/with-neo4j $(BIN)/pytest
 
 # Lint, types, schema drift and the whole test suite: what CI runs.
@@ -65,6 +78,10 @@ dev: install
 
 schemas: install
 	$(BIN)/gpm schemas
+
+# deploy/monitoring/prometheusrule.yaml from alerts.yml, after editing the rules.
+monitoring: install
+	$(BIN)/python -m tests.monitoring
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -57,6 +57,12 @@ def test_docker_compose_is_well_formed() -> None:
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"].startswith("http://otel-collector:")
     scrape = yaml.safe_load((ROOT / "deploy/compose/prometheus.yml").read_text())
     assert scrape["scrape_configs"][0]["static_configs"][0]["targets"] == ["worker:8080"]
+    # The rules file and the dashboard the stack's Prometheus and Grafana load are deploy/monitoring's own.
+    mounts = dict(v.split(":")[:2] for v in services["prometheus"]["volumes"] + services["grafana"]["volumes"])
+    assert mounts["./deploy/monitoring/alerts.yml"] in scrape["rule_files"]
+    assert mounts["./deploy/monitoring/dashboard.json"].startswith("/var/lib/grafana/dashboards/")
+    for source in mounts:
+        assert (ROOT / source).exists(), source
     assert env["GPM_GRAPH__URI"].startswith("bolt://neo4j:")
 
 
@@ -78,8 +84,8 @@ def test_deploy_manifests_render_and_match_the_kubernetes_schemas(overlay: str) 
     # A Secret in base would overwrite the real one at every `kubectl apply -k` of production.
     assert ("Secret" in kinds) is (overlay == "overlays/dev")
     for document in documents:
-        if document["apiVersion"].startswith("keda.sh/"):
-            continue  # a CRD: no schema in the wheel; checked below
+        if document["apiVersion"].startswith(("keda.sh/", "monitoring.coreos.com/")):
+            continue  # a CRD: no schema in the wheel; checked below and in test_monitoring
         kubernetes_validate.validate(document, "1.33.0", strict=True)
 
 
@@ -110,7 +116,8 @@ def test_pods_pass_a_restricted_namespace_and_migrate_before_the_worker(overlay:
 
 def test_production_overlay_is_consistent() -> None:
     """Probes, grace, PDB selector and the KEDA trigger fit the worker as it is."""
-    documents = {d["kind"]: d for d in _render("overlays/production")}
+    # By kind; of the ConfigMaps, the worker's settings (the dashboard's has its own test).
+    documents = {d["kind"]: d for d in _render("overlays/production") if "dashboard.json" not in d.get("data", {})}
     deployment = documents["Deployment"]
     pod = deployment["spec"]["template"]
     container = pod["spec"]["containers"][0]
@@ -135,6 +142,22 @@ def test_production_overlay_is_consistent() -> None:
     assert trigger["authenticationRef"]["name"] == documents["TriggerAuthentication"]["metadata"]["name"]
     # Never more replicas than partitions (the local stack and compose create 6).
     assert scaled["maxReplicaCount"] <= PARTITIONS
+
+
+def test_production_renders_the_alert_rules_the_scrape_and_the_dashboard() -> None:
+    """The PrometheusRule holds alerts.yml; the PodMonitor scrapes the health port; the dashboard is imported."""
+    documents = _render("overlays/production")
+    kinds = {d["kind"]: d for d in documents}
+    rules = yaml.safe_load((ROOT / "deploy/monitoring/alerts.yml").read_text())["groups"]
+    assert kinds["PrometheusRule"]["spec"]["groups"] == rules
+    pod = kinds["Deployment"]["spec"]["template"]
+    endpoint = kinds["PodMonitor"]["spec"]["podMetricsEndpoints"][0]
+    assert kinds["PodMonitor"]["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    port = next(p for p in pod["spec"]["containers"][0]["ports"] if p["name"] == endpoint["port"])
+    assert (port["containerPort"], endpoint["path"]) == (HealthSettings().port, "/metrics")
+    (dashboard,) = [d for d in documents if d["kind"] == "ConfigMap" and "dashboard.json" in d.get("data", {})]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(dashboard["data"]["dashboard.json"])["uid"] == "graph-postgres-manager"
 
 
 def test_network_policy_limits_destinations_not_only_ports() -> None:
