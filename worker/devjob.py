@@ -184,13 +184,19 @@ async def ingest_corpus(
     settings: Settings,
     events: list[AstGraphUpserted],
     on_progress: Callable[[int], None] | None = None,
+    on_started: Callable[[Worker], None] | None = None,
 ) -> IngestReport:
-    """Run a worker in this process, publish ``events`` plus one intent link, wait until all is committed."""
+    """Run a worker in this process, publish ``events`` plus one intent link, wait until all is committed.
+
+    ``on_started`` gets the worker once it holds its partitions (e.g. to say where its metrics are).
+    """
     topics = (GRAPH_TOPIC, INTENT_TOPIC)
     before = await prepare_topics(stack, settings, topics)
     worker = Worker(settings, handle_signals=False)
     running = asyncio.create_task(worker.run())
     await worker.started.wait()
+    if on_started is not None:
+        on_started(worker)
     try:
         started = time.monotonic()
         expected = before + await publish_corpus(settings, topics, events)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 import signal
 import socket
 import sys
@@ -138,3 +140,29 @@ async def test_traces_reach_an_otlp_collector(ns: Namespace) -> None:
 
 async def _spans_arrived(received: list[bytes]) -> bool:
     return any(b"saga outbox applied" in body for body in received)
+
+
+async def test_gpm_dev_runs_the_main_job_and_says_where_its_metrics_are() -> None:
+    """`gpm dev` (what `make dev` runs) starts its own stack, ingests, shows the graph and where the metrics were."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker",
+        "dev",
+        "--files",
+        "5",
+        "--graph-backend",
+        "falkordb",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 240)
+    text = output.decode()
+    assert process.returncode == 0, text
+    assert re.search(r"metrics of this run, while it ingests: http://127\.0\.0\.1:\d+/metrics", text), text
+    consumed = re.search(r"gpm_events_consumed_total=(\d+)", text)
+    assert consumed is not None, text
+    assert int(consumed.group(1)) >= 5  # the five files (and the sample intent link)
+    assert "first functions in the graph:" in text
+    assert "deploy/monitoring" in text
