@@ -12,7 +12,7 @@ UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: install tools fmt lint typecheck test check bench fuzz run dev schemas monitoring clean
+.PHONY: install tools fmt lint typecheck test check bench fuzz soak run dev schemas monitoring clean
 
 install: $(VENV)/.installed
 
@@ -69,6 +69,12 @@ fuzz: install
 	GPM_TEST_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) tests/with-neo4j $(BIN)/pytest --timeout 3600 \
 		tests/unit/test_contract_agreement.py tests/unit/test_known_digest.py tests/unit/test_record_batches.py \
 		tests/integration/test_hostile_input.py tests/integration/test_hostile_records.py
+
+# An hour of traffic on the embedded stack, replicas restarted and killed (not in CI):
+# the stores must equal a clean run's and the worker's memory stay flat. make soak SOAK_MINUTES=10
+SOAK_MINUTES ?= 60
+soak: install
+	$(BIN)/python -m tests.soak --minutes $(SOAK_MINUTES)
 
 run: install
 	$(BIN)/gpm run
