@@ -12,7 +12,7 @@ from tests.faults.snapshots import assert_same_state, run_to_completion, snapsho
 from tests.faults.test_crash_recovery import scenario
 from tests.integration.conftest import Namespace
 from tests.integration.test_ops_cli import gpm
-from worker.stores.postgres_operations import LAST_APPLIED, OLDEST, UNFINISHED_OUTBOX
+from worker.stores.postgres_operations import LAST_APPLIED, OLDEST, STUCK_BATCHES, UNFINISHED_OUTBOX
 
 pytestmark = pytest.mark.integration
 UNFINISHED = ("pending", "failed", "compensated")
@@ -67,7 +67,7 @@ async def test_retention_leaves_unfinished_rows_and_a_replay_after_it_changes_no
 
 
 async def test_operator_reads_do_not_grow_with_the_history(ns: Namespace) -> None:
-    """status, /metrics and stats read partitions and unfinished rows, not the history.
+    """status, /metrics, stats and check's PostgreSQL side read partitions and unfinished rows, not the history.
 
     No plan scans the ledger or the outbox, and their time beside a million ledger rows
     stays within a small ratio of an empty one's.
@@ -82,6 +82,8 @@ async def test_operator_reads_do_not_grow_with_the_history(ns: Namespace) -> Non
             await store.outbox_counts(unfinished=True)
             await store.parked_links(3600, sample=0)
             await store.bookkeeping()
+            await store.unfinished_outbox()
+            await store.stuck_batches(600)
             return time.perf_counter() - started
 
         empty = statistics.median([await reads() for _ in range(9)])
@@ -99,7 +101,7 @@ async def test_operator_reads_do_not_grow_with_the_history(ns: Namespace) -> Non
         )
         await ns.sql("ANALYZE gpm_processed_events")
         await ns.sql("ANALYZE gpm_outbox")
-        for query in (LAST_APPLIED, UNFINISHED_OUTBOX, *(sql for _, sql in OLDEST)):
+        for query in (LAST_APPLIED, UNFINISHED_OUTBOX, STUCK_BATCHES.replace("$1", "600"), *(q for _, q in OLDEST)):
             plan = "\n".join(r["QUERY PLAN"] for r in await ns.sql(f"EXPLAIN {query}"))
             assert "Seq Scan on gpm_processed_events" not in plan, plan
             assert "Seq Scan on gpm_outbox" not in plan, plan

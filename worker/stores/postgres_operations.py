@@ -35,6 +35,9 @@ LAST_APPLIED = "SELECT topic, kafka_partition, last_applied_at AS at FROM gpm_pa
 UNFINISHED_OUTBOX = (
     "SELECT state, count(*) AS n, min(updated_at) AS oldest FROM gpm_outbox WHERE state <> 'applied' GROUP BY state"
 )
+# `gpm check`: batches left 'pending' (the unfinished rows' partial index, not the history).
+STUCK_BATCHES = """SELECT batch_id::text AS id FROM gpm_outbox WHERE state = 'pending'
+                   AND updated_at <= now() - make_interval(secs => $1) ORDER BY updated_at, batch_id"""
 # Held by the one replica pruning the bookkeeping at a time.
 RETENTION_KEY = 0x67706D5F726574  # "gpm_ret"
 # Each deletes one chunk ($2 rows) of a table's rows older than $1 seconds, oldest first,
@@ -133,11 +136,7 @@ class PostgresOperations:
     async def stuck_batches(self, older_than_s: float) -> list[str]:
         """Outbox rows 'pending' for longer than ``older_than_s``, oldest first (batch ids)."""
         async with self._pool.acquire() as conn:
-            rows = await conn.fetch(
-                """SELECT batch_id::text AS id FROM gpm_outbox WHERE state = 'pending'
-                   AND updated_at <= now() - make_interval(secs => $1) ORDER BY updated_at, batch_id""",
-                older_than_s,
-            )
+            rows = await conn.fetch(STUCK_BATCHES, older_than_s)
         return [r["id"] for r in rows]
 
     @mapped
