@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from tests.bench.ingest import _rss_mb
+from tests.bench.ingest import rss_mb
 from tests.factories import delete, link, unlink, upsert
 from tests.faults.snapshots import snapshot
 from tests.integration.conftest import Namespace, make_namespace
@@ -174,7 +174,7 @@ async def soak(stack: DevStack, minutes: float, logs: Path, restart_s: float = 3
         await producer.round()
         if elapsed >= next_sample:
             assert a.process is not None
-            rss.append((elapsed, _rss_mb(a.process.pid)))
+            rss.append((elapsed, rss_mb(a.process.pid)))
             next_sample += 10
         if elapsed >= next_restart:
             exits.append(await b.stop())

@@ -138,7 +138,7 @@ def _environment(settings: Settings) -> dict[str, str]:
     return env
 
 
-def _rss_mb(pid: int) -> float:
+def rss_mb(pid: int) -> float:
     """Resident memory of a process and its descendants (the worker and its decoders), from /proc."""
     total = 0
     pending = [pid]
@@ -295,7 +295,7 @@ async def _end_to_end(
             msg = f"worker exited with {worker.returncode}:\n" + b"".join(output).decode(errors="replace")
             raise RuntimeError(msg)
         done = (committed - before) / (expected - before)
-        memory.append((done, _rss_mb(worker.pid)))
+        memory.append((done, rss_mb(worker.pid)))
         now = time.monotonic()
         if now - written[-1][0] >= 1 and (nodes := _nodes_written(port)) is not None:
             written.append((now, nodes))
