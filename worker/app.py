@@ -392,6 +392,8 @@ class Worker:
                 if s.worker.preflight:
                     report = await run_preflight(self._relational, self._graph)
                     log.info("preflight", checks={c.name: c.detail for c in report.checks}, ok=report.ok)
+                    if report.advice:
+                        log.warning("graph server settings slow ingest", advice=list(report.advice))
                     report.raise_for_failures()
                 await self._relational.migrate()
                 await self._graph.migrate()

@@ -417,12 +417,14 @@ def preflight() -> None:
         broker = await broker_checks(settings.kafka)
         async with open_stores(settings) as stores:
             report = await run_preflight(stores.relational, stores.graph)
-        return PreflightReport([*broker, *report.checks])
+        return PreflightReport([*broker, *report.checks], report.advice)
 
     report = _ops(check())
     out = _out()
     for c in report.checks:
         out.print(f"{'ok  ' if c.ok else '[red]FAIL[/red]'} {c.name}: {c.detail}")
+    for advice in report.advice:
+        out.print(f"[yellow]warn[/yellow] graph server settings: {advice}")
     if not report.ok:
         raise typer.Exit(1)
 
@@ -595,7 +597,9 @@ def dev(
     files: Annotated[
         int, typer.Option(help="Python files to ingest: the standard library, then installed packages.")
     ] = 100,
-    transaction_size: Annotated[int, typer.Option(help="Graph rows per batch.")] = 1000,
+    transaction_size: Annotated[
+        int | None, typer.Option(help="Graph rows per batch (unset: the backend's, 1000 or 4000 on FalkorDB).")
+    ] = None,
     graph_backend: Annotated[
         Literal["neo4j", "falkordb"],  # config.GraphBackendName, spelt out: importing config slows --help
         typer.Option(help="neo4j: the Neo4j adapter over Bolt, on ArcadeDB; or falkordb."),

@@ -435,8 +435,10 @@ class HealthSettings(BaseModel):
 class WorkerSettings(BaseModel):
     """Batching, limits, retries and shutdown."""
 
-    # Target graph rows (nodes + edges) per batch and per UNWIND statement: the seed's 1000.
-    transaction_size: int = Field(1000, ge=1, le=100_000)
+    # Target graph rows (nodes + edges) per batch and per UNWIND statement. Unset: the
+    # backend's figure (worker/compose.py): 1000, the seed's, over Bolt; 4000 on FalkorDB,
+    # where each write query pays a cost that grows with the graph (docs/benchmark.md).
+    transaction_size: int | None = Field(None, ge=1, le=100_000)
     # How long the first event of a batch may wait for the batch to fill.
     linger_ms: int = Field(200, ge=0, le=60_000)
     max_event_bytes: int = Field(16 * 1024 * 1024, ge=1024)

@@ -28,6 +28,7 @@ import structlog
 from pydantic import ValidationError
 
 from worker.compose import open_graph, open_relational
+from worker.compose import transaction_size as batch_rows
 from worker.config import Settings, load_settings
 from worker.deadletter import DeadLetter
 from worker.errors import EventError, GpmError, OperationRefused, StoreError, StoreRejected
@@ -302,16 +303,20 @@ class GraphPostgresManager:
     async def batch_import_graphs(
         self,
         graphs: Iterable[tuple[str, GraphData | Mapping[str, Any]]],
-        transaction_size: int = 1000,
+        transaction_size: int | None = None,
         on_progress: Callable[[int], None] | None = None,
     ) -> BatchImportResult:
-        """Store many sources' graphs in saga batches of about ``transaction_size`` graph rows."""
+        """Store many sources' graphs in saga batches of about ``transaction_size`` graph rows.
+
+        Unset: the settings' (``worker.transaction_size``, else the graph backend's figure).
+        """
         started = time.perf_counter()
+        rows_per_batch = transaction_size or batch_rows(self.settings)
         batch: list[Envelope] = []
         rows = graphs_done = nodes = edges = 0
         for source_id, graph in graphs:
             event = await self._graph_event(graph, source_id, None)
-            if batch and rows + event.rows > transaction_size:
+            if batch and rows + event.rows > rows_per_batch:
                 results = await self._apply(batch)
                 nodes, edges = (
                     nodes + sum(r.nodes_written for r in results),
@@ -569,7 +574,7 @@ class GraphPostgresManager:
             relational,
             graph,
             Path(path),
-            chunk_size=self.settings.worker.transaction_size,
+            chunk_size=batch_rows(self.settings),
             verify=verify,
             graph_only=graph_only,
             progress=progress or no_progress,

@@ -286,3 +286,6 @@ class GraphBackend(GraphStore, SnapshotGraph, Protocol):
 
     async def probe_write(self) -> None:
         """Make a write and undo it: raise StoreRejected unless writes are allowed."""
+
+    async def tuning_advice(self) -> tuple[str, ...]:
+        """Server settings known to slow this workload, each with the value to use; empty if none."""

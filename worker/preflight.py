@@ -44,6 +44,8 @@ class PreflightReport:
     """Every check's outcome."""
 
     checks: list[Check]
+    # Server settings that slow ingest (GraphBackend.tuning_advice): logged as a warning.
+    advice: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -182,4 +184,5 @@ async def run_preflight(relational: PostgresRelationalStore, graph: GraphBackend
         checks.append(Check("graph write rights", ok=False, detail=str(exc)))
     else:
         checks.append(Check("graph write rights", ok=True, detail="a write was made and undone"))
-    return PreflightReport(checks)
+    # Advice, not a failure: a slow setting still stores everything.
+    return PreflightReport(checks, await graph.tuning_advice())

@@ -41,7 +41,7 @@ from typing import Any, BinaryIO
 from pydantic import SecretStr
 
 from tests.graph_wipe import wipe as wipe_graph
-from worker.compose import batches_in_flight, connect_graph
+from worker.compose import TRANSACTION_SIZES, batches_in_flight, connect_graph
 from worker.config import ENV_PREFIX, GraphSettings, Settings
 from worker.devjob import IngestReport, applied_totals, corpus, prepare_topics, publish_corpus, wait_until_committed
 from worker.devstack import DevStack
@@ -371,7 +371,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument(
         "--worker-log", type=Path, help="a directory for each run's worker output (bench<size>x<run>.log)"
     )
-    parser.add_argument("--transaction-size", type=int, default=1000)
+    parser.add_argument("--transaction-size", type=int, help="the worker's setting (unset: the backend's default)")
     parser.add_argument(
         "--sweep",
         type=lambda text: [int(size) for size in text.split(",")],
@@ -651,7 +651,8 @@ def main() -> None:
     tune_gc()  # as in `gpm run`: the raw writer in this process gets the worker's GC settings
     started = time.monotonic()
     events = _corpus(args)
-    sizes = args.sweep or [args.transaction_size]
+    backend = "neo4j" if args.graph_uri else args.backend
+    sizes = args.sweep or [args.transaction_size or TRANSACTION_SIZES[backend]]
     # With --graph-uri the embedded graph server stands by unused: the light one, not a JVM beside the user's.
     with DevStack(graph_backend="falkordb" if args.graph_uri else args.backend) as stack:
         # A fresh JVM (ArcadeDB) compiles its hot paths during the first writes: without this,

@@ -120,8 +120,9 @@ class Namespace:
             GPM_WORKER__LINGER_MS=str(s.worker.linger_ms),
             GPM_HEALTH__HOST="127.0.0.1",
             GPM_HEALTH__PORT="0",
-            GPM_WORKER__TRANSACTION_SIZE=str(s.worker.transaction_size),
         )
+        if s.worker.transaction_size is not None:
+            env["GPM_WORKER__TRANSACTION_SIZE"] = str(s.worker.transaction_size)
         env.update({f"GPM_WORKER__{k.upper()}": v for k, v in worker.items()})
         return env
 

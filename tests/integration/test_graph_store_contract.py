@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
@@ -167,6 +168,26 @@ async def test_is_a_graph_store(store: GraphBackend) -> None:
     assert isinstance(store, GraphStore)
     assert isinstance(store, SnapshotGraph)
     assert isinstance(store, GraphBackend)
+
+
+async def test_servers_as_we_start_them_need_no_tuning(store: GraphBackend) -> None:
+    """The local FalkorDB starts with the recommended matrix growth; Bolt servers get no advice."""
+    assert await store.tuning_advice() == ()
+
+
+async def test_falkordb_at_its_default_matrix_growth_is_told_what_to_set(tmp_path: Path) -> None:
+    """A FalkorDB loaded with its default NODE_CREATION_BUFFER gets advice naming the setting and value."""
+    server = FalkorDBServer(tmp_path, node_creation_buffer=16384)
+    server.start()
+    backend = connect_graph(GraphSettings(backend="falkordb", uri=server.uri, database="advice"))
+    try:
+        advice = await backend.tuning_advice()
+    finally:
+        await backend.close()
+        server.stop()
+    assert len(advice) == 1
+    assert "NODE_CREATION_BUFFER is 16,384" in advice[0]
+    assert "NODE_CREATION_BUFFER 1048576" in advice[0]
 
 
 async def test_snapshot_calls_copy_a_graph(store: GraphBackend) -> None:

@@ -6,14 +6,29 @@ from pathlib import Path
 
 import pytest
 
+from worker.compose import runner_limits, transaction_size
 from worker.config import DEFAULT_TOPIC_PATTERN, load_settings, mask_dsn, unknown_variables
 from worker.errors import ConfigError
 
 
 def test_defaults_load(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    """With no variables set, the defaults are valid (transaction_size is the seed's 1000)."""
+    """With no variables set, the defaults are valid: the seed's 1000 rows a batch over Bolt."""
     monkeypatch.chdir(tmp_path)
-    assert load_settings().worker.transaction_size == 1000
+    settings = load_settings()
+    assert settings.worker.transaction_size is None
+    assert transaction_size(settings) == 1000
+
+
+def test_transaction_size_follows_the_backend_unless_set(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """FalkorDB's default batch is 4000 rows (fewer, larger write queries); a set value wins on both."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GPM_GRAPH__BACKEND", "falkordb")
+    assert transaction_size(load_settings()) == 4000
+    monkeypatch.setenv("GPM_WORKER__TRANSACTION_SIZE", "250")
+    assert transaction_size(load_settings()) == 250
+    monkeypatch.setenv("GPM_GRAPH__BACKEND", "neo4j")
+    assert transaction_size(load_settings()) == 250
+    assert runner_limits(load_settings()).transaction_size == 250
 
 
 def test_bad_setting_is_named_without_its_value(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]

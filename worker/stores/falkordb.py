@@ -38,6 +38,12 @@ from worker.stores.falkordb_params import UnstorableValue, cypher_key, with_para
 # (label, property, unique): range indexes back every MATCH on these; unique ones also
 # get a constraint, which FalkorDB builds on top of the index.
 INDEXES = (("AstNode", "key", True), ("AstNode", "source_id", False), ("Intent", "id", True))
+# FalkorDB grows every label and relation matrix by NODE_CREATION_BUFFER rows when its nodes
+# outgrow them, and each growth first merges the matrix's pending entries (a pass over all
+# of them). At the default, 16,384, those passes took a third of the server's CPU at 3M
+# nodes; at 2^20 the 10M-node run went 48% faster and its lookups waited a quarter as long,
+# for the same memory (docs/benchmark.md). A load-time setting: the server's operator sets it.
+RECOMMENDED_NODE_CREATION_BUFFER = 1 << 20
 # Server errors that say "not now" rather than "not this data".
 _TRANSIENT_REPLIES = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY", "NOPERM", "CLUSTERDOWN", "OOM")
 
@@ -340,6 +346,23 @@ class FalkorDBGraphStore:
     async def parallel_batches(self) -> int:
         """Two: one batch's PostgreSQL steps overlap the other's graph write (docs/benchmark.md)."""
         return 2
+
+    async def tuning_advice(self) -> tuple[str, ...]:
+        """NODE_CREATION_BUFFER below the recommended value; nothing if the server will not say."""
+        try:
+            with _translated():
+                # redis-py leaves execute_command untyped; the reply is [name, value].
+                reply = await self._client.execute_command("GRAPH.CONFIG", "GET", "NODE_CREATION_BUFFER")  # type: ignore[no-untyped-call]
+            value = int(reply[1])
+        except (StoreRejected, AccessRefused, ValueError, TypeError, IndexError):
+            return ()  # a user without GRAPH.CONFIG rights, or a server without the setting
+        if value >= RECOMMENDED_NODE_CREATION_BUFFER:
+            return ()
+        advice = (
+            f"FalkorDB NODE_CREATION_BUFFER is {value:,}: bulk writes slow down as the graph grows; "
+            f"load the module with NODE_CREATION_BUFFER {RECOMMENDED_NODE_CREATION_BUFFER} (docs/benchmark.md)"
+        )
+        return (advice,)
 
     async def server_agent(self) -> str:
         """The server's self-description, e.g. 'FalkorDB/4.16.3' (from its module version)."""

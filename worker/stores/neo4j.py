@@ -388,6 +388,10 @@ class Neo4jGraphStore:
                 finally:
                     await tx.rollback()
 
+    async def tuning_advice(self) -> tuple[str, ...]:
+        """None: memory settings are the deployment's (docs/benchmark.md says what was measured)."""
+        return ()
+
     async def server_agent(self) -> str:
         """The server's self-description, e.g. 'Neo4j/5.26.0'."""
         with _translated():
