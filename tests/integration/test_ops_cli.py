@@ -12,6 +12,7 @@ import pytest
 from tests.factories import graph, upsert
 from tests.integration.conftest import Namespace, assert_clean_exits, eventually, make_namespace, stop_workers
 from worker.devstack import DevStack
+from worker.devstack.falkordb import FalkorDBServer
 from worker.library import GraphPostgresManager
 
 pytestmark = pytest.mark.integration
@@ -119,6 +120,32 @@ async def test_status_replay_and_dead_letter_redrive(ns: Namespace) -> None:
 async def _graph_committed_is(ns: Namespace, expected: set[int]) -> bool:
     partitions = (await _status(ns))["partitions"]
     return {p["committed"] for p in partitions if p["topic"] == ns.graph_topic} == expected  # type: ignore[attr-defined]
+
+
+async def test_preflight_warns_of_a_slow_falkordb_setting_and_still_passes(ns: Namespace, tmp_path: Path) -> None:
+    """A FalkorDB at its default NODE_CREATION_BUFFER: preflight passes (exit 0) with one warning naming the fix."""
+    server = FalkorDBServer(tmp_path, node_creation_buffer=16384)
+    server.start()
+    try:
+        falkordb = {
+            "GPM_GRAPH__BACKEND": "falkordb",
+            "GPM_GRAPH__URI": server.uri,
+            "GPM_GRAPH__USER": "default",
+            "GPM_GRAPH__PASSWORD": "",
+            "GPM_GRAPH__DATABASE": ns.name,
+        }
+        code, out, err = await gpm(ns, "preflight", env=falkordb)
+    finally:
+        server.stop()
+    assert code == 0, err
+    warnings = [line for line in out.splitlines() if line.startswith("warn")]
+    expected = (
+        "warn graph server settings: FalkorDB NODE_CREATION_BUFFER is 16,384: bulk writes slow down as the "
+        "graph grows; load the module with NODE_CREATION_BUFFER 1048576 (docs/benchmark.md)"
+    )
+    assert warnings == [expected]
+    code, out, _ = await gpm(ns, "preflight")  # the local stack's graph server: nothing to tune
+    assert (code, "warn" in out) == (0, False)
 
 
 async def test_replay_rejects_a_malformed_offset(ns: Namespace) -> None:
