@@ -38,7 +38,7 @@ def batches_in_flight(settings: Settings, server_default: int = 1) -> int:
 # merges pending matrix entries at a cost that grows with the graph, so fewer, larger
 # queries go further (2.1M nodes: 53.9k rows/s at 4000 against 38.2k at 1000 and 43.9k at
 # 8000, whose longer queries also held lookups longer). Bolt: the seed's 1000 (Neo4j 5.26
-# measured best at 5000; deploy/ and compose set it, ArcadeDB is slower past 1000).
+# measured best at 5000, and deploy/ and compose set it; on ArcadeDB 2000 was no faster).
 TRANSACTION_SIZES = {"neo4j": 1000, "falkordb": 4000}
 
 

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import redis
 from pydantic import SecretStr
 
 from tests.factories import delete, graph, link, unlink, upsert
@@ -180,14 +181,27 @@ async def test_falkordb_at_its_default_matrix_growth_is_told_what_to_set(tmp_pat
     server = FalkorDBServer(tmp_path, node_creation_buffer=16384)
     server.start()
     backend = connect_graph(GraphSettings(backend="falkordb", uri=server.uri, database="advice"))
+    # A user who may query but not read the configuration (NOPERM) gets no advice, and no error.
+    admin = redis.Redis(port=server.port)
+    admin.execute_command("ACL", "SETUSER", "querier", "on", ">secret", "~*", "+@all", "-graph.config")
+    admin.close()
+    querier = connect_graph(
+        GraphSettings(
+            backend="falkordb", uri=server.uri, user="querier", password=SecretStr("secret"), database="advice"
+        )
+    )
     try:
         advice = await backend.tuning_advice()
+        refused = await querier.tuning_advice()
+        assert await querier.query("RETURN 1 AS one") == [{"one": 1}]
     finally:
         await backend.close()
+        await querier.close()
         server.stop()
     assert len(advice) == 1
     assert "NODE_CREATION_BUFFER is 16,384" in advice[0]
     assert "NODE_CREATION_BUFFER 1048576" in advice[0]
+    assert refused == ()
 
 
 async def test_snapshot_calls_copy_a_graph(store: GraphBackend) -> None:

@@ -351,12 +351,13 @@ class FalkorDBGraphStore:
     async def tuning_advice(self) -> tuple[str, ...]:
         """NODE_CREATION_BUFFER below the recommended value; nothing if the server will not say."""
         try:
-            with _translated():
-                # redis-py leaves execute_command untyped; the reply is [name, value].
-                reply = await self._client.execute_command("GRAPH.CONFIG", "GET", "NODE_CREATION_BUFFER")  # type: ignore[no-untyped-call]
+            # redis-py leaves execute_command untyped; the reply is [name, value].
+            reply = await self._client.execute_command("GRAPH.CONFIG", "GET", "NODE_CREATION_BUFFER")  # type: ignore[no-untyped-call]
             value = int(reply[1])
-        except (StoreRejected, AccessRefused, ValueError, TypeError, IndexError):
-            return ()  # a user without GRAPH.CONFIG rights, or a server without the setting
+        except (redis_errors.RedisError, ValueError, TypeError, IndexError):
+            # Advice only: a user without GRAPH.CONFIG rights (NOPERM, which _map_error
+            # would call transient) or a server without the setting gets none.
+            return ()
         if value >= RECOMMENDED_NODE_CREATION_BUFFER:
             return ()
         advice = (
