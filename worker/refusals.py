@@ -20,6 +20,7 @@ CERTIFICATE_DATES = "certificate expired or not yet valid"
 CERTIFICATE_REFUSED = "certificate not accepted"
 CLIENT_CERTIFICATE = "client certificate refused or missing"
 PROTOCOL_MISMATCH = "protocol mismatch"
+NOT_PERMITTED = "not permitted by the server's access rules"
 
 # OpenSSL's X509_V_ERR_* codes (ssl.SSLCertVerificationError.verify_code).
 _UNKNOWN_CA_CODES = frozenset({2, 18, 19, 20, 21, 27})

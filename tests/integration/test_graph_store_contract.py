@@ -22,9 +22,10 @@ from tests.integration.conftest import Namespace, real_neo4j
 from worker.compose import connect_graph
 from worker.config import GraphSettings
 from worker.devstack.falkordb import FalkorDBServer
-from worker.errors import StoreRejected, StoreUnavailable
+from worker.errors import AccessRefused, StoreRejected, StoreUnavailable
 from worker.events import GraphData
 from worker.ports import GraphBackend, GraphChanges, GraphStore, LinkRow, SnapshotGraph
+from worker.refusals import NOT_PERMITTED
 from worker.stores.cypher import node_key
 from worker.stores.neo4j import Neo4jGraphStore
 from worker.stores.neo4j_shapes import ARCADEDB_NAMES, WriteShape, shape_for
@@ -177,14 +178,13 @@ async def test_servers_as_we_start_them_need_no_tuning(store: GraphBackend) -> N
 
 
 async def test_falkordb_at_its_default_matrix_growth_is_told_what_to_set(tmp_path: Path) -> None:
-    """A FalkorDB loaded with its default NODE_CREATION_BUFFER gets advice naming the setting and value."""
+    """A FalkorDB at its default NODE_CREATION_BUFFER gets advice naming the setting and value."""
     server = FalkorDBServer(tmp_path, node_creation_buffer=16384)
     server.start()
     backend = connect_graph(GraphSettings(backend="falkordb", uri=server.uri, database="advice"))
     # A user who may query but not read the configuration (NOPERM) gets no advice, and no error.
-    admin = redis.Redis(port=server.port)
-    admin.execute_command("ACL", "SETUSER", "querier", "on", ">secret", "~*", "+@all", "-graph.config")
-    admin.close()
+    with redis.Redis(port=server.port) as admin:
+        admin.execute_command("ACL", "SETUSER", "querier", "on", ">secret", "~*", "+@all", "-graph.config")
     querier = connect_graph(
         GraphSettings(
             backend="falkordb", uri=server.uri, user="querier", password=SecretStr("secret"), database="advice"
@@ -202,6 +202,36 @@ async def test_falkordb_at_its_default_matrix_growth_is_told_what_to_set(tmp_pat
     assert "NODE_CREATION_BUFFER is 16,384" in advice[0]
     assert "NODE_CREATION_BUFFER 1048576" in advice[0]
     assert refused == ()
+
+
+async def test_a_falkordb_user_without_write_rights_is_refused_not_its_data(
+    falkordb_server: FalkorDBServer, ns: Namespace
+) -> None:
+    """NOPERM stops preflight's write probe and a batch as a refusal naming the ACL, never as rejected data.
+
+    A rejected batch is split and its events dead-lettered: a revoked right must not do that.
+    """
+    user = f"reader-{ns.name}"
+    with redis.Redis(port=falkordb_server.port) as admin:
+        admin.execute_command("ACL", "SETUSER", user, "on", ">secret", "~*", "+@all", "-graph.query")
+    reader = connect_graph(
+        GraphSettings(
+            backend="falkordb", uri=falkordb_server.uri, user=user, password=SecretStr("secret"), database=ns.name
+        )
+    )
+    try:
+        with pytest.raises(AccessRefused) as probe:
+            await reader.probe_write()
+        with pytest.raises(AccessRefused) as batch:
+            await reader.apply(GraphChanges(upserts=(upsert("acl.py", 1, MOD),)))
+    finally:
+        await reader.close()
+        with redis.Redis(port=falkordb_server.port) as admin:
+            admin.execute_command("ACL", "DELUSER", user)
+    for refusal in (probe.value, batch.value):
+        assert refusal.reason == NOT_PERMITTED
+        assert "check the ACL of GPM_GRAPH__USER" in str(refusal)
+        assert "secret" not in str(refusal)
 
 
 async def test_snapshot_calls_copy_a_graph(store: GraphBackend) -> None:

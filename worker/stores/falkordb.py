@@ -31,7 +31,7 @@ from worker import failpoints
 from worker.config import GraphSettings
 from worker.errors import AccessRefused, OperationRefused, StoreRejected, StoreUnavailable, translated
 from worker.ports import GraphChanges, GraphWriteStats
-from worker.refusals import WRONG_CREDENTIALS, tls_refusal
+from worker.refusals import NOT_PERMITTED, WRONG_CREDENTIALS, tls_refusal
 from worker.stores.cypher import NODE_FIELDS, BatchRows, batch_rows, checked_parameters, cypher_name, statement_span
 from worker.stores.falkordb_params import UnstorableValue, cypher_key, with_parameters
 
@@ -46,7 +46,7 @@ INDEXES = (("AstNode", "key", True), ("AstNode", "source_id", False), ("Intent",
 # docs/benchmark.md). A load-time setting: the server's operator sets it.
 RECOMMENDED_NODE_CREATION_BUFFER = 1 << 20
 # Server errors that say "not now" rather than "not this data".
-_TRANSIENT_REPLIES = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY", "NOPERM", "CLUSTERDOWN", "OOM")
+_TRANSIENT_REPLIES = ("LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "READONLY", "CLUSTERDOWN", "OOM")
 
 
 SERVER = "the graph store (FalkorDB)"
@@ -56,11 +56,15 @@ _CREDENTIAL_REPLIES = ("WRONGPASS", "NOAUTH", "invalid username-password")
 
 def _map_error(exc: Exception) -> Exception:
     # A wrong password is an operator's problem that waiting will not fix: the start stops
-    # with it. ACL refusals (NOPERM) are retried, never the data's fault.
+    # with it. So does an ACL refusal (NOPERM; redis-py drops that code from the message, so
+    # it is told by its class): never the data's fault, so after a start it is retried and
+    # reported as a refusal, not a rejected batch whose events would be dead-lettered.
     if isinstance(exc, redis_errors.AuthenticationError) or (
         isinstance(exc, redis_errors.ResponseError) and str(exc).startswith(_CREDENTIAL_REPLIES)
     ):
         return AccessRefused(SERVER, "GPM_GRAPH__USER/PASSWORD", WRONG_CREDENTIALS, str(exc).split(".")[0])
+    if isinstance(exc, redis_errors.NoPermissionError):
+        return AccessRefused(SERVER, "the ACL of GPM_GRAPH__USER", NOT_PERMITTED, str(exc))
     if refused := tls_refusal(exc):
         return AccessRefused(SERVER, "GPM_GRAPH__URI and GPM_GRAPH__CA_FILE", *refused)
     if isinstance(exc, redis_errors.ResponseError) and not str(exc).startswith(_TRANSIENT_REPLIES):
@@ -355,8 +359,8 @@ class FalkorDBGraphStore:
             reply = await self._client.execute_command("GRAPH.CONFIG", "GET", "NODE_CREATION_BUFFER")  # type: ignore[no-untyped-call]
             value = int(reply[1])
         except (redis_errors.RedisError, ValueError, TypeError, IndexError):
-            # Advice only: a user without GRAPH.CONFIG rights (NOPERM, which _map_error
-            # would call transient) or a server without the setting gets none.
+            # Advice only: a user without GRAPH.CONFIG rights (NOPERM, a refusal through
+            # _map_error) or a server without the setting gets none, and starts.
             return ()
         if value >= RECOMMENDED_NODE_CREATION_BUFFER:
             return ()
