@@ -171,6 +171,20 @@ class Bookkeeping:
     oldest: datetime | None
 
 
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One unfinished outbox row as an operator reads it: what the batch held and what went wrong."""
+
+    batch_id: UUID
+    state: str
+    attempts: int
+    rows: int
+    positions: tuple[Position, ...]
+    last_error: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
 @runtime_checkable
 class GraphStore(Protocol):
     """The graph side: applies a batch's changes atomically and idempotently."""

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 # In the order `gpm --help` lists them (registration order), not the alphabet's.
 # isort: off
-from worker.cli import service, operate, snapshots, dlq, dev
+from worker.cli import service, operate, snapshots, dlq, outbox, dev
 from worker.cli.common import app
 
 # isort: on
 
-__all__ = ["app", "dev", "dlq", "main", "operate", "service", "snapshots"]
+__all__ = ["app", "dev", "dlq", "main", "operate", "outbox", "service", "snapshots"]
 
 
 def main() -> None:

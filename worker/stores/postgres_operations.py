@@ -16,10 +16,11 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import orjson
 import structlog
 
 from worker.errors import OperationRefused
-from worker.ports import Bookkeeping, LinkRow, ParkedLinks, RegistryTotals
+from worker.ports import Bookkeeping, LinkRow, OutboxRow, ParkedLinks, Position, RegistryTotals
 from worker.stores.postgres_errors import DRIVER_ERRORS, map_error, mapped
 from worker.stores.postgres_migrations import Connection
 
@@ -32,9 +33,8 @@ WRITE_FENCE_KEY = 0x67706D5F66656E  # "gpm_fen"
 # unfinished rows), never O(history) (tests/integration/test_bookkeeping.py explains them
 # beside a large ledger).
 LAST_APPLIED = "SELECT topic, kafka_partition, last_applied_at AS at FROM gpm_partition_progress"
-UNFINISHED_OUTBOX = (
-    "SELECT state, count(*) AS n, min(updated_at) AS oldest FROM gpm_outbox WHERE state <> 'applied' GROUP BY state"
-)
+UNFINISHED_OUTBOX = """SELECT state, count(*) AS n, min(updated_at) AS oldest FROM gpm_outbox
+                       WHERE state NOT IN ('applied', 'resolved') GROUP BY state"""
 # `gpm check`: batches left 'pending' (the unfinished rows' partial index, not the history).
 STUCK_BATCHES = """SELECT batch_id::text AS id FROM gpm_outbox WHERE state = 'pending'
                    AND updated_at <= now() - make_interval(secs => $1) ORDER BY updated_at, batch_id"""
@@ -42,7 +42,8 @@ STUCK_BATCHES = """SELECT batch_id::text AS id FROM gpm_outbox WHERE state = 'pe
 RETENTION_KEY = 0x67706D5F726574  # "gpm_ret"
 # Each deletes one chunk ($2 rows) of a table's rows older than $1 seconds, oldest first,
 # through the tables' age indexes (0005): a short transaction that never blocks a batch.
-# Pending, failed and compensated outbox rows stay until an operator resolves them.
+# Pending, failed and compensated outbox rows stay until an operator resolves them
+# (`gpm check --repair` closes stuck pending ones, `gpm outbox resolve` the others).
 _PRUNES = (
     (
         "gpm_processed_events",
@@ -53,15 +54,27 @@ _PRUNES = (
     (
         "gpm_outbox",
         """DELETE FROM gpm_outbox WHERE batch_id IN (
-               SELECT batch_id FROM gpm_outbox WHERE state IN ('applied', 'abandoned')
+               SELECT batch_id FROM gpm_outbox WHERE state IN ('applied', 'abandoned', 'resolved')
                AND updated_at < now() - make_interval(secs => $1) ORDER BY updated_at LIMIT $2)""",
     ),
 )
 # The oldest row of each, found at the start of its age index.
 OLDEST = (
     ("gpm_processed_events", "SELECT min(processed_at) FROM gpm_processed_events"),
-    ("gpm_outbox", "SELECT min(updated_at) FROM gpm_outbox WHERE state IN ('applied', 'abandoned')"),
+    ("gpm_outbox", "SELECT min(updated_at) FROM gpm_outbox WHERE state IN ('applied', 'abandoned', 'resolved')"),
 )
+# The rows an operator resolves: batches rewound ('compensated') or recorded only in the graph
+# ('failed'). Each names the unfinished rows' index predicate, so a generic plan of the
+# statement still reads that index and never the applied history.
+RESOLVABLE = ("compensated", "failed")
+OUTBOX_ROWS = """SELECT batch_id, state, attempts, row_count, positions, last_error, created_at, updated_at
+                 FROM gpm_outbox WHERE state NOT IN ('applied', 'resolved') AND state = ANY($1::text[])
+                 ORDER BY state, created_at LIMIT $2"""
+RESOLVE_OUTBOX = """UPDATE gpm_outbox SET state = 'resolved', resolution = $4, updated_at = now()
+                    WHERE state NOT IN ('applied', 'resolved') AND state = ANY($1::text[])
+                    AND updated_at <= now() - make_interval(secs => $2)
+                    AND ($3::uuid[] IS NULL OR batch_id = ANY($3::uuid[]))
+                    RETURNING batch_id"""
 FENCED = "a backup or repair holds the write fence (one consistent point of both stores); writes resume after it"
 
 
@@ -156,6 +169,55 @@ class PostgresOperations:
         async with self._pool.acquire() as conn:
             rows = await conn.fetch(UNFINISHED_OUTBOX)
         return {r["state"]: (r["n"], r["oldest"]) for r in rows}
+
+    @mapped
+    async def outbox_rows(self, states: Sequence[str], limit: int) -> list[OutboxRow]:
+        """Unfinished outbox rows in these states, oldest first per state, at most ``limit``."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(OUTBOX_ROWS, list(states), limit)
+        return [
+            OutboxRow(
+                batch_id=r["batch_id"],
+                state=r["state"],
+                attempts=r["attempts"],
+                rows=r["row_count"],
+                positions=tuple(Position(**p) for p in orjson.loads(r["positions"])),
+                last_error=r["last_error"],
+                created_at=r["created_at"],
+                updated_at=r["updated_at"],
+            )
+            for r in rows
+        ]
+
+    @mapped
+    async def resolve_outbox(
+        self,
+        states: Sequence[str],
+        *,
+        note: str,
+        older_than_s: float = 0,
+        batch_ids: Sequence[UUID] | None = None,
+        dry_run: bool = False,
+    ) -> list[UUID]:
+        """Mark resolved the rows in ``states`` (compensated, failed) unchanged for ``older_than_s``.
+
+        Only ``batch_ids`` when given. Returns the batch ids resolved (with ``dry_run``, those
+        that would be: the same statement, rolled back); retention prunes them after its
+        window, their error and ``note`` kept until then.
+        """
+        if not set(states) <= set(RESOLVABLE):
+            msg = f"only {' and '.join(RESOLVABLE)} outbox rows are resolved by hand, not {sorted(set(states))}"
+            raise OperationRefused(msg)
+        async with self._pool.acquire() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            try:
+                rows = await conn.fetch(RESOLVE_OUTBOX, list(states), older_than_s, batch_ids, note)
+            except BaseException:
+                await transaction.rollback()
+                raise
+            await (transaction.rollback() if dry_run else transaction.commit())
+        return [r["batch_id"] for r in rows]
 
     @mapped
     async def prune_bookkeeping(
