@@ -109,6 +109,24 @@ def test_garbage_is_refused(raw: bytes | None) -> None:
         decode_event(raw, **LIMITS)
 
 
+@pytest.mark.parametrize("where", ["metadata", "property", "node id"])
+def test_a_lone_surrogate_escape_is_refused_where_no_store_could_hold_it(where: str) -> None:
+    r"""A ``\ud800`` escape alone is valid JSON text but no Unicode: jsonb refuses it, so decoding does."""
+    document = json.loads(_raw())
+    text = "x\ud800"
+    if where == "metadata":
+        document["graph"]["metadata"] = {"note": text}
+    elif where == "property":
+        document["graph"]["nodes"][0]["properties"] = {"name": text}
+    else:
+        document["graph"]["nodes"] = [{"id": text, "type": "Module"}]
+        document["graph"]["edges"] = []
+    with pytest.raises(EventError) as refused:
+        decode_event(json.dumps(document).encode(), **LIMITS)
+    assert refused.value.reason == "not-json"
+    assert "surrogate" in str(refused.value)
+
+
 def test_naive_timestamps_are_refused() -> None:
     """occurred_at must carry a time zone."""
     with pytest.raises(EventError, match="with an offset"):

@@ -62,6 +62,7 @@ SCHEMA_CANNOT_EXPRESS = (
     "at most 1000 relationship types in one graph",
     "metadata at most 32 levels deep, integers within int64, no NUL in any string",
     "occurred_at within the years 1 to 9999 in UTC",
+    "strings are Unicode text: a \\uD800-\\uDFFF escape only as half of a surrogate pair",
 )
 RESERVED_LABELS = frozenset({"AstNode", "Intent"})
 RESERVED_RELATIONSHIPS = frozenset({"IMPLEMENTED_BY"})
