@@ -1,15 +1,4 @@
-"""The library face: ``GraphPostgresManager`` for programs that call the stores directly.
-
-It writes through the same saga as the worker (outbox row, one graph transaction, the
-relational rows, the processed-event ledger, the version guard), so what a library call
-stores is indistinguishable from what an event stores, and the two can be mixed::
-
-    async with GraphPostgresManager(load_settings()) as gpm:
-        await gpm.store_ast_graph({"nodes": [{"id": "m", "type": "Module"}]}, "a.py")
-        rows = await gpm.query_unified(
-            UnifiedQuery("MATCH (n:AstNode) RETURN n.source_id AS source_id, count(n) AS nodes",
-                         "SELECT source_id, source_version FROM gpm_sources", join_on="source_id"))
-"""
+"""``GraphPostgresManager``: both stores behind one async context manager, writing through the saga."""
 
 from __future__ import annotations
 
@@ -17,7 +6,6 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -42,7 +30,17 @@ from worker.events import (
     describe_errors,
     encode_event,
 )
-from worker.ports import Bookkeeping, GraphBackend, InboundEvent, Outcome, Position
+from worker.library.consistency import find_inconsistencies, repair_inconsistencies
+from worker.library.records import (
+    BatchImportResult,
+    ConsistencyReport,
+    PerformanceMetrics,
+    Snapshot,
+    StorageStats,
+    StoreResult,
+    UnifiedQuery,
+)
+from worker.ports import GraphBackend, InboundEvent, Outcome, Position
 from worker.preflight import PreflightReport, run_preflight
 from worker.saga.coordinator import SagaCoordinator
 from worker.snapshot.backup import take_backup
@@ -56,129 +54,6 @@ log = structlog.get_logger(__name__)
 PRODUCER = "graph-postgres-manager-library"
 # Library writes have no Kafka position; the ledger records them under this pseudo-topic.
 LIBRARY_TOPIC = "library"
-
-
-@dataclass(frozen=True, slots=True)
-class StoreResult:
-    """What became of one stored graph or intent link."""
-
-    source_id: str
-    version: int
-    outcome: Outcome
-    nodes_written: int = 0
-    edges_written: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class BatchImportResult:
-    """A batch import's totals."""
-
-    graphs: int
-    nodes_written: int
-    edges_written: int
-    seconds: float
-
-    @property
-    def nodes_per_s(self) -> float:
-        """Nodes written per second."""
-        return self.nodes_written / self.seconds if self.seconds else 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class UnifiedQuery:
-    """A Cypher pattern and a SQL query, run concurrently and joined on one column."""
-
-    graph_pattern: LiteralString
-    postgres_filter: str
-    join_on: str
-    graph_params: Mapping[str, Any] = field(default_factory=dict)
-    postgres_params: tuple[object, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class StorageStats:
-    """Sizes of both stores."""
-
-    sources: int
-    graph_nodes: int
-    graph_relationships: int
-    intents: int
-    intent_links: int
-    parked_links: int
-    # Unfinished outbox states only; the applied history is in ``bookkeeping``.
-    outbox: dict[str, int]
-    # The ledger's and the outbox's size, estimated rows and oldest finished row.
-    bookkeeping: list[Bookkeeping]
-
-
-@dataclass(frozen=True, slots=True)
-class ConsistencyReport:
-    """Where the two stores disagree; empty lists mean they agree."""
-
-    # Sources whose node count in the graph differs from the registry's: (source, registry, graph).
-    count_mismatches: list[tuple[str, int, int]]
-    graph_without_registry: list[str]  # sources with nodes in the graph but no live registry row
-    registry_without_graph: list[str]  # live registry rows with nodes whose graph is missing
-    parked_links: int  # intent links whose AST node is missing (waiting, see the worker's bound)
-    stuck_outbox: list[str]  # batch ids 'pending' for longer than the threshold
-    # Sources whose nodes carry another version than the registry's: (source, registry, graph versions).
-    version_mismatches: list[tuple[str, int, list[int]]] = field(default_factory=list)
-    # Intents on which the stores disagree: version, existence, or the number of attached links.
-    intent_mismatches: list[str] = field(default_factory=list)
-    repaired: list[str] = field(default_factory=list)  # what a repair did, one line an action
-
-    @property
-    def consistent(self) -> bool:
-        """True when nothing disagrees (parked links are a waiting state, not a disagreement)."""
-        return not (
-            self.count_mismatches
-            or self.graph_without_registry
-            or self.registry_without_graph
-            or self.stuck_outbox
-            or self.version_mismatches
-            or self.intent_mismatches
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class PerformanceMetrics:
-    """The current process's figures (totals since start; rates and percentiles over a recent window)."""
-
-    uptime_s: float
-    batches: int
-    events_applied: int
-    nodes_written: int
-    edges_written: int
-    nodes_per_s: float  # graph nodes written per second over the window
-    batch_p50_s: float | None  # saga batch duration percentiles over the window (None: no batch)
-    batch_p95_s: float | None
-    query_p50_ms: dict[str, float]  # per store ("graph", "postgres"), over the latest queries
-    query_p95_ms: dict[str, float]
-    pools: dict[str, dict[str, int]]  # connections per pool: in_use, idle, max
-    outbox: dict[str, int]  # outbox rows by state, from PostgreSQL
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """A snapshot file and its manifest (format, versions, members with rows and SHA-256)."""
-
-    path: Path
-    manifest: dict[str, Any] = field(repr=False)
-
-    def __repr__(self) -> str:
-        return f"Snapshot(path={str(self.path)!r}, nodes={self.nodes}, members={len(self.members)})"
-
-    @property
-    def nodes(self) -> dict[str, int]:
-        """Graph nodes per label."""
-        counts: dict[str, int] = self.manifest["graph"]["nodes"]
-        return counts
-
-    @property
-    def members(self) -> dict[str, dict[str, Any]]:
-        """Each member's rows and checksum."""
-        members: dict[str, dict[str, Any]] = self.manifest["members"]
-        return members
 
 
 def _ms_percentiles(q: float) -> dict[str, float]:
@@ -456,75 +331,14 @@ class GraphPostgresManager:
         (``gpm replay``) rebuilds them. The report returned is the one found before the
         repair, with ``repaired`` filled.
         """
-        if not repair:
-            return await self._consistency(stuck_after_s)
         relational, graph, _ = self._stores()
+        if not repair:
+            return await find_inconsistencies(relational, graph, stuck_after_s)
         async with relational.quiesced(settle_s):
-            report = await self._consistency(stuck_after_s)
-            rebuild = sorted(
-                {s for s, _, _ in report.count_mismatches}
-                | {s for s, _, _ in report.version_mismatches}
-                | set(report.registry_without_graph)
-            )
-            if report.graph_without_registry:
-                deleted = await graph.delete_sources(report.graph_without_registry)
-                orphans = len(report.graph_without_registry)
-                report.repaired.append(f"deleted {deleted} graph nodes of {orphans} sources without a registry row")
-            live_intents = await relational.live_intents(report.intent_mismatches)
-            stray_intents = sorted(set(report.intent_mismatches) - {str(i) for i in live_intents})
-            if stray_intents:
-                await graph.delete_intents(stray_intents)
-                report.repaired.append(f"deleted {len(stray_intents)} intents without a registry row from the graph")
-            await relational.repair(report.graph_without_registry, rebuild, report.stuck_outbox, live_intents)
-            if rebuild or live_intents:
-                marked = rebuild + [str(i) for i in live_intents]
-                report.repaired.append(f"marked for re-application by the next replay: {marked}")
-            if report.stuck_outbox:
-                report.repaired.append(f"closed {len(report.stuck_outbox)} stuck outbox rows as 'abandoned'")
+            report = await find_inconsistencies(relational, graph, stuck_after_s)
+            await repair_inconsistencies(relational, graph, report)
         log.warning("consistency repaired", actions=report.repaired)
         return report
-
-    async def _consistency(self, stuck_after_s: float) -> ConsistencyReport:
-        relational, graph, _ = self._stores()
-        graph_rows, graph_intents, registry_rows, registry_intents, parked, stuck = await asyncio.gather(
-            graph.query(
-                "MATCH (n:AstNode) RETURN n.source_id AS source_id, count(n) AS nodes, "
-                "collect(DISTINCT n.source_version) AS versions"
-            ),
-            graph.query(
-                "MATCH (i:Intent) OPTIONAL MATCH (i)-[r:IMPLEMENTED_BY]->(:AstNode) "
-                "RETURN i.id AS id, i.source_version AS version, count(r) AS links"
-            ),
-            relational.registered_sources(),
-            relational.registered_intents(),
-            relational.parked_links(older_than_s=0, sample=0),
-            relational.stuck_batches(older_than_s=stuck_after_s),
-        )
-        in_graph = {r["source_id"]: r["nodes"] for r in graph_rows}
-        graph_versions = {r["source_id"]: sorted(r["versions"]) for r in graph_rows}
-        registry = {source: nodes for source, (nodes, _) in registry_rows.items()}
-        versions = {source: version for source, (_, version) in registry_rows.items()}
-        intents_in_graph = {r["id"]: (r["version"], r["links"]) for r in graph_intents}
-        intents_registered = registry_intents
-        return ConsistencyReport(
-            count_mismatches=sorted(
-                (s, n, in_graph[s]) for s, n in registry.items() if s in in_graph and in_graph[s] != n
-            ),
-            graph_without_registry=sorted(set(in_graph) - set(registry)),
-            registry_without_graph=sorted(s for s, n in registry.items() if n and s not in in_graph),
-            parked_links=parked.parked,
-            stuck_outbox=stuck,
-            version_mismatches=sorted(
-                (s, v, graph_versions[s])
-                for s, v in versions.items()
-                if s in graph_versions and graph_versions[s] != [v]
-            ),
-            intent_mismatches=sorted(
-                i
-                for i in set(intents_in_graph) | set(intents_registered)
-                if intents_in_graph.get(i) != intents_registered.get(i)
-            ),
-        )
 
     async def monitor_performance(self, window_s: float = 60.0) -> PerformanceMetrics:
         """The current process's throughput and latencies from the live telemetry, and both stores' state."""
