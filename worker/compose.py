@@ -7,9 +7,10 @@ values it uses. Defaults that depend on the graph backend are resolved here too.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from worker.config import GraphSettings, Settings
@@ -20,6 +21,8 @@ from worker.ports import GraphBackend
 from worker.refusals import PROTOCOL_MISMATCH, causes, speaks_tls
 from worker.stores.neo4j_shapes import store_names_for
 from worker.stores.postgres import PostgresRelationalStore
+
+T = TypeVar("T")
 
 
 def batches_in_flight(settings: Settings, server_default: int = 1) -> int:
@@ -141,6 +144,15 @@ async def graph_transport_refusal(settings: GraphSettings, exc: BaseException) -
 async def open_relational(settings: Settings) -> PostgresRelationalStore:
     """The PostgreSQL store's pool (StoreUnavailable or ConfigError if it cannot open)."""
     return await PostgresRelationalStore.connect(settings.postgres)
+
+
+async def using_relational(settings: Settings, work: Callable[[PostgresRelationalStore], Awaitable[T]]) -> T:
+    """Open the PostgreSQL store, run ``work`` with it, and close it: one operator command's use."""
+    relational = await open_relational(settings)
+    try:
+        return await work(relational)
+    finally:
+        await relational.close()
 
 
 @dataclass(frozen=True, slots=True)

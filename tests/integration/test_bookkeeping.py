@@ -205,9 +205,15 @@ async def test_an_operator_lists_and_resolves_outbox_rows_and_retention_then_rem
             "--note",
             "broker outage of 3 Dec, replayed",
         )
-        assert (code, err.strip()) == (0, "resolved 1 outbox row(s)")
+        assert (code, err.splitlines()[-1]) == (0, "resolved 1 outbox row(s)")
+        logged = json.loads(err.splitlines()[0])  # the change is in the log, with its note
+        assert (logged["event"], logged["count"], logged["note"]) == (
+            "outbox rows resolved",
+            1,
+            "broker outage of 3 Dec, replayed",
+        )
         code, _, err = await gpm(ns, "outbox", "resolve", str(failed), "--note", "checked and repaired")
-        assert (code, err.strip()) == (0, "resolved 1 outbox row(s)")
+        assert (code, err.splitlines()[-1]) == (0, "resolved 1 outbox row(s)")
         assert await store.outbox_counts(unfinished=True) == {"pending": 1}
         rows = {
             r["batch_id"]: r for r in await ns.sql("SELECT batch_id, state, resolution, last_error FROM gpm_outbox")

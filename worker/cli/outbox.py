@@ -1,4 +1,11 @@
-"""``gpm outbox``: list the saga rows that are not applied, and resolve those dealt with."""
+"""``gpm outbox``: list the saga rows that are not applied, and resolve those dealt with.
+
+'compensated' rows are batches rewound after a failed graph write (their events were read
+again and applied under a later batch, or dead-lettered); 'failed' rows are batches the
+graph committed and PostgreSQL did not record (`gpm check --repair` settles the stores).
+Both stay as the record of what happened until an operator resolves them; resolved rows
+keep their error and the operator's note, and retention removes them after its window.
+"""
 
 from __future__ import annotations
 
@@ -47,9 +54,10 @@ def outbox_list(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per row, a line each.")] = False,
 ) -> None:
     """One line per row: its batch, state, attempts, since when, where its records sit, and its last error."""
-    from worker.ops.outbox import list_rows  # noqa: PLC0415
+    from worker.compose import using_relational  # noqa: PLC0415
 
-    rows = run_op(list_rows(settings_or_exit(), [str(s) for s in state or State if s is not State.ABANDONED], limit))
+    states = [str(s) for s in state or State if s is not State.ABANDONED]
+    rows = run_op(using_relational(settings_or_exit(), lambda store: store.outbox_rows(states, limit)))
     if as_json:
         for r in rows:
             document = {
@@ -96,7 +104,7 @@ def outbox_resolve(
     Resolve 'failed' rows after `gpm check --repair` (and the replay it asks for): they are
     the record that the stores may disagree.
     """
-    from worker.ops.outbox import resolve  # noqa: PLC0415
+    from worker.compose import using_relational  # noqa: PLC0415
 
     if not batch and not state:
         console.print("[red]name the rows to resolve: batch ids, or --state compensated / --state failed[/red]")
@@ -104,7 +112,12 @@ def outbox_resolve(
     ids = [_batch_id(text) for text in batch] if batch else None
     states = [str(s) for s in state or Resolvable]
     resolved = run_op(
-        resolve(settings_or_exit(), states, note=note, older_than_s=older_than_s, batch_ids=ids, dry_run=dry_run)
+        using_relational(
+            settings_or_exit(logging=True),  # the change is logged, as the worker logs
+            lambda store: store.resolve_outbox(
+                states, note=note, older_than_s=older_than_s, batch_ids=ids, dry_run=dry_run
+            ),
+        )
     )
     verb = "would resolve" if dry_run else "resolved"
     console.print(f"{verb} {len(resolved)} outbox row(s)")

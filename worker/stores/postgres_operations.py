@@ -217,7 +217,10 @@ class PostgresOperations:
                 await transaction.rollback()
                 raise
             await (transaction.rollback() if dry_run else transaction.commit())
-        return [r["batch_id"] for r in rows]
+        resolved = [r["batch_id"] for r in rows]
+        if not dry_run:
+            log.info("outbox rows resolved", count=len(resolved), states=list(states), note=note)
+        return resolved
 
     @mapped
     async def prune_bookkeeping(
