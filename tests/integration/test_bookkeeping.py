@@ -14,6 +14,7 @@ from tests.faults.snapshots import assert_same_state, run_to_completion, snapsho
 from tests.faults.test_crash_recovery import scenario
 from tests.integration.conftest import Namespace
 from tests.integration.test_ops_cli import gpm
+from worker.errors import OperationRefused
 from worker.stores.postgres_operations import (
     LAST_APPLIED,
     OLDEST,
@@ -183,6 +184,8 @@ async def test_an_operator_lists_and_resolves_outbox_rows_and_retention_then_rem
         assert "name the rows to resolve" in err
         code, _, err = await gpm(ns, "outbox", "resolve", "--state", "pending")
         assert code == 2, err
+        with pytest.raises(OperationRefused, match="only compensated and failed"):
+            await store.resolve_outbox(["pending"], note="a pending row is gpm check --repair's")
         code, _, err = await gpm(ns, "outbox", "resolve", str(applied), str(pending))
         assert code == 1
         assert str(applied) in err
