@@ -15,15 +15,15 @@ from tests.faults.test_crash_recovery import scenario
 from tests.integration.conftest import Namespace
 from tests.integration.test_ops_cli import gpm
 from worker.errors import OperationRefused
-from worker.stores.postgres_operations import (
+from worker.stores.postgres_bookkeeping import (
     LAST_APPLIED,
     OLDEST,
     OUTBOX_ROWS,
     RESOLVABLE,
     RESOLVE_OUTBOX,
-    STUCK_BATCHES,
     UNFINISHED_OUTBOX,
 )
+from worker.stores.postgres_operations import STUCK_BATCHES
 
 pytestmark = pytest.mark.integration
 UNFINISHED = ("pending", "failed", "compensated")

@@ -30,7 +30,7 @@ def test_every_command_builds_and_shows_its_help() -> None:
 def test_the_outbox_commands_offer_the_states_the_store_knows() -> None:
     """The CLI spells the states out (importing the store slows --help): they stay the store's."""
     from worker.cli.outbox import Resolvable, State
-    from worker.stores.postgres_operations import RESOLVABLE
+    from worker.stores.postgres_bookkeeping import RESOLVABLE
     from worker.telemetry import OUTBOX_STATES
 
     assert [s.value for s in State] == list(OUTBOX_STATES)

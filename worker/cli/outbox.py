@@ -27,7 +27,7 @@ outbox_app = typer.Typer(
 app.add_typer(outbox_app, name="outbox")
 
 
-# telemetry.OUTBOX_STATES and postgres_operations.RESOLVABLE, spelt out: importing them slows --help.
+# telemetry.OUTBOX_STATES and postgres_bookkeeping.RESOLVABLE, spelt out: importing them slows --help.
 class State(StrEnum):
     """An outbox state other than applied or resolved."""
 

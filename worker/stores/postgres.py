@@ -17,6 +17,7 @@ from worker.config import PostgresSettings
 from worker.errors import StoreRejected, StoreUnavailable
 from worker.events import AstGraphDeleted, AstGraphUpserted, IntentLinkDeleted, IntentLinkUpserted, Tombstone
 from worker.ports import AppliedState, BatchPlan, BatchRecord, GraphWriteStats, LinkRow, Outcome
+from worker.stores.postgres_bookkeeping import PostgresBookkeeping
 from worker.stores.postgres_errors import DRIVER_ERRORS, map_error, mapped, refusal
 from worker.stores.postgres_migrations import Connection, apply_migrations, bundled_migrations
 from worker.stores.postgres_operations import FENCED, WRITE_FENCE_KEY, PostgresOperations
@@ -27,7 +28,7 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 
-class PostgresRelationalStore(PostgresOperations):
+class PostgresRelationalStore(PostgresOperations, PostgresBookkeeping):
     """The RelationalStore port on an asyncpg pool."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
