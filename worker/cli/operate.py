@@ -63,7 +63,8 @@ def status(
         )
     out = stdout()
     out.print(table)
-    out.print("outbox unfinished:", ", ".join(f"{k}={v}" for k, v in sorted(state.outbox.items())) or "none")
+    unfinished = ", ".join(f"{k}={v}" for k, v in sorted(state.outbox.items())) or "none"
+    out.print(f"outbox unfinished: {unfinished}" + ("  (gpm outbox list shows them)" if state.outbox else ""))
     out.print(f"intent links parked: {state.parked_links}, unresolved past the bound: {state.unresolved_links}")
 
 
